@@ -48,7 +48,7 @@ class ModelInfo(BaseModel):
     tied_embeddings: bool = False
     context: int = 32768
     eos_token: str | None = None
-    trust_remote_code: bool = False  # the model needs custom code from its repo
+    requires_remote_code: bool = False  # loading it needs trust_remote_code (custom code from its repo)
     accuracy: dict[str, Accuracy] = Field(default_factory=dict)  # published, by eval name
     known: bool = False  # True when the entry came from the built-in registry
 
