@@ -1,0 +1,166 @@
+"""Tiny offline models and data for tests, demos and the CPU plan.
+
+    python -m runners.tiny OUT_DIR [--seed 0]
+
+builds, in well under a minute on two CPU cores and with no network:
+
+- ``OUT_DIR/teacher``: a 4-layer Qwen3 (hidden 64) briefly trained on synthetic
+  arithmetic written as chat turns, so it answers in the ``\\boxed{}`` format and is
+  right some of the time (rewards are not all zero);
+- ``OUT_DIR/student``: a 2-layer Qwen3 (hidden 64) trained for fewer steps (weaker);
+- ``OUT_DIR/other_teacher``: a model with a *different* tokenizer, for the tests that
+  distillation refuses an incompatible pair;
+- ``OUT_DIR/data/{labeled,prompts,eval}.jsonl``: rows ``{"problem", "answer"}``.
+
+Teacher and student share one byte-level BPE tokenizer with a Qwen-style chat template
+(``{% generation %}`` markers, so assistant-only losses work). The build is
+deterministic under ``--seed`` and skipped when ``OUT_DIR/BUILT`` exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# Qwen-style; {% generation %} marks what an assistant-only loss trains on.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{{ '<|im_start|>assistant\n' }}{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\n' }}"
+    "{% else %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+INSTRUCTION = "Put the final answer in \\boxed{}."
+
+
+def make_problem(rng: random.Random) -> dict[str, str]:
+    """One arithmetic problem; answers are integers or fractions, checkable in \\boxed{}."""
+    a, b = rng.randint(1, 20), rng.randint(1, 20)
+    op = rng.choice(["+", "-", "*", "/"])
+    if op == "+":
+        return {"problem": f"What is {a} + {b}?", "answer": str(a + b)}
+    if op == "-":
+        return {"problem": f"What is {a} - {b}?", "answer": str(a - b)}
+    if op == "*":
+        a, b = a % 10 + 1, b % 10 + 1
+        return {"problem": f"What is {a} * {b}?", "answer": str(a * b)}
+    from fractions import Fraction
+
+    f = Fraction(a, b)
+    ans = str(f.numerator) if f.denominator == 1 else f"\\frac{{{f.numerator}}}{{{f.denominator}}}"
+    return {"problem": f"What is {a} / {b}?", "answer": ans}
+
+
+def solution_text(row: dict[str, str]) -> str:
+    return f"The answer is \\boxed{{{row['answer']}}}."
+
+
+def chat_text(row: dict[str, str]) -> list[dict[str, str]]:
+    return [{"role": "user", "content": f"{row['problem']} {INSTRUCTION}"},
+            {"role": "assistant", "content": solution_text(row)}]
+
+
+def build_tokenizer(texts: list[str], vocab_size: int, out: Path, model_max_length: int = 512):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        padding_side="left", model_max_length=model_max_length,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(out)
+    return fast
+
+
+def build_model(tokenizer, layers: int, hidden: int, seed: int, train_rows: list[dict], steps: int, out: Path) -> None:
+    """A Qwen3 of the given shape, trained ``steps`` steps on the chat-formatted rows."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = Qwen3Config(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4, max_position_embeddings=512,
+        tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+    )
+    model = Qwen3ForCausalLM(cfg)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if steps:
+        texts = [tokenizer.apply_chat_template(chat_text(r), tokenize=False) for r in train_rows]
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        gen = random.Random(seed)
+        model.train()
+        for _ in range(steps):
+            batch = tokenizer(gen.sample(texts, 32), return_tensors="pt", padding=True, padding_side="right")
+            labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+            loss = model(**batch, labels=labels).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+        model.eval()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def build(out_dir: str | Path, seed: int = 0, teacher_steps: int = 250, student_steps: int = 60) -> Path:
+    """Build everything under ``out_dir`` (idempotent: skipped when already built)."""
+    import torch
+
+    out = Path(out_dir)
+    if (out / "BUILT").exists():
+        return out
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    t0 = time.time()
+    rng = random.Random(seed)
+    rows = [make_problem(rng) for _ in range(2400)]
+    train, labeled, prompts, evals = rows[:1600], rows[1600:1856], rows[1856:2112], rows[2112:2176]
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    for name, part in (("labeled", labeled), ("prompts", prompts), ("eval", evals)):
+        with open(out / "data" / f"{name}.jsonl", "w") as f:
+            for r in part:
+                f.write(json.dumps(r) + "\n")
+
+    from transformers import PreTrainedTokenizerFast  # noqa: F401  (fail early if missing)
+
+    probe = build_tokenizer(["x"], 300, out / "_tmp_tok")  # template rendering needs a tokenizer
+    texts = [probe.apply_chat_template(chat_text(r), tokenize=False) for r in rows[:800]]
+    tok = build_tokenizer(texts, 384, out / "tokenizer")
+    build_model(tok, layers=4, hidden=64, seed=seed, train_rows=train, steps=teacher_steps, out=out / "teacher")
+    build_model(tok, layers=2, hidden=64, seed=seed + 1, train_rows=train, steps=student_steps, out=out / "student")
+    other = build_tokenizer(texts[:200], 320, out / "other_tokenizer")
+    build_model(other, layers=2, hidden=64, seed=seed + 2, train_rows=train, steps=0, out=out / "other_teacher")
+    import shutil
+
+    shutil.rmtree(out / "_tmp_tok", ignore_errors=True)
+    (out / "BUILT").write_text(json.dumps({"seed": seed, "seconds": round(time.time() - t0, 1)}))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m runners.tiny", description=__doc__.split("\n")[0])
+    ap.add_argument("out_dir")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    t0 = time.time()
+    out = build(args.out_dir, seed=args.seed)
+    print(f"tiny models and data in {out} ({time.time() - t0:.1f}s)")
+
+
+if __name__ == "__main__":
+    main()
