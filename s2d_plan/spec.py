@@ -234,15 +234,19 @@ def parse_plan(doc: YamlDoc, source: str = "plan", base_dir: Path = Path(".")) -
         kind = type(doc.data).__name__
         raise PlanError(source, [f"line {doc.line_of(()) or 1}: a plan is a mapping of keys "
                                  f"(name, objective, student, ...), not a {kind}"])
-    problems: list[str] = []
+    found: list[tuple[int, str]] = []  # (line, message), reported in file order
     spec: PlanSpec | None = None
     try:
         spec = PlanSpec.model_validate(doc.data)
     except ValidationError as exc:
-        problems += [_describe(err, doc) for err in exc.errors()]
-    problems += [f"{_where(path, doc)}: {msg}" for path, msg in _semantic_problems(doc.data)]
-    if problems:
-        raise PlanError(source, _unique(problems))
+        for err in exc.errors():
+            loc = _clean_loc(err["loc"])
+            found.append((doc.line_of(loc) or 0, _describe(err, loc, doc)))
+    for path, msg in _semantic_problems(doc.data):
+        found.append((doc.line_of(path) or 0, f"{_where(path, doc)}: {msg}"))
+    if found:
+        ordered = sorted(found, key=lambda item: item[0])
+        raise PlanError(source, _unique([msg for _, msg in ordered]))
     assert spec is not None
     spec._base_dir = base_dir.resolve()
     return spec
@@ -258,8 +262,11 @@ def _where(path: tuple, doc: YamlDoc) -> str:
     return f"{dotted} (line {line})" if line else dotted
 
 
-def _describe(err: dict[str, Any], doc: YamlDoc) -> str:
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+def _clean_loc(loc: tuple) -> tuple:
+    return tuple(p for p in loc if not (isinstance(p, str) and p.startswith("function-")))
+
+
+def _describe(err: dict[str, Any], loc: tuple, doc: YamlDoc) -> str:
     kind, msg = err["type"], err["msg"].removeprefix("Value error, ")
     if kind == "extra_forbidden":
         key = str(loc[-1])
@@ -303,7 +310,9 @@ def _inner_model(annotation: Any) -> Any:
 
 
 def _did_you_mean(word: str, choices: Any) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    choices = [c for c in choices if isinstance(c, str)]
+    prefixed = [c for c in choices if c.lower().startswith(word.lower())]  # "H100" -> "H100-80GB"
+    close = prefixed[:1] or difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 

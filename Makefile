@@ -1,0 +1,36 @@
+# Two targets do all set-up on a fresh machine (see README):
+#   make quickstart   install into .venv, build the tiny CPU models, recommend the paper's
+#                     plan, then execute the tiny CPU plan end to end and query its history
+#   make test         install into .venv (if needed) and run the test suite
+# torch is installed first and pinned: a bare `torch` pulled in by another package
+# resolves to a multi-GB CUDA build on a CPU machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.s2d-installed
+TORCH  := torch==2.13.0
+export S2D_HOME ?= .s2d
+
+.PHONY: install quickstart test clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(TORCH)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[train,dev]'
+	touch $(STAMP)
+
+tiny-models/.complete: $(STAMP)
+	$(BIN)/python -m runners.tiny tiny-models
+
+quickstart: $(STAMP) tiny-models/.complete
+	$(BIN)/s2d-plan recommend plans/budget.yaml
+	$(BIN)/s2d-plan execute plans/tiny-cpu.yaml
+	$(BIN)/s2d-plan history "SELECT stage_id, kind, status, round(gpu_hours * 3600, 1) AS seconds FROM stages WHERE run_id = (SELECT run_id FROM runs ORDER BY start_time DESC LIMIT 1) ORDER BY start_time"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) tiny-models .s2d
