@@ -1,0 +1,124 @@
+"""Numbered schema migrations of the history store.
+
+Each entry moves the schema from version N-1 to N and is applied once, in order, inside
+one transaction, when the executor opens the store. Never edit a released migration:
+add the next number. Table and column names of ``runs``, ``stages``, ``metrics``,
+``artifacts``, ``evidence`` and ``trials`` are the public contract for users' SQL
+(DESIGN.md): add columns, rename none.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (1, """
+CREATE TABLE runs (
+    run_id VARCHAR PRIMARY KEY,
+    plan VARCHAR,
+    plan_hash VARCHAR,
+    status VARCHAR,            -- SCHEDULED RUNNING FINISHED FAILED KILLED
+    start_time TIMESTAMP,      -- UTC
+    end_time TIMESTAMP,
+    graph JSON,                -- the stage graph as executed
+    est_gpu_hours DOUBLE,
+    gpu_hours DOUBLE,
+    pid INTEGER,               -- the executor's process id
+    host VARCHAR,
+    error VARCHAR
+);
+CREATE TABLE stages (
+    run_id VARCHAR,
+    stage_id VARCHAR,
+    kind VARCHAR,
+    status VARCHAR,            -- PENDING RUNNING FINISHED FAILED SKIPPED CACHED KILLED
+    attempt INTEGER,           -- 1 + earlier executions of the same (stage_id, cache_key)
+    cache_key VARCHAR,
+    start_time TIMESTAMP,
+    end_time TIMESTAMP,
+    est_gpu_hours DOUBLE,
+    gpu_hours DOUBLE,          -- wall hours x GPUs the stage asked for
+    error VARCHAR,             -- one-line reason, then the log tail
+    policy VARCHAR,
+    teacher VARCHAR,
+    needs VARCHAR[],
+    position INTEGER,          -- place in the graph's dependency order
+    gpus INTEGER,
+    wall_s DOUBLE,
+    pid INTEGER,               -- runner process (its own process group)
+    heartbeat TIMESTAMP,       -- refreshed by the executor while the stage runs
+    exit_code INTEGER,
+    output_dir VARCHAR,
+    log_path VARCHAR,
+    metrics_path VARCHAR,
+    metrics_offset BIGINT,     -- bytes of metrics_path already in `metrics`
+    PRIMARY KEY (run_id, stage_id)
+);
+CREATE TABLE metrics (
+    run_id VARCHAR,
+    stage_id VARCHAR,
+    attempt INTEGER,
+    step BIGINT,
+    key VARCHAR,
+    value DOUBLE,              -- NULL where the runner reported NaN/inf
+    time TIMESTAMP,
+    cache_key VARCHAR
+);
+CREATE TABLE artifacts (
+    run_id VARCHAR,
+    stage_id VARCHAR,
+    name VARCHAR,
+    uri VARCHAR,
+    sha256 VARCHAR,            -- of the file; of a directory: over its files' paths and hashes
+    bytes BIGINT,
+    attempt INTEGER,
+    cache_key VARCHAR,
+    time TIMESTAMP
+);
+CREATE TABLE evidence (
+    run_id VARCHAR,
+    stage_id VARCHAR,
+    model VARCHAR,
+    source VARCHAR,
+    prompt_index BIGINT,
+    samples INTEGER,
+    correct INTEGER,
+    time TIMESTAMP
+);
+CREATE TABLE trials (
+    run_id VARCHAR,
+    number INTEGER,
+    structure VARCHAR,
+    params JSON,
+    value DOUBLE,
+    gpu_hours DOUBLE,
+    feasible BOOLEAN,
+    extra JSON
+);
+-- Resumed stages re-log the steps after their last checkpoint; keep the newest attempt
+-- of each (stage content, key, step) so curves are clean. The raw table keeps all.
+CREATE VIEW metrics_latest AS
+SELECT * FROM metrics
+QUALIFY row_number() OVER (
+    PARTITION BY stage_id, cache_key, key, step ORDER BY attempt DESC, time DESC) = 1;
+"""),
+]
+
+LATEST = MIGRATIONS[-1][0]
+
+
+def migrate(con) -> int:
+    """Bring the schema of an open writable connection up to date; return its version."""
+    con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER, applied_at TIMESTAMP)")
+    current = con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
+    for version, sql in MIGRATIONS:
+        if version <= current:
+            continue
+        con.execute("BEGIN")
+        try:
+            con.execute(sql)
+            con.execute("INSERT INTO schema_version VALUES (?, now()::TIMESTAMP)", [version])
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        current = version
+    return current

@@ -1,0 +1,82 @@
+"""Printing query results: an aligned text table, CSV, or a JSON array of objects.
+
+    >>> print_rows(["a", "b"], [(1, None), (2.5, "x")], "json")
+    [{"a": 1, "b": null}, {"a": 2.5, "b": "x"}]
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import decimal
+import json
+import math
+import sys
+import uuid
+from typing import Any, Sequence
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-friendly version of a DuckDB value."""
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return None
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, dt.datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(_plain(value))
+    return str(value).replace("\n", " ")
+
+
+def format_table(cols: Sequence[str], rows: Sequence[Sequence[Any]], max_width: int = 60) -> str:
+    cells = [[_cell(v) for v in row] for row in rows]
+    cells = [[c if len(c) <= max_width else c[: max_width - 1] + "…" for c in row] for row in cells]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]
+    numeric = [all(isinstance(r[i], (int, float)) or r[i] is None for r in rows) and rows
+               for i in range(len(cols))]
+
+    def line(values: Sequence[str]) -> str:
+        out = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)]
+        return "  ".join(out).rstrip()
+
+    lines = [line(list(cols)), line(["-" * w for w in widths])]
+    lines += [line(r) for r in cells]
+    return "\n".join(lines)
+
+
+def print_rows(cols: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, out=None) -> None:
+    out = out or sys.stdout
+    if fmt == "json":
+        data = [{c: _plain(v) for c, v in zip(cols, row)} for row in rows]
+        out.write(json.dumps(data) + "\n")
+    elif fmt == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(cols)
+        for row in rows:
+            writer.writerow(["" if v is None else json.dumps(_plain(v)) if isinstance(v, (dict, list))
+                             else _plain(v) for v in row])
+    else:
+        if cols:
+            out.write(format_table(cols, rows) + "\n")
+        out.write(f"({len(rows)} row{'s' if len(rows) != 1 else ''})\n")

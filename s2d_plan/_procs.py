@@ -1,0 +1,155 @@
+"""Runner processes: start (argv, own session, dies with the executor), stop, tail.
+
+A runner runs in its own session (process group) so that a Ctrl-C at the terminal
+reaches only the executor, which then stops each stage deliberately. On Linux the child
+also asks the kernel for SIGTERM when the executor dies (``PR_SET_PDEATHSIG``), so a
+kill -9 of the executor leaves no orphan writing into a stage directory; on restart the
+executor still kills any survivor's process group (other platforms, grandchildren).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+# Metrics shown as "the" progress figure of a stage when a runner logs them.
+KEY_METRICS = ("reward", "accuracy", "loss", "kl")
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except OSError:
+        pass
+
+
+def start(argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start a runner with stdout and stderr going to ``log_path``."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, env=env,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+
+
+def signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is dead for our purposes
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def cmdline_mentions(pid: int, needle: str) -> bool:
+    """Whether process ``pid`` still runs our command (guards against pid reuse)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return needle.encode() in f.read()
+    except OSError:
+        return False
+
+
+def kill_stale(pid: int | None, spec_path: str | None) -> bool:
+    """Kill the process group of a runner left by a dead executor, if it still runs."""
+    if pid and spec_path and pid_alive(pid) and cmdline_mentions(pid, spec_path):
+        signal_group(pid, signal.SIGKILL)
+        return True
+    return False
+
+
+def log_tail(path: Path, lines: int = 20, max_bytes: int = 16384) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def reason_from_log(tail: str, fallback: str) -> str:
+    """The one-line reason: the runner's last non-empty stderr line, else ``fallback``."""
+    for line in reversed(tail.splitlines()):
+        if line.strip():
+            return line.strip()[:300]
+    return fallback
+
+
+@dataclass
+class MetricTail:
+    """Reads a runner's metrics file incrementally; keeps a partial last line for later.
+
+    ``read()`` returns metric rows (step, key, value, time) and artifact announcements
+    read since the last call; ``offset`` is how many bytes are fully consumed.
+    """
+
+    path: Path
+    offset: int = 0
+    _rest: bytes = b""
+    artifacts: list[tuple[str, str]] = field(default_factory=list)
+    last_step: int | None = None
+    last_metric: tuple[str, float | None] | None = None
+    bad_lines: int = 0
+
+    def read(self, final: bool = False, max_bytes: int = 64 << 20) -> list[tuple]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset + len(self._rest))
+                chunk = f.read(max_bytes)
+        except FileNotFoundError:
+            return []
+        data = self._rest + chunk
+        cut = data.rfind(b"\n") + 1
+        if final and cut < len(data):
+            cut = len(data)  # the runner is gone: a last line without newline still counts
+        complete, self._rest = data[:cut], data[cut:]
+        self.offset += len(complete)
+        rows: list[tuple] = []
+        loads = json.loads
+        now = time.time()
+        for line in complete.splitlines():
+            if not line.strip():
+                continue
+            try:
+                d = loads(line)
+                if "key" in d:
+                    value = d.get("value")
+                    rows.append((int(d["step"]), str(d["key"]),
+                                 None if value is None else float(value), float(d.get("time", now))))
+                elif "artifact" in d:
+                    self.artifacts.append((str(d["artifact"]), str(d["path"])))
+            except (ValueError, KeyError, TypeError):
+                self.bad_lines += 1  # a torn or foreign line must not stop ingestion
+        if rows:
+            self.last_step = rows[-1][0]
+            tail = rows[-32:]
+            preferred = [r for r in tail if r[1] in KEY_METRICS] or tail
+            self.last_metric = (preferred[-1][1], preferred[-1][2])
+        return rows

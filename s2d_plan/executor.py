@@ -1,0 +1,644 @@
+"""The executor: runs a stage graph, resumably, each stage in its own process.
+
+    result = execute_graph(load_graph("graph.json"), Path(".s2d"))
+    result.exit_code   # 0 when every stage FINISHED or was CACHED
+
+How it departs from "run the stages in order":
+
+1. *Content-addressed stages.* A stage's key hashes its kind, policy/teacher (a model
+   name, or the key of the ``@stage`` it reads), data (``@stage`` refs by key), params,
+   and the runner's code version (source of ``runners/<kind>.py`` + ``runners/common.py``);
+   resources and estimates are left out, so moving a stage to more GPUs reuses it. Its
+   output lives in ``<home>/stages/<id>-<key>/`` and counts as done only with a
+   ``COMPLETE`` marker; such a stage is recorded CACHED and not run again. A changed
+   parameter changes that key and, through the chain, the keys of its dependants only.
+2. *Resume.* A runner works in ``<output>.partial`` (the same path on every attempt), so
+   a runner that checkpoints resumes where the last attempt stopped. The executor keeps
+   that directory only when the runner module declares ``RESUMABLE = True``; otherwise,
+   and under ``--force``, it starts the stage clean.
+3. *Crashes.* Any stage still RUNNING in the history when an executor opens it was left
+   by a dead executor (the history has one writer at a time, so none is alive): it is
+   marked FAILED with its log tail, the rest of its metrics file is ingested, any
+   surviving runner process group is killed, and the stage runs again as a new attempt.
+4. *Failures stay local.* A failed stage's dependants are SKIPPED, independent branches go
+   on, and the command exits 1 with one line per failure. SIGINT/SIGTERM stops running
+   stages (SIGINT to their process groups, SIGKILL after a grace period), records them
+   KILLED and flushes every metric they wrote.
+
+Stages run side by side when GPUs allow: a stage takes ``resources.gpus`` of the GPUs
+this machine has (``CUDA_VISIBLE_DEVICES`` is set for it); on a machine without GPUs,
+stages that ask for GPUs run one at a time, and stages with ``gpus: 0`` run beside them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from runners.common import is_complete
+from runners.launch import stage_command
+from s2d_plan import _procs
+from s2d_plan._display import make_display
+from s2d_plan.errors import GraphError
+from s2d_plan.graph import Stage, StageGraph, load_graph
+from s2d_plan.history import HistoryWriter, graph_json, utcnow
+from s2d_plan.paths import attempt_file, partial_dir, resolve_home, stage_dir
+
+RUNNERS_DIR = Path(__file__).resolve().parent.parent / "runners"
+DONE = ("FINISHED", "CACHED")
+STOP_GRACE_S = 10.0  # how long a stopped runner gets to exit after SIGINT
+
+
+# -- stage identity --------------------------------------------------------------------
+@lru_cache(maxsize=None)
+def _runner_source(kind: str) -> str:
+    parts = []
+    for name in (f"{kind}.py", "common.py"):
+        path = RUNNERS_DIR / name
+        parts.append(path.read_text(encoding="utf-8") if path.exists() else f"<missing {name}>")
+    return "\n".join(parts)
+
+
+def runner_version(kind: str) -> str:
+    """A hash of the runner module's source and the shared runner helpers."""
+    return hashlib.sha256(_runner_source(kind).encode()).hexdigest()[:16]
+
+
+def runner_resumes(kind: str) -> bool:
+    """Whether ``runners/<kind>.py`` declares ``RESUMABLE = True`` (keep its work dir)."""
+    return re.search(r"^RESUMABLE\s*=\s*True\b", _runner_source(kind), re.M) is not None
+
+
+def cache_keys(graph: StageGraph) -> dict[str, str]:
+    """Every stage's content key (16 hex digits), in dependency order.
+
+        >>> g = StageGraph.model_validate({"plan": "p", "stages": [
+        ...     {"id": "a", "kind": "simulate", "policy": "m", "params": {"steps": 2}}]})
+        >>> len(cache_keys(g)["a"])
+        16
+    """
+    keys: dict[str, str] = {}
+
+    def ref(value: Any) -> Any:
+        if isinstance(value, str) and value.startswith("@"):
+            return {"stage": keys[value[1:]]}
+        return value
+
+    for s in graph.topological_order():
+        ident = {"kind": s.kind, "policy": ref(s.policy), "teacher": ref(s.teacher),
+                 "data": {k: ref(v) for k, v in sorted(s.data.items())}, "params": s.params,
+                 "runner": runner_version(s.kind)}
+        text = json.dumps(ident, sort_keys=True, default=str)
+        keys[s.id] = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return keys
+
+
+def resolve_inputs(stage: Stage, outputs: dict[str, Path]) -> dict[str, str]:
+    """The spec's ``inputs``: models pass through, ``@stage`` becomes its output dir."""
+    inputs: dict[str, str] = {}
+    for name in ("policy", "teacher"):
+        value = getattr(stage, name)
+        if value is not None:
+            inputs[name] = str(outputs[value[1:]]) if value.startswith("@") else value
+    for name, value in stage.data.items():
+        if isinstance(value, str) and value.startswith("@"):
+            inputs[f"data.{name}"] = str(outputs[value[1:]])
+    return inputs
+
+
+# -- state of one stage during a run ---------------------------------------------------
+@dataclass
+class StageState:
+    stage: Stage
+    key: str
+    output_dir: Path
+    status: str = "PENDING"
+    attempt: int | None = None
+    forced: bool = False
+    proc: subprocess.Popen | None = None
+    tail: _procs.MetricTail | None = None
+    gpu_ids: list[int] = field(default_factory=list)
+    started: float | None = None
+    ended: float | None = None
+    buffered: list[tuple] = field(default_factory=list)
+    spec_path: Path | None = None
+    log_path: Path | None = None
+    error: str | None = None
+
+    def elapsed(self) -> float | None:
+        if self.started is None:
+            return None
+        return (self.ended or time.monotonic()) - self.started
+
+    def est_seconds(self) -> float | None:
+        hours = self.stage.estimated.gpu_hours
+        return hours * 3600 / max(self.stage.resources.gpus, 1) if hours else None
+
+    def total_steps(self) -> int | None:
+        steps = self.stage.params.get("steps")
+        return steps if isinstance(steps, int) else None
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    status: str  # FINISHED / FAILED / KILLED
+    stages: dict[str, str]  # stage id -> final status
+    failures: list[str]  # one line per failed or killed stage
+    exit_code: int
+    home: Path
+
+
+def _detect_gpus() -> int:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
+            return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+        except (OSError, subprocess.SubprocessError):
+            return 0
+    return 0
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:4]
+
+
+# -- the driver ------------------------------------------------------------------------
+def execute_graph(graph: StageGraph, home: Path | str | None = None, force: Iterable[str] = (), *,
+                  display: Any = None, gpus: int | None = None, max_parallel: int = 4,
+                  poll_s: float = 0.1, flush_rows: int = 50_000, flush_s: float = 1.0,
+                  run_id: str | None = None) -> RunResult:
+    """Run ``graph`` under ``home``; return what happened (never raises for a failed stage).
+
+        result = execute_graph(graph, Path(".s2d"), force=["student_opd"])
+        print(result.status, result.stages)
+    """
+    home = resolve_home(home)
+    force = list(force)
+    missing = [f for f in force if f not in {s.id for s in graph.stages}]
+    if missing:
+        raise GraphError(f"--force names no stage of this graph: {', '.join(missing)}")
+    runner = _Executor(graph, home, force, gpus=_detect_gpus() if gpus is None else gpus,
+                       max_parallel=max_parallel, poll_s=poll_s, flush_rows=flush_rows,
+                       flush_s=flush_s, run_id=run_id or new_run_id())
+    display = display or make_display(f"s2d-plan execute {graph.plan} ({runner.run_id})")
+    with display:
+        return runner.run(display)
+
+
+class _Executor:
+    def __init__(self, graph: StageGraph, home: Path, force: Sequence[str], *, gpus: int,
+                 max_parallel: int, poll_s: float, flush_rows: int, flush_s: float, run_id: str):
+        self.graph, self.home, self.run_id = graph, home, run_id
+        self.gpus, self.max_parallel, self.poll_s = gpus, max_parallel, poll_s
+        self.flush_rows, self.flush_s = flush_rows, flush_s
+        keys = cache_keys(graph)
+        forced = set(force)
+        for f in force:
+            forced |= graph.dependants(f)
+        self.states = {s.id: StageState(s, keys[s.id], stage_dir(home, s.id, keys[s.id]), forced=s.id in forced)
+                       for s in graph.topological_order()}
+        self.stop_signal: int | None = None
+        self.stop_deadline: float | None = None
+        self.hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s2d-hash")
+        self.pending_hashes: list[Future] = []
+        self.last_flush = time.monotonic()
+        self.last_heartbeat = 0.0
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def run(self, display: Any) -> RunResult:
+        self.display = display
+        self.db = HistoryWriter(self.home)
+        started = time.monotonic()
+        old_handlers = self._install_signals()
+        try:
+            for line in recover_stale(self.db, self.home, self.run_id):
+                display.event(line)
+            self._record_start()
+            self._loop()
+            return self._finish(time.monotonic() - started)
+        finally:
+            self._restore_signals(old_handlers)
+            self.hashing.shutdown(wait=True)
+            self.db.close()
+
+    def _install_signals(self) -> dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        old = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old[sig] = signal.signal(sig, self._on_signal)
+        return old
+
+    def _restore_signals(self, old: dict[int, Any]) -> None:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.stop_signal is not None and signum == signal.SIGINT:
+            self.stop_deadline = 0.0  # a second Ctrl-C: stop now
+        self.stop_signal = signum
+
+    def _record_start(self) -> None:
+        g = self.graph
+        plan_hash = g.plan_hash or hashlib.sha256(g.to_json().encode()).hexdigest()[:16]
+        self.db.insert("runs", {"run_id": self.run_id, "plan": g.plan, "plan_hash": plan_hash,
+                                "status": "RUNNING", "start_time": utcnow(), "graph": graph_json(g),
+                                "est_gpu_hours": g.estimated.gpu_hours or sum(s.estimated.gpu_hours for s in g.stages),
+                                "pid": os.getpid(), "host": os.uname().nodename})
+        for position, st in enumerate(self.states.values()):
+            s = st.stage
+            self.db.insert("stages", {"position": position, "run_id": self.run_id, "stage_id": s.id, "kind": s.kind, "status": "PENDING",
+                                      "cache_key": st.key, "est_gpu_hours": s.estimated.gpu_hours,
+                                      "policy": s.policy, "teacher": s.teacher, "needs": list(s.needs),
+                                      "gpus": s.resources.gpus, "output_dir": str(st.output_dir)})
+        _record_trials(self.db, self.run_id, g.meta.get("trials"))
+        for st in self.states.values():
+            if not st.forced and is_complete(st.output_dir):
+                st.status = "CACHED"
+                self.db.update_stage(self.run_id, st.stage.id, status="CACHED", gpu_hours=0.0)
+                self.display.event(f"{st.stage.id}: CACHED ({st.output_dir.name})")
+        self.db.publish(force=True)
+
+    # -- the loop ----------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            if self.stop_signal is not None:
+                self._stop_running()
+            for st in self._running():
+                self._poll(st)
+            if self.stop_signal is None:
+                self._skip_blocked()
+                self._launch_ready()
+            self._collect_hashes()
+            self._flush_if_due()
+            self.display.refresh(self.states.values())
+            if not self._running():
+                if self.stop_signal is not None or not any(st.status == "PENDING" for st in self.states.values()):
+                    break
+            time.sleep(self.poll_s)
+
+    def _running(self) -> list[StageState]:
+        return [st for st in self.states.values() if st.status == "RUNNING"]
+
+    def _skip_blocked(self) -> None:
+        for st in self.states.values():
+            if st.status != "PENDING":
+                continue
+            bad = [n for n in st.stage.needs if self.states[n].status in ("FAILED", "SKIPPED", "KILLED")]
+            if bad:
+                st.status = "SKIPPED"
+                st.error = f"skipped: {bad[0]} {self.states[bad[0]].status.lower()}"
+                self.db.update_stage(self.run_id, st.stage.id, status="SKIPPED", error=st.error)
+                self.display.event(f"{st.stage.id}: SKIPPED ({bad[0]} {self.states[bad[0]].status})")
+
+    def _launch_ready(self) -> None:
+        for st in self.states.values():
+            if st.status != "PENDING" or any(self.states[n].status not in DONE for n in st.stage.needs):
+                continue
+            gpu_ids = self._allocate(st)
+            if gpu_ids is None:
+                continue
+            self._launch(st, gpu_ids)
+
+    def _allocate(self, st: StageState) -> list[int] | None:
+        """GPU ids for the stage, [] for none needed, or None when it must wait."""
+        running = self._running()
+        if len(running) >= self.max_parallel:
+            return None
+        want = st.stage.resources.gpus
+        if want == 0:
+            return []
+        if self.gpus == 0:  # no GPUs here: GPU stages run one at a time, on the CPU
+            busy = any(r.stage.resources.gpus > 0 for r in running)
+            return None if busy else []
+        used = {i for r in running for i in r.gpu_ids}
+        free = [i for i in range(self.gpus) if i not in used]
+        want = min(want, self.gpus)
+        if len(free) < want:
+            return None
+        return free[:want]
+
+    # -- one stage -------------------------------------------------------------------
+    def _launch(self, st: StageState, gpu_ids: list[int]) -> None:
+        s = st.stage
+        row = self.db.query("SELECT coalesce(max(attempt), 0) FROM stages WHERE stage_id = ? AND cache_key = ? "
+                            "AND status NOT IN ('CACHED', 'SKIPPED', 'PENDING') AND attempt IS NOT NULL",
+                            [s.id, st.key])
+        st.attempt = int(row[0][0]) + 1
+        work = partial_dir(st.output_dir)
+        _prepare_dirs(st.output_dir, work, clean=st.forced or not runner_resumes(s.kind))
+        st.spec_path = attempt_file(self.home, self.run_id, s.id, st.attempt, "spec.json")
+        st.log_path = attempt_file(self.home, self.run_id, s.id, st.attempt, "log")
+        metrics_path = attempt_file(self.home, self.run_id, s.id, st.attempt, "metrics.jsonl")
+        outputs = {sid: other.output_dir for sid, other in self.states.items()}
+        spec = {"run_id": self.run_id, "attempt": st.attempt, "stage": s.model_dump(mode="json", exclude_none=True),
+                "inputs": resolve_inputs(s, outputs), "output_dir": str(st.output_dir), "work_dir": str(work),
+                "metrics_path": str(metrics_path), "device": "cuda" if gpu_ids else "auto", "cache_key": st.key}
+        st.spec_path.parent.mkdir(parents=True, exist_ok=True)
+        st.spec_path.write_text(json.dumps(spec, indent=1))
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if self.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_ids)
+        argv = stage_command(s.kind, st.spec_path, max(len(gpu_ids), 1))
+        st.tail = _procs.MetricTail(metrics_path)
+        st.gpu_ids, st.started, st.status = gpu_ids, time.monotonic(), "RUNNING"
+        try:
+            st.proc = _procs.start(argv, st.log_path, env)
+        except OSError as exc:
+            st.ended = time.monotonic()
+            self._record_end(st, "FAILED", None, f"could not start {argv[0]}: {exc}")
+            return
+        self.db.update_stage(self.run_id, s.id, status="RUNNING", attempt=st.attempt, start_time=utcnow(),
+                             pid=st.proc.pid, heartbeat=utcnow(), log_path=str(st.log_path),
+                             metrics_path=str(metrics_path), metrics_offset=0, error=None)
+        self.display.event(f"{s.id}: RUNNING attempt {st.attempt} (pid {st.proc.pid}): {shlex.join(argv)}")
+
+    def _poll(self, st: StageState) -> None:
+        code = st.proc.poll()
+        rows = st.tail.read(final=code is not None)
+        if rows:
+            st.buffered.extend(rows)
+        if code is None:
+            if len(st.buffered) >= self.flush_rows:
+                self._flush(st)
+            return
+        while rows:  # drain whatever is left beyond one read's cap
+            rows = st.tail.read(final=True)
+            st.buffered.extend(rows)
+        st.ended = time.monotonic()
+        self._flush(st)
+        if code == 0 and is_complete(st.output_dir):
+            self._record_end(st, "FINISHED", code, None)
+            self._after_success(st)
+            return
+        tail = _procs.log_tail(st.log_path) if st.log_path else ""
+        if self.stop_signal is not None:
+            status, reason = "KILLED", f"stopped by {signal.Signals(self.stop_signal).name}"
+        elif code == 0:
+            status, reason = "FAILED", "runner exited 0 without a COMPLETE output"
+        else:
+            fallback = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+            status, reason = "FAILED", _procs.reason_from_log(tail, fallback)
+        self._record_end(st, status, code, reason + ("\n--- log tail ---\n" + tail if tail else ""))
+
+    def _record_end(self, st: StageState, status: str, code: int | None, error: str | None) -> None:
+        st.status, st.error = status, error
+        wall = st.elapsed() or 0.0
+        self.db.update_stage(self.run_id, st.stage.id, status=status, end_time=utcnow(), wall_s=wall,
+                             gpu_hours=wall / 3600 * st.stage.resources.gpus, exit_code=code, error=error)
+        first = (error or "").splitlines()[0] if error else ""
+        self.display.event(f"{st.stage.id}: {status} after {wall:.1f}s" + (f": {first}" if first else ""))
+        self.db.publish(force=True)
+
+    def _after_success(self, st: StageState) -> None:
+        evidence = st.output_dir / "evidence.jsonl"
+        if evidence.exists():
+            _record_evidence(self.db, self.run_id, st.stage.id, evidence)
+        for name, rel in st.tail.artifacts:
+            path = st.output_dir / rel
+            self.pending_hashes.append(self.hashing.submit(
+                _artifact_row, self.run_id, st.stage.id, name, path, st.attempt, st.key))
+
+    def _collect_hashes(self, wait: bool = False) -> None:
+        keep = []
+        for fut in self.pending_hashes:
+            if wait or fut.done():
+                row = fut.result()
+                if row:
+                    self.db.append_rows("artifacts", ARTIFACT_COLUMNS, [row])
+            else:
+                keep.append(fut)
+        self.pending_hashes = keep
+
+    def _flush(self, st: StageState) -> None:
+        rows, st.buffered = st.buffered, []
+        self.db.append_metrics(self.run_id, st.stage.id, st.attempt, st.key, rows, st.tail.offset - 0)
+
+    def _flush_if_due(self) -> None:
+        now = time.monotonic()
+        if now - self.last_flush >= self.flush_s:
+            self.last_flush = now
+            for st in self._running():
+                if st.buffered:
+                    self._flush(st)
+        if now - self.last_heartbeat >= 5.0 and self._running():
+            self.last_heartbeat = now
+            self.db.execute("UPDATE stages SET heartbeat = ? WHERE run_id = ? AND status = 'RUNNING'",
+                            [utcnow(), self.run_id])
+        self.db.publish()
+
+    def _stop_running(self) -> None:
+        now = time.monotonic()
+        if self.stop_deadline is None:
+            self.stop_deadline = now + STOP_GRACE_S
+            self.display.event(f"{signal.Signals(self.stop_signal).name}: stopping "
+                               f"{len(self._running())} running stage(s)")
+            for st in self._running():
+                _procs.signal_group(st.proc.pid, signal.SIGINT)
+        elif now >= self.stop_deadline:
+            for st in self._running():
+                _procs.signal_group(st.proc.pid, signal.SIGKILL)
+
+    # -- the end -----------------------------------------------------------------------
+    def _finish(self, seconds: float) -> RunResult:
+        self._collect_hashes(wait=True)
+        for st in self.states.values():
+            if st.status == "PENDING":  # only when stopped by a signal
+                st.status = "SKIPPED"
+                self.db.update_stage(self.run_id, st.stage.id, status="SKIPPED", error="not started: the run was stopped")
+        statuses = {sid: st.status for sid, st in self.states.items()}
+        failures = [f"{st.status} {sid}: {(st.error or '').splitlines()[0] if st.error else ''}"
+                    for sid, st in self.states.items() if st.status in ("FAILED", "KILLED")]
+        if self.stop_signal is not None:
+            status, code = "KILLED", 128 + self.stop_signal
+        elif failures or any(v == "SKIPPED" for v in statuses.values()):
+            status, code = "FAILED", 1
+        else:
+            status, code = "FINISHED", 0
+        gpu_hours = self.db.query("SELECT coalesce(sum(gpu_hours), 0) FROM stages WHERE run_id = ?", [self.run_id])[0][0]
+        self.db.update_run(self.run_id, status=status, end_time=utcnow(), gpu_hours=gpu_hours,
+                           error="; ".join(failures) or None)
+        counts = {v: list(statuses.values()).count(v) for v in dict.fromkeys(statuses.values())}
+        summary = ", ".join(f"{n} {k.lower()}" for k, n in counts.items())
+        self.display.event(f"run {self.run_id} {status} in {seconds:.1f}s: {summary}")
+        return RunResult(self.run_id, status, statuses, failures, code, self.home)
+
+
+ARTIFACT_COLUMNS = ("run_id", "stage_id", "name", "uri", "sha256", "bytes", "attempt", "cache_key", "time")
+
+
+def _prepare_dirs(output: Path, work: Path, clean: bool) -> None:
+    """Make ``work`` ready for a new attempt; never start on a COMPLETE-less output."""
+    if clean:
+        shutil.rmtree(output, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+        return
+    if output.exists() and not is_complete(output):
+        # renamed into place but never marked: give it back to the runner to finish
+        if work.exists():
+            shutil.rmtree(output)
+        else:
+            os.replace(output, work)
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _artifact_row(run_id: str, stage_id: str, name: str, path: Path, attempt: int, key: str) -> tuple | None:
+    """(run_id, stage_id, name, uri, sha256, bytes, ...) for a file or a directory (whose
+    hash covers each file's relative path and hash, in sorted order)."""
+    if path.is_file():
+        digest, size = _file_sha256(path), path.stat().st_size
+    elif path.is_dir():
+        h, size = hashlib.sha256(), 0
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            h.update(f"{f.relative_to(path).as_posix()}\0{_file_sha256(f)}\n".encode())
+            size += f.stat().st_size
+        digest = h.hexdigest()
+    else:
+        return (run_id, stage_id, name, path.as_uri(), None, None, attempt, key, utcnow())
+    return (run_id, stage_id, name, path.as_uri(), digest, size, attempt, key, utcnow())
+
+
+def _record_evidence(db: HistoryWriter, run_id: str, stage_id: str, path: Path) -> None:
+    rows, now = [], utcnow()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            d = json.loads(line)
+            rows.append((run_id, stage_id, d["model"], d.get("source"), int(d["prompt_index"]),
+                         int(d["samples"]), int(d["correct"]), now))
+    db.append_rows("evidence", ("run_id", "stage_id", "model", "source", "prompt_index", "samples", "correct", "time"), rows)
+
+
+def _record_trials(db: HistoryWriter, run_id: str, trials: Any) -> None:
+    if not isinstance(trials, list):
+        return
+    known = ("number", "structure", "params", "value", "gpu_hours", "feasible")
+    rows = []
+    for t in trials:
+        if not isinstance(t, dict):
+            continue
+        extra = {k: v for k, v in t.items() if k not in known}
+        value, hours = t.get("value"), t.get("gpu_hours")
+        rows.append((run_id, t.get("number"), None if t.get("structure") is None else str(t["structure"]),
+                     json.dumps(t.get("params", {}), default=str),
+                     float(value) if isinstance(value, (int, float)) else None,
+                     float(hours) if isinstance(hours, (int, float)) else None,
+                     None if t.get("feasible") is None else bool(t["feasible"]),
+                     json.dumps(extra, default=str) if extra else None))
+    db.append_rows("trials", ("run_id", "number", "structure", "params", "value", "gpu_hours", "feasible", "extra"), rows)
+
+
+def recover_stale(db: HistoryWriter, home: Path, new_run: str) -> list[str]:
+    """Close what a dead executor left RUNNING; return one line per stage recovered.
+
+    We hold the history's write lock, so no other executor is alive: every RUNNING row is
+    stale (its runner's pid dead or, if PDEATHSIG could not reach it, killed here)."""
+    lines = []
+    stale = db.query("SELECT run_id, stage_id, attempt, cache_key, pid, heartbeat, metrics_path, "
+                     "coalesce(metrics_offset, 0), log_path FROM stages WHERE status = 'RUNNING'")
+    for run_id, stage_id, attempt, key, pid, heartbeat, metrics_path, offset, log_path in stale:
+        spec = attempt_file(home, run_id, stage_id, attempt or 0, "spec.json")
+        killed = _procs.kill_stale(pid, str(spec))
+        if metrics_path:  # what the runner wrote after the last flush is still on disk
+            tail = _procs.MetricTail(Path(metrics_path), offset=int(offset))
+            rows = tail.read(final=True)
+            db.append_metrics(run_id, stage_id, attempt, key, rows, tail.offset)
+        log = _procs.log_tail(Path(log_path)) if log_path else ""
+        why = (f"executor died during the stage (runner pid {pid} "
+               f"{'was still alive and was killed' if killed else 'gone'}; last heartbeat {heartbeat:%H:%M:%S} UTC)"
+               if heartbeat else "executor died during the stage")
+        db.update_stage(run_id, stage_id, status="FAILED", end_time=heartbeat or utcnow(),
+                        error=why + ("\n--- log tail ---\n" + log if log else ""))
+        lines.append(f"{stage_id}: left RUNNING by run {run_id}; marked FAILED ({why})")
+    for (run_id,) in db.query("SELECT run_id FROM runs WHERE status IN ('RUNNING', 'SCHEDULED')"):
+        db.execute("UPDATE stages SET status = 'SKIPPED', error = 'not started: the executor died' "
+                   "WHERE run_id = ? AND status = 'PENDING'", [run_id])
+        db.update_run(run_id, status="FAILED", end_time=utcnow(),
+                      error=f"executor died; resumed by run {new_run}")
+    return lines
+
+
+# -- the CLI -----------------------------------------------------------------------------
+def print_dry_run(graph: StageGraph, home: Path | str | None = None, force: Iterable[str] = (), out=None) -> None:
+    """Print the order, each stage's command and estimated GPU-hours; run nothing."""
+    out = out or sys.stdout
+    home = resolve_home(home)
+    keys = cache_keys(graph)
+    forced = set(force)
+    for f in force:
+        if f not in keys:
+            raise GraphError(f"--force names no stage of this graph: {f}")
+        forced |= graph.dependants(f)
+    run_id = "<run_id>"
+    total = 0.0
+    print(f"plan {graph.plan}: {len(graph.stages)} stages, home {home} (dry run: nothing runs)", file=out)
+    for i, s in enumerate(graph.topological_order(), 1):
+        output = stage_dir(home, s.id, keys[s.id])
+        cached = s.id not in forced and is_complete(output)
+        hours = s.estimated.gpu_hours
+        total += 0.0 if cached else hours
+        argv = stage_command(s.kind, attempt_file(home, run_id, s.id, 1, "spec.json"), max(s.resources.gpus, 1))
+        state = "cached" if cached else "forced" if s.id in forced else "would run"
+        needs = f" after {', '.join(s.needs)}" if s.needs else ""
+        print(f"{i}. {s.id} [{s.kind}] key {keys[s.id]} {state}; {s.resources.gpus} GPU, "
+              f"est {hours:.2f} GPU-h{needs}", file=out)
+        if not cached:
+            print(f"   $ {shlex.join(argv)}", file=out)
+    print(f"estimated GPU-hours to run: {total:.2f} (whole graph {graph.estimated.gpu_hours or sum(s.estimated.gpu_hours for s in graph.stages):.2f})", file=out)
+
+
+def run_execute(target: Path, dry_run: bool = False, force: Sequence[str] = (), home: Path | None = None) -> int:
+    """`s2d-plan execute GRAPH.json|PLAN.yaml`: the exit code (0 ok, 1 failures, 2 bad input,
+    128+signal when stopped)."""
+    target = Path(target)
+    if target.suffix.lower() in (".yaml", ".yml"):
+        from s2d_plan.recommend import recommend_graph
+
+        graph, summary = recommend_graph(target)
+        print(summary, flush=True)
+    else:
+        graph = load_graph(target)
+    if dry_run:
+        print_dry_run(graph, home, force)
+        return 0
+    result = execute_graph(graph, home, force)
+    for line in result.failures:
+        print(line, file=sys.stderr)
+    return result.exit_code
+
+
+def run_probe(plan: Path, home: Path | None = None) -> int:
+    """`s2d-plan probe PLAN`: run the plan's probe stages (built by the compiler)."""
+    from s2d_plan import compiler  # issue 3 builds the probe graph from a plan
+
+    make = getattr(compiler, "compile_probe_graph", None)
+    if make is None:
+        from s2d_plan.errors import S2DError
+
+        raise S2DError("probe: the compiler does not build probe graphs yet (compile_probe_graph)")
+    return execute_graph(make(plan), home).exit_code
