@@ -274,7 +274,11 @@ class _Executor:
         for st in self.states.values():
             if not st.forced and is_complete(st.output_dir):
                 st.status = "CACHED"
-                self.db.update_stage(self.run_id, st.stage.id, status="CACHED", gpu_hours=0.0)
+                # the attempt that produced the output (None if the history lost it)
+                st.attempt = self.db.query(
+                    "SELECT max(attempt) FROM stages WHERE stage_id = ? AND cache_key = ? AND status = 'FINISHED'",
+                    [st.stage.id, st.key])[0][0]
+                self.db.update_stage(self.run_id, st.stage.id, status="CACHED", gpu_hours=0.0, attempt=st.attempt)
                 self.display.event(f"{st.stage.id}: CACHED ({st.output_dir.name})")
         self.db.publish(force=True)
 

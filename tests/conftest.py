@@ -1,0 +1,89 @@
+"""Shared fixtures: a fresh s2d home per test, graph files, the real CLI in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def s2d_home(tmp_path: Path) -> Path:
+    """An empty home directory (history + stage outputs) for one test."""
+    return tmp_path / "home"
+
+
+def sim_stage(sid: str, needs: tuple[str, ...] = (), policy: str = "tiny/model", **params: Any) -> dict:
+    """A `simulate` stage dict; ``gpus``/``teacher``/``data`` may be passed in params."""
+    stage: dict[str, Any] = {"id": sid, "kind": "simulate", "policy": policy, "needs": list(needs)}
+    for field in ("teacher", "data", "resources", "estimated"):
+        if field in params:
+            stage[field] = params.pop(field)
+    stage["params"] = params
+    return stage
+
+
+@pytest.fixture
+def write_graph(tmp_path: Path) -> Callable[..., Path]:
+    """write_graph(stages, name="g.json", **top) -> path of a stage graph JSON file."""
+
+    def write(stages: list[dict], name: str = "graph.json", **top: Any) -> Path:
+        path = tmp_path / name
+        path.write_text(json.dumps({"plan": top.pop("plan", "test-plan"), "stages": stages, **top}))
+        return path
+
+    return write
+
+
+def cli_env(home: Path) -> dict[str, str]:
+    env = dict(os.environ, S2D_HOME=str(home), PYTHONUNBUFFERED="1")
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    return env
+
+
+@pytest.fixture
+def cli(s2d_home: Path) -> Callable[..., subprocess.CompletedProcess]:
+    """cli("history", "SELECT 1", input=None) runs `s2d-plan` for real in a subprocess."""
+
+    def run(*args: str, input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "s2d_plan.cli", *args], input=input, text=True,
+                              capture_output=True, env=cli_env(s2d_home), cwd=REPO, timeout=timeout)
+
+    return run
+
+
+@pytest.fixture
+def start_cli(s2d_home: Path):
+    """start_cli("execute", path) -> a running Popen of the CLI (killed at teardown)."""
+    procs: list[subprocess.Popen] = []
+
+    def start(*args: str) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-m", "s2d_plan.cli", *args], text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(s2d_home), cwd=REPO)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=30)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, every: float = 0.05) -> Any:
+    """Poll until ``predicate()`` is truthy; return its value or fail the test."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    pytest.fail(f"timed out after {timeout}s waiting for {predicate}")

@@ -1,0 +1,139 @@
+"""The executor on real subprocesses (the `simulate` runner) and a real DuckDB file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+import pytest
+from conftest import sim_stage
+
+from s2d_plan._display import PlainDisplay
+from s2d_plan.executor import cache_keys, execute_graph
+from s2d_plan.graph import load_graph
+from s2d_plan.history import load_evidence, open_reader
+
+
+def run(graph_path: Path, home: Path, **kw):
+    return execute_graph(load_graph(graph_path), home, display=PlainDisplay(every_s=1e9), **kw)
+
+
+def rows(home: Path, sql: str, params=None) -> list[tuple]:
+    with open_reader(home) as con:
+        return con.execute(sql, params or []).fetchall()
+
+
+def chain(**teacher_params):
+    return [sim_stage("teacher", **{"steps": 3, **teacher_params}),
+            sim_stage("rollouts", ("teacher",), policy="@teacher", steps=2, resources={"gpus": 0}),
+            sim_stage("student", ("teacher", "rollouts"), policy="tiny/student", teacher="@teacher",
+                      data={"rollouts": "@rollouts"}, steps=2),
+            sim_stage("side", steps=2)]
+
+
+def statuses(home: Path, run_id: str) -> dict[str, str]:
+    return dict(rows(home, "SELECT stage_id, status FROM stages WHERE run_id = ?", [run_id]))
+
+
+def test_runs_in_order_resolves_refs_then_reuses_by_content(write_graph, s2d_home):
+    first = run(write_graph(chain()), s2d_home)
+    assert first.exit_code == 0 and set(first.stages.values()) == {"FINISHED"}
+    start = dict(rows(s2d_home, "SELECT stage_id, start_time FROM stages WHERE run_id = ?", [first.run_id]))
+    assert start["teacher"] < start["rollouts"] < start["student"]
+
+    keys = cache_keys(load_graph(write_graph(chain())))
+    teacher_out = s2d_home / "stages" / f"teacher-{keys['teacher']}"
+    student_out = s2d_home / "stages" / f"student-{keys['student']}"
+    inputs = json.loads((student_out / "inputs.json").read_text())
+    assert inputs == {"policy": "tiny/student", "teacher": str(teacher_out),
+                      "data.rollouts": str(s2d_home / "stages" / f"rollouts-{keys['rollouts']}")}
+    spec = json.loads(next((s2d_home / "runs" / first.run_id).glob("student.1.spec.json")).read_text())
+    assert spec["work_dir"] == str(student_out) + ".partial" and spec["attempt"] == 1
+    assert spec["stage"]["params"] == {"steps": 2} and spec["output_dir"] == str(student_out)
+
+    again = run(write_graph(chain()), s2d_home)
+    assert again.exit_code == 0 and set(again.stages.values()) == {"CACHED"}
+
+    changed = run(write_graph(chain(steps=4)), s2d_home)  # the teacher and what reads it
+    assert changed.stages == {"teacher": "FINISHED", "rollouts": "FINISHED", "student": "FINISHED",
+                              "side": "CACHED"}
+
+    forced = run(write_graph(chain(steps=4)), s2d_home, force=["rollouts"])
+    assert forced.stages == {"teacher": "CACHED", "rollouts": "FINISHED", "student": "FINISHED",
+                             "side": "CACHED"}
+    attempts = dict(rows(s2d_home, "SELECT stage_id, attempt FROM stages WHERE run_id = ?", [forced.run_id]))
+    assert attempts["rollouts"] == 2  # the same stage content ran before
+
+
+def test_failure_isolation_records_error_and_log_tail(write_graph, s2d_home, cli):
+    graph = write_graph([sim_stage("bad", steps=5, fail_at_step=2),
+                         sim_stage("after_bad", ("bad",), policy="@bad", steps=1),
+                         sim_stage("independent", steps=3)])
+    proc = cli("execute", str(graph))
+    assert proc.returncode == 1
+    failure_lines = [line for line in proc.stderr.splitlines() if line.startswith(("FAILED", "KILLED"))]
+    assert failure_lines == ["FAILED bad: stage bad failed: RuntimeError: simulated failure at step 2"]
+    run_id, status = rows(s2d_home, "SELECT run_id, status FROM runs")[0]
+    assert status == "FAILED"
+    assert statuses(s2d_home, run_id) == {"bad": "FAILED", "after_bad": "SKIPPED", "independent": "FINISHED"}
+    error = rows(s2d_home, "SELECT error FROM stages WHERE stage_id = 'bad'")[0][0]
+    assert error.startswith("stage bad failed: RuntimeError: simulated failure at step 2")
+    assert "--- log tail ---" in error and "Traceback" in error
+    # steps before the failure are kept
+    assert rows(s2d_home, "SELECT max(step) FROM metrics WHERE stage_id = 'bad'")[0][0] == 1
+
+
+def test_retry_after_failure_resumes_from_checkpoint(write_graph, s2d_home):
+    graph = write_graph([sim_stage("flaky", steps=6, fail_at_step=3, fail_attempts=1)])
+    assert run(graph, s2d_home).exit_code == 1
+    second = run(graph, s2d_home)
+    assert second.stages == {"flaky": "FINISHED"}
+    out = next((s2d_home / "stages").glob("flaky-*[!l]"))
+    assert "attempt 2 starts at step 3" in (out / "attempts.log").read_text()
+    assert rows(s2d_home, "SELECT count(*), count(DISTINCT (key, step)) FROM metrics_latest WHERE stage_id = 'flaky'") == [(12, 12)]
+
+
+def test_null_metrics_artifacts_evidence_and_trials(write_graph, s2d_home):
+    trials = [{"number": 0, "structure": "bridge", "params": {"labels": 6000}, "value": 0.79,
+               "gpu_hours": 312.0, "feasible": True, "note": "default"},
+              {"number": 1, "structure": "direct", "params": {}, "value": 0.75, "gpu_hours": 90.0, "feasible": True}]
+    graph = write_graph([sim_stage("probe_8b", steps=2, nan_at_step=1,
+                                   evidence={"model": "Qwen/Qwen3-8B", "source": "gsm", "prompts": 5, "samples": 8})],
+                        meta={"trials": trials, "rationale": "ignored"})
+    result = run(graph, s2d_home)
+    assert result.exit_code == 0
+    assert rows(s2d_home, "SELECT count(*) FROM metrics WHERE step = 1 AND value IS NULL") == [(2,)]
+    arts = rows(s2d_home, "SELECT name, bytes, length(sha256) FROM artifacts ORDER BY name")
+    assert [a[0] for a in arts] == ["model", "rollouts"] and all(a[1] > 0 and a[2] == 64 for a in arts)
+    ev = load_evidence(s2d_home, "Qwen/Qwen3-8B")
+    assert len(ev) == 5 and all(s == 8 and 0 <= c <= 8 for s, c in ev)
+    assert load_evidence(s2d_home, "Qwen/Qwen3-8B", source="other") == []
+    assert rows(s2d_home, "SELECT number, structure, value, feasible, extra FROM trials ORDER BY number") == [
+        (0, "bridge", 0.79, True, '{"note": "default"}'), (1, "direct", 0.75, True, None)]
+
+
+def test_unknown_force_and_missing_runner_module(write_graph, s2d_home):
+    from s2d_plan.errors import GraphError
+
+    graph = write_graph([sim_stage("a", steps=1)])
+    with pytest.raises(GraphError, match="--force names no stage"):
+        run(graph, s2d_home, force=["nope"])
+
+
+def test_partial_output_without_marker_is_never_taken_as_done(write_graph, s2d_home):
+    graph = write_graph([sim_stage("a", steps=2)])
+    key = cache_keys(load_graph(graph))["a"]
+    fake = s2d_home / "stages" / f"a-{key}"
+    fake.mkdir(parents=True)
+    (fake / "half-written.bin").write_text("x")
+    assert run(graph, s2d_home).stages == {"a": "FINISHED"}
+    assert (fake / "COMPLETE").exists() and (fake / "model" / "weights.json").exists()
+
+
+def test_history_file_is_a_plain_duckdb_database(write_graph, s2d_home):
+    run(write_graph([sim_stage("a", steps=3)]), s2d_home)
+    con = duckdb.connect(str(s2d_home / "history.duckdb"), read_only=True)
+    tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    assert {"runs", "stages", "metrics", "artifacts", "evidence", "trials", "metrics_latest", "schema_version"} <= tables
+    assert con.execute("SELECT max(version) FROM schema_version").fetchone()[0] >= 1

@@ -1,0 +1,149 @@
+"""The executor under kill -9, SIGTERM and concurrent readers, through the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from conftest import sim_stage, wait_for
+
+from s2d_plan._procs import pid_alive
+from s2d_plan.history import open_reader
+
+
+def rows(home: Path, sql: str, params=None) -> list[tuple]:
+    with open_reader(home) as con:
+        return con.execute(sql, params or []).fetchall()
+
+
+def lines_in(path: Path) -> int:
+    return sum(1 for line in path.read_text().splitlines() if '"key"' in line) if path.exists() else 0
+
+
+def metrics_file(home: Path, stage: str, attempt: int = 1) -> Path | None:
+    found = list((home / "runs").glob(f"*/{stage}.{attempt}.metrics.jsonl")) if (home / "runs").exists() else []
+    return found[0] if found else None
+
+
+def test_kill9_mid_stage_then_rerun_reuses_and_resumes(write_graph, s2d_home, cli, start_cli):
+    graph = write_graph([
+        sim_stage("prep", steps=2),
+        sim_stage("train", ("prep",), policy="@prep", steps=40, sleep_s=0.05, checkpoint_every=5),
+        sim_stage("evaluate", ("train",), policy="@train", steps=2)])
+    executor = start_cli("execute", str(graph))
+    metrics = wait_for(lambda: metrics_file(s2d_home, "train"))
+    wait_for(lambda: lines_in(metrics) >= 2 * 12)  # past two checkpoints
+    os.kill(executor.pid, signal.SIGKILL)
+    executor.wait(timeout=10)
+
+    dead_run, runner_pid = rows(s2d_home, "SELECT run_id, pid FROM stages WHERE stage_id = 'train'")[0]
+    wait_for(lambda: not pid_alive(runner_pid), timeout=10)  # died with its executor
+    killed_lines = lines_in(metrics)
+
+    again = cli("execute", str(graph))
+    assert again.returncode == 0, again.stderr + again.stdout
+    assert "left RUNNING by run" in again.stdout
+    new_run = rows(s2d_home, "SELECT run_id FROM runs WHERE run_id <> ?", [dead_run])[0][0]
+    status = dict(rows(s2d_home, "SELECT stage_id, status || ':' || attempt FROM stages WHERE run_id = ?", [new_run]))
+    assert status["train"] == "FINISHED:2" and status["evaluate"] == "FINISHED:1"
+    assert status.get("prep", "").startswith("CACHED")
+    old = dict(rows(s2d_home, "SELECT stage_id, status FROM stages WHERE run_id = ?", [dead_run]))
+    assert old == {"prep": "FINISHED", "train": "FAILED", "evaluate": "SKIPPED"}
+    assert rows(s2d_home, "SELECT status FROM runs WHERE run_id = ?", [dead_run]) == [("FAILED",)]
+    assert "executor died" in rows(s2d_home, "SELECT error FROM stages WHERE run_id = ? AND stage_id = 'train'", [dead_run])[0][0]
+
+    out = next(p for p in (s2d_home / "stages").iterdir() if p.name.startswith("train-"))
+    resumed_at = int((out / "attempts.log").read_text().splitlines()[-1].rsplit(" ", 1)[1])
+    assert resumed_at >= 10  # from the checkpoint, not from scratch
+    # everything the killed attempt wrote reached the raw table (recovery ingests the tail)
+    assert rows(s2d_home, "SELECT count(*) FROM metrics WHERE stage_id = 'train' AND attempt = 1") == [(killed_lines,)]
+    assert rows(s2d_home, """SELECT count(*), count(DISTINCT (key, step)), min(step), max(step)
+                             FROM metrics_latest WHERE stage_id = 'train'""") == [(80, 80, 0, 39)]
+
+
+def test_sigterm_stops_the_stage_records_killed_and_flushes_metrics(write_graph, s2d_home, start_cli):
+    graph = write_graph([sim_stage("slow", steps=400, sleep_s=0.02),
+                         sim_stage("after", ("slow",), policy="@slow", steps=1)])
+    executor = start_cli("execute", str(graph))
+    metrics = wait_for(lambda: metrics_file(s2d_home, "slow"))
+    wait_for(lambda: lines_in(metrics) >= 20)
+    executor.send_signal(signal.SIGTERM)
+    out, err = executor.communicate(timeout=30)
+    assert executor.returncode == 128 + signal.SIGTERM, out + err
+    assert "KILLED slow: stopped by SIGTERM" in err
+    run_id, status = rows(s2d_home, "SELECT run_id, status FROM runs")[0]
+    assert status == "KILLED"
+    assert dict(rows(s2d_home, "SELECT stage_id, status FROM stages")) == {"slow": "KILLED", "after": "SKIPPED"}
+    runner_pid = rows(s2d_home, "SELECT pid FROM stages WHERE stage_id = 'slow'")[0][0]
+    assert not pid_alive(runner_pid)
+    assert rows(s2d_home, "SELECT count(*) FROM metrics WHERE stage_id = 'slow'") == [(lines_in(metrics),)]
+
+
+def test_readers_query_while_a_run_goes_on(write_graph, s2d_home, cli, start_cli):
+    graph = write_graph([sim_stage("long", steps=80, sleep_s=0.04)])
+    executor = start_cli("execute", str(graph))
+    metrics = wait_for(lambda: metrics_file(s2d_home, "long"))
+    counts = []
+    while executor.poll() is None and len(counts) < 6:
+        q = cli("history", "SELECT count(*) AS n FROM metrics", "--json")
+        assert q.returncode == 0, q.stderr
+        counts.append(json.loads(q.stdout)[0]["n"])
+        if len(counts) == 2:  # a reader holding the history open does not hold up the run
+            before = lines_in(metrics)
+            with open_reader(s2d_home) as con:
+                con.execute("SELECT count(*) FROM stages").fetchall()
+                time.sleep(0.6)
+                assert lines_in(metrics) > before
+        time.sleep(0.2)
+    bad = cli("history", "DELETE FROM metrics")
+    assert bad.returncode == 2 and "read-only" in bad.stderr and "Traceback" not in bad.stderr
+    out, err = executor.communicate(timeout=60)
+    assert executor.returncode == 0, err
+    assert counts == sorted(counts) and counts[-1] > 0  # fresh, and never going back
+    final = cli("history", "SELECT count(*) AS n FROM metrics", "--json")
+    assert json.loads(final.stdout)[0]["n"] == 160
+
+
+BAD_GRAPHS = {
+    "not_json": "{this is not json",
+    "unknown_kind": {"plan": "p", "stages": [{"id": "a", "kind": "train", "policy": "m"}]},
+    "needs_cycle": {"plan": "p", "stages": [{"id": "a", "kind": "simulate", "policy": "m", "needs": ["b"]},
+                                            {"id": "b", "kind": "simulate", "policy": "m", "needs": ["a"]}]},
+    "ref_to_missing_stage": {"plan": "p", "stages": [{"id": "a", "kind": "simulate", "policy": "@ghost"}]},
+    "needs_missing_stage": {"plan": "p", "stages": [{"id": "a", "kind": "simulate", "policy": "m", "needs": ["ghost"]}]},
+    "not_an_object": [1, 2],
+    "duplicate_id": {"plan": "p", "stages": [{"id": "a", "kind": "simulate", "policy": "m"},
+                                             {"id": "a", "kind": "simulate", "policy": "m"}]},
+}
+EXPECTED = {"not_json": "not a JSON stage graph", "unknown_kind": "unknown stage kind 'train'",
+            "needs_cycle": "cycle", "ref_to_missing_stage": "@ghost, which is not a stage",
+            "needs_missing_stage": "needs 'ghost', which is not a stage", "not_an_object": "JSON object",
+            "duplicate_id": "appears twice"}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_GRAPHS))
+def test_bad_graph_exits_2_before_anything_runs(case, tmp_path, s2d_home, cli):
+    path = tmp_path / f"{case}.json"
+    content = BAD_GRAPHS[case]
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    proc = cli("execute", str(path))
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error:") and EXPECTED[case] in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not s2d_home.exists()  # nothing ran, nothing was written
+
+
+def test_dry_run_prints_order_commands_and_estimates(write_graph, s2d_home, cli):
+    graph = write_graph([sim_stage("a", steps=1, estimated={"gpu_hours": 1.5}),
+                         sim_stage("b", ("a",), policy="@a", steps=1, estimated={"gpu_hours": 0.25})])
+    proc = cli("execute", str(graph), "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[1].startswith("1. a [simulate]") and lines[3].startswith("2. b [simulate]")
+    assert "-m runners.simulate" in lines[2] and "would run" in lines[1]
+    assert "estimated GPU-hours to run: 1.75" in proc.stdout
+    assert not s2d_home.exists()
