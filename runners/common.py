@@ -149,11 +149,33 @@ def dataset_path(ref: str) -> Path:
     return p
 
 
+class NullWriter(MetricWriter):
+    """What ranks other than 0 get under ``accelerate launch``: only rank 0 reports."""
+
+    def __init__(self):  # noqa: D107  (no file)
+        pass
+
+    def log(self, step: int, key: str, value: float) -> None:
+        pass
+
+    def artifact(self, name: str, relpath: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def process_rank() -> int:
+    """This process's rank under ``accelerate launch`` / ``torchrun`` (0 when run alone)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def run_main(run: Callable[[StageSpec, MetricWriter], dict[str, Any] | None], argv: list[str] | None = None) -> None:
     """Entry point shared by every runner: ``python -m runners.<kind> SPEC.json``.
 
     ``run`` does the work inside ``spec.work_dir`` and returns a summary; this wrapper
-    finalizes the output and turns any exception into stderr + exit status 1.
+    finalizes the output and turns any exception into stderr + exit status 1. Under
+    several processes every rank runs ``run``; only rank 0 writes metrics and finalizes.
     """
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
@@ -161,15 +183,20 @@ def run_main(run: Callable[[StageSpec, MetricWriter], dict[str, Any] | None], ar
         sys.exit(2)
     spec = load_spec(argv[0])
     spec.work_dir.mkdir(parents=True, exist_ok=True)
-    writer = MetricWriter(spec.metrics_path)
+    main = process_rank() == 0
+    writer = MetricWriter(spec.metrics_path) if main else NullWriter()
     try:
         summary = run(spec, writer)
-        finalize(spec, summary)
+        if main:
+            finalize(spec, summary)
     except KeyboardInterrupt:
         print(f"stage {spec.stage_id}: interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as exc:  # the executor records stderr's tail as the stage's error
-        traceback.print_exc(file=sys.stderr)
+        from s2d_plan.errors import S2DError
+
+        if not isinstance(exc, S2DError):  # a user error is its message; a bug keeps its traceback
+            traceback.print_exc(file=sys.stderr)
         print(f"stage {spec.stage_id} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         sys.exit(1)
     finally:

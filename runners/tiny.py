@@ -37,7 +37,7 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-INSTRUCTION = "Put the final answer in \\boxed{}."
+from runners.data import INSTRUCTION  # noqa: E402  (one instruction everywhere)
 
 
 def make_problem(rng: random.Random) -> dict[str, str]:

@@ -1,0 +1,239 @@
+"""Helpers the TRL-based runners share: params, device, metrics forwarding, checkpoints,
+the verifier reward and the teacher/student compatibility check.
+
+Kept deliberately small; each runner module reads top to bottom on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from runners.common import MODEL_SUBDIR, MetricWriter, StageSpec
+from s2d_plan.errors import ConfigurationError, IncompatibleModelsError
+
+CHECKPOINTS = "checkpoints"
+ZERO_REWARD_PATIENCE = int(os.environ.get("S2D_ZERO_REWARD_STEPS", "10"))  # "many steps" of all-zero reward
+_STOP_AFTER = "S2D_TEST_CRASH_AFTER_STEP"  # tests: die right after saving this step's checkpoint
+
+
+def params(kind: str, given: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """The stage params merged over defaults; an unknown name is an error, not a silent no-op."""
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ConfigurationError(f"{kind} stage: unknown param(s) {', '.join(unknown)} "
+                                 f"(known: {', '.join(sorted(defaults))})")
+    out = dict(defaults)
+    out.update({k: v for k, v in given.items() if v is not None})
+    return out
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def device_of(spec: StageSpec) -> str:
+    """``auto`` means cuda where available, else cpu; bf16 on CUDA, fp32 on CPU."""
+    import torch
+
+    dev = spec.device
+    if dev == "auto":
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+    if dev == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("stage asks for device cuda, but torch sees no CUDA device")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # progress bars fill the stderr tail the executor keeps
+    if dev == "cpu":
+        # Several engineers / stages share the cores; more threads than this only thrash.
+        torch.set_num_threads(max(1, min(2, (os.cpu_count() or 2) // max(1, world_size()))))
+    return dev
+
+
+def trainer_args(spec: StageSpec, p: dict[str, Any], device: str) -> dict[str, Any]:
+    """TrainingArguments every TRL runner sets the same way."""
+    steps = p.get("steps")
+    return dict(
+        output_dir=str(spec.work_dir / CHECKPOINTS),
+        max_steps=int(steps) if steps else -1,  # -1: run the epochs instead
+        learning_rate=float(p["learning_rate"]),
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=int(p.get("save_steps") or (max(1, int(steps) // 5) if steps else 200)),
+        save_total_limit=2,
+        report_to="none",
+        seed=int(p["seed"]),
+        data_seed=int(p["seed"]),
+        use_cpu=device == "cpu",
+        bf16=device == "cuda",
+        fp16=False,
+        gradient_checkpointing=False,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        model_init_kwargs={"dtype": "bfloat16" if device == "cuda" else "float32"},
+    )
+
+
+def latest_checkpoint(spec: StageSpec) -> str | None:
+    """The newest checkpoint in the work directory that was written completely."""
+    root = spec.work_dir / CHECKPOINTS
+    if not root.is_dir():
+        return None
+    done = []
+    for d in root.glob("checkpoint-*"):
+        try:
+            step = int(d.name.split("-")[-1])
+        except ValueError:
+            continue
+        # trainer_state.json is written last by the HF Trainer; without it the save was cut short
+        weights = any(d.glob("*.safetensors")) or any(d.glob("adapter_*"))
+        if (d / "trainer_state.json").is_file() and weights:
+            done.append((step, d))
+    return str(max(done)[1]) if done else None
+
+
+def metrics_callback(writer: MetricWriter, prefix: str = ""):
+    """A TrainerCallback that forwards TRL's per-step logs to the stage's metric stream."""
+    from transformers import TrainerCallback
+
+    class _Forward(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs:
+                return
+            values = {f"{prefix}{k}": v for k, v in logs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            if "frac_reward_zero_std" in logs:  # groups with one outcome give GRPO no signal
+                values[f"{prefix}signal_yield_groups"] = 1.0 - float(logs["frac_reward_zero_std"])
+            writer.log_many(state.global_step, values)
+
+        def on_save(self, args, state, control, **kwargs):
+            stop = os.environ.get(_STOP_AFTER)
+            if stop and state.global_step >= int(stop):
+                print(f"test hook: crashing after checkpoint {state.global_step}", file=sys.stderr)
+                os._exit(17)
+
+    return _Forward()
+
+
+def save_final(trainer, spec: StageSpec) -> Path:
+    """Save the trained model and tokenizer to ``work_dir/model``; drop the checkpoints."""
+    import shutil
+
+    out = spec.work_dir / MODEL_SUBDIR
+    trainer.save_model(str(out))
+    trainer.accelerator.wait_for_everyone()
+    if trainer.accelerator.is_main_process:
+        trainer.processing_class.save_pretrained(str(out))
+        shutil.rmtree(spec.work_dir / CHECKPOINTS, ignore_errors=True)  # optimizer states: big, no longer needed
+    trainer.accelerator.wait_for_everyone()
+    return out
+
+
+# ----------------------------------------------------------------------------- rewards
+
+
+class ZeroRewardWatchdog:
+    """Warns (stderr + metric) when the verifier scores every completion 0 for many batches
+    while the completions are not empty: the classic silent reward bug."""
+
+    def __init__(self, writer: MetricWriter | None, patience: int = ZERO_REWARD_PATIENCE):
+        self.writer, self.patience, self.run, self.warned = writer, patience, 0, False
+
+    def update(self, step: int, verdicts, texts: list[str]) -> bool:
+        nonempty = any(t.strip() for t in texts)
+        if nonempty and verdicts and all(v.score == 0 for v in verdicts):
+            self.run += 1
+        else:
+            self.run = 0
+        if self.run >= self.patience:
+            if not self.warned:
+                from collections import Counter
+
+                why = Counter(v.status for v in verdicts).most_common()
+                print(f"WARNING: the verifier scored every completion 0 for {self.run} batches while completions "
+                      f"are non-empty (statuses in the last batch: {why}). Check the answer format with "
+                      f"`s2d-plan reward-check`.", file=sys.stderr, flush=True)
+                self.warned = True
+            if self.writer is not None:
+                self.writer.log(step, "verifier/zero_reward_alarm", 1.0)
+            return True
+        return False
+
+
+def completion_text(completion: Any) -> str:
+    if isinstance(completion, list):  # conversational: the assistant message(s)
+        return "".join(m.get("content", "") for m in completion if isinstance(m, dict))
+    return str(completion)
+
+
+def signal_yield(group_keys: list, scores: list[float]) -> float:
+    """Share of prompt groups whose samples disagree (some right, some wrong)."""
+    groups: dict[Any, set] = {}
+    for k, s in zip(group_keys, scores):
+        groups.setdefault(k, set()).add(s > 0.5)
+    return sum(len(v) > 1 for v in groups.values()) / max(1, len(groups))
+
+
+def verifier_reward(verifier, writer: MetricWriter | None):
+    """A TRL reward function: the verifier's score, with per-batch verifier metrics."""
+    from runners.verifier import batch_metrics
+
+    watchdog = ZeroRewardWatchdog(writer)
+
+    def accuracy_reward(prompts, completions, answer, index=None, log_metric=None, trainer_state=None, **kwargs):
+        texts = [completion_text(c) for c in completions]
+        verdicts = verifier.score_many(list(answer), texts)
+        scores = [v.score for v in verdicts]
+        if log_metric is not None:
+            for k, v in batch_metrics(verdicts).items():
+                log_metric(k, v)
+            log_metric("signal_yield", signal_yield(list(index) if index is not None else list(answer), scores))
+        step = trainer_state.global_step + 1 if trainer_state is not None else 0
+        watchdog.update(step, verdicts, texts)
+        return scores
+
+    return accuracy_reward
+
+
+# ----------------------------------------------------------------------------- compatibility
+
+
+def _tokenizer_files(path: str) -> dict[str, Any]:
+    from transformers import AutoConfig, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    cfg_file = Path(path) / "config.json"
+    if cfg_file.is_file():  # read the JSON itself: no model class, no weights
+        cfg = json.loads(cfg_file.read_text())
+    else:
+        cfg = AutoConfig.from_pretrained(path).to_dict()
+    vocab_size = cfg.get("vocab_size") or (cfg.get("text_config") or {}).get("vocab_size")
+    return {"tokenizer": tok, "vocab_size": vocab_size}
+
+
+def check_distillable(student: str, teacher: str) -> None:
+    """Token-level distillation compares next-token distributions: the teacher and student must
+    share one tokenizer (vocabulary, chat template, end-of-turn token) and one vocab_size.
+    Reads tokenizers and configs only; raises IncompatibleModelsError before any weights load."""
+    s, t = _tokenizer_files(student), _tokenizer_files(teacher)
+    st, tt = s["tokenizer"], t["tokenizer"]
+    problems = []
+    if s["vocab_size"] != t["vocab_size"]:
+        problems.append(f"model vocab_size differs (student {s['vocab_size']}, teacher {t['vocab_size']})")
+    if len(st) != len(tt) or st.get_vocab() != tt.get_vocab():
+        problems.append(f"tokenizer vocabularies differ (student {len(st)} tokens, teacher {len(tt)})")
+    if st.eos_token != tt.eos_token:
+        problems.append(f"end-of-turn token differs (student {st.eos_token!r}, teacher {tt.eos_token!r})")
+    if (st.chat_template or "") != (tt.chat_template or ""):
+        problems.append("chat templates differ")
+    if problems:
+        raise IncompatibleModelsError(
+            f"teacher {teacher} cannot be distilled into student {student} token by token: "
+            + "; ".join(problems) + ". Use a teacher of the student's tokenizer family, or sequence-level "
+            "distillation (fkl with mode: sequence) on the teacher's rollouts.")

@@ -1,0 +1,94 @@
+"""Forward-KL warmup (bridge, part 1): fit the student to the teacher's rollouts.
+
+    python -m runners.fkl STAGE.json
+
+Two modes:
+
+- ``sequence`` (default, always available): supervised fine-tuning on the teacher's text
+  (TRL ``SFTTrainer``, loss on completion tokens only). Minimising the student's NLL on
+  teacher samples is a Monte-Carlo estimate of forward KL(teacher || student) at the
+  sequence level; it works across tokenizers because only text crosses over.
+- ``token``: token-level forward KL on the teacher's full next-token distributions over
+  the same rollouts (TRL ``GKDTrainer`` with ``lmbda=0``: no student sampling, and
+  ``beta=0``: forward KL). Needs one tokenizer for both; refused before any weights load
+  otherwise (runners/_train.check_distillable).
+
+Reads ``data.rollouts`` (a rollout stage's ``rollouts.jsonl``); ``teacher`` for token mode.
+Params: mode, epochs, steps (optional cap), learning_rate, max_length, batch_size, seed,
+save_steps.
+"""
+
+from __future__ import annotations
+
+import json
+
+from runners import _train
+from runners.common import MetricWriter, StageSpec, dataset_path, model_path, run_main
+from runners.data import load_rows
+from s2d_plan.errors import ConfigurationError
+
+DEFAULTS = dict(mode="sequence", epochs=1, steps=None, learning_rate=1e-5, max_length=1024, batch_size=8, seed=0,
+                save_steps=None)
+
+
+def rollout_rows(spec: StageSpec) -> list[dict]:
+    ref = spec.inputs.get("data.rollouts") or (spec.data.get("rollouts") if isinstance(spec.data.get("rollouts"), str) else None)
+    if not ref:
+        raise ConfigurationError("fkl: the stage needs data.rollouts (\"@rollout_stage\" or a JSONL path)")
+    path = dataset_path(ref)
+    rows = load_rows(str(path))
+    bad = [i for i, r in enumerate(rows) if "prompt" not in r or "completion" not in r]
+    if bad:
+        raise ConfigurationError(f"fkl: {path}: rows need prompt and completion (row {bad[0]} has "
+                                 f"{', '.join(rows[bad[0]])})")
+    return [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]
+
+
+def run(spec: StageSpec, writer: MetricWriter) -> dict:
+    p = _train.params("fkl", spec.params, DEFAULTS)
+    if p["mode"] not in ("sequence", "token"):
+        raise ConfigurationError(f"fkl: mode must be sequence or token, not {p['mode']!r}")
+    student = model_path(spec.inputs["policy"])
+    teacher = None
+    if p["mode"] == "token":
+        if not spec.inputs.get("teacher"):
+            raise ConfigurationError("fkl: mode token needs a teacher")
+        teacher = model_path(spec.inputs["teacher"])
+        _train.check_distillable(student, teacher)  # before any weights load
+    device = _train.device_of(spec)
+    rows = rollout_rows(spec)
+    if not rows:
+        raise ConfigurationError("fkl: the rollouts are empty")
+
+    from datasets import Dataset
+
+    common = dict(**_train.trainer_args(spec, p, device), num_train_epochs=float(p["epochs"]),
+                  per_device_train_batch_size=int(p["batch_size"]), max_length=int(p["max_length"]))
+    if p["mode"] == "sequence":
+        from trl import SFTConfig, SFTTrainer
+
+        cfg = SFTConfig(**common, completion_only_loss=True)
+        trainer = SFTTrainer(model=student, args=cfg, train_dataset=Dataset.from_list(rows),
+                             callbacks=[_train.metrics_callback(writer)])
+    else:
+        import os
+
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # GKD lives in trl.experimental in TRL 1.16
+        from transformers import AutoTokenizer
+        from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+        messages = [{"messages": r["prompt"] + r["completion"]} for r in rows]
+        cfg = GKDConfig(**common, lmbda=0.0, beta=0.0, seq_kd=False, temperature=1.0,
+                        teacher_model_init_kwargs=common["model_init_kwargs"])
+        trainer = GKDTrainer(model=student, teacher_model=teacher, args=cfg, train_dataset=Dataset.from_list(messages),
+                             processing_class=AutoTokenizer.from_pretrained(student), callbacks=[_train.metrics_callback(writer)])
+    resume = _train.latest_checkpoint(spec)
+    result = trainer.train(resume_from_checkpoint=resume)
+    _train.save_final(trainer, spec)
+    (spec.work_dir / "fkl.json").write_text(json.dumps({"mode": p["mode"], "rows": len(rows)}))
+    return {"mode": p["mode"], "rows": len(rows), "steps": int(trainer.state.global_step),
+            "train_loss": float(result.training_loss), "resumed_from": resume}
+
+
+if __name__ == "__main__":
+    run_main(run)

@@ -1,0 +1,137 @@
+"""GRPO stage: TRL ``GRPOTrainer`` on the stage's labeled slice with the verifier as reward.
+
+    python -m runners.grpo STAGE.json
+
+How this departs from a bare TRL script:
+
+- one optimizer step = ``prompts_per_step`` prompts x ``num_generations`` samples (one
+  generation per step: no stale completions), split across processes;
+- the reward is the hard-timeout verifier (runners/verifier.py), which also logs per batch
+  ``verifier/accuracy``, ``verifier/parse_failures``, ``verifier/timeouts``,
+  ``verifier/bad_gold`` and ``signal_yield`` (share of prompts whose G samples disagree:
+  the only prompts GRPO learns from); a run of all-zero batches raises a visible warning;
+- every TRL log line (reward, kl, entropy, completions/mean_length, loss, ...) goes to the
+  stage's metric stream at its global step;
+- checkpoints go to ``work_dir/checkpoints``; a restarted stage resumes from the newest
+  complete one, optimizer, RNG and data position included (the HF Trainer skips the
+  batches already seen); ``data_order.jsonl`` records which prompts each step used.
+
+Params (defaults below): steps, num_generations, prompts_per_step, learning_rate, beta
+(KL coefficient; 0 loads no reference model), loss_type (TRL's), max_completion_length,
+temperature, seed, lora, save_steps, per_device_batch_size (micro-batch in completions;
+default: the whole step in one pass).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+from runners import _train
+from runners.common import MetricWriter, StageSpec, model_path, run_main
+from runners.data import as_chat, load_labeled
+from s2d_plan.errors import ConfigurationError
+
+DEFAULTS = dict(steps=100, num_generations=8, prompts_per_step=16, learning_rate=1e-6, beta=0.0, loss_type="dapo",
+                max_completion_length=512, temperature=1.0, seed=0, lora=False, save_steps=None,
+                per_device_batch_size=None)
+
+
+def use_vllm(device: str) -> bool:
+    """vLLM generation where it is installed and a GPU is present (S2D_USE_VLLM=0 turns it off)."""
+    if os.environ.get("S2D_USE_VLLM") == "0":
+        return False
+    return device == "cuda" and importlib.util.find_spec("vllm") is not None
+
+
+def batch_layout(p: dict, world: int) -> tuple[int, int]:
+    """(per-device micro-batch, gradient accumulation) for one step of P x G completions."""
+    total = int(p["prompts_per_step"]) * int(p["num_generations"])
+    if total % world:
+        raise ConfigurationError(f"grpo: prompts_per_step x num_generations = {total} does not split over {world} "
+                                 f"processes")
+    per_device = int(p["per_device_batch_size"] or total // world)
+    if (total // world) % per_device:
+        raise ConfigurationError(f"grpo: per_device_batch_size {per_device} does not divide {total // world}")
+    return per_device, total // world // per_device
+
+
+def lora_config(enabled: bool):
+    if not enabled:
+        return None
+    if importlib.util.find_spec("peft") is None:
+        raise ConfigurationError("grpo: lora: true needs the peft package (pip install peft)")
+    from peft import LoraConfig
+
+    return LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
+
+
+def order_logger(spec: StageSpec):
+    """A TrainerCallback-free record of the prompts each step used (resume checks read it)."""
+    path = spec.work_dir / "data_order.jsonl"
+
+    def record(step: int, indices: list[int]) -> None:
+        if _train.rank() == 0:
+            with open(path, "a") as f:
+                f.write(json.dumps({"step": step, "indices": sorted(set(indices))}) + "\n")
+
+    return record
+
+
+def run(spec: StageSpec, writer: MetricWriter) -> dict:
+    p = _train.params("grpo", spec.params, DEFAULTS)
+    device = _train.device_of(spec)
+    from runners.verifier import shared_verifier
+
+    verifier = shared_verifier()  # its workers start while the model loads
+    if "labeled" not in spec.data:
+        raise ConfigurationError("grpo: the stage needs data.labeled")
+    rows = load_labeled(spec.data["labeled"])
+    per_device, accum = batch_layout(p, _train.world_size())
+
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    ds = Dataset.from_list([{"prompt": as_chat(r["problem"]), "answer": r["answer"], "index": r["index"]}
+                            for r in rows])
+    cfg = GRPOConfig(
+        **_train.trainer_args(spec, p, device),
+        num_generations=int(p["num_generations"]),
+        per_device_train_batch_size=per_device,
+        gradient_accumulation_steps=accum,
+        beta=float(p["beta"]),
+        loss_type=str(p["loss_type"]),
+        max_completion_length=int(p["max_completion_length"]),
+        temperature=float(p["temperature"]),
+        use_vllm=use_vllm(device),
+        vllm_mode="colocate",
+    )
+    reward = _train.verifier_reward(verifier, writer if _train.rank() == 0 else None)
+    record = order_logger(spec)
+
+    def reward_with_order(prompts, completions, answer, index=None, trainer_state=None, **kw):
+        if trainer_state is not None and index is not None:
+            record(trainer_state.global_step + 1, list(index))
+        return reward(prompts, completions, answer, index=index, trainer_state=trainer_state, **kw)
+
+    reward_with_order.__name__ = "accuracy_reward"
+    trainer = GRPOTrainer(
+        model=model_path(spec.inputs["policy"]),
+        reward_funcs=[reward_with_order],
+        args=cfg,
+        train_dataset=ds,
+        callbacks=[_train.metrics_callback(writer)],
+        peft_config=lora_config(bool(p["lora"])),
+    )
+    resume = _train.latest_checkpoint(spec)
+    if resume:
+        print(f"grpo: resuming from {resume}", flush=True)
+    result = trainer.train(resume_from_checkpoint=resume)
+    _train.save_final(trainer, spec)
+    return {"steps": int(trainer.state.global_step), "train_loss": float(result.training_loss),
+            "resumed_from": resume, "labels_used": len(rows)}
+
+
+if __name__ == "__main__":
+    run_main(run)

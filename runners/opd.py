@@ -1,0 +1,66 @@
+"""On-policy distillation (bridge, part 2): the student samples, the teacher grades every token.
+
+    python -m runners.opd STAGE.json
+
+TRL ``DistillationTrainer``: each step the student samples one completion per prompt, and
+the loss is the generalized JSD between student and teacher next-token distributions over
+the full vocabulary on those student tokens; ``beta = 1`` (the default) is the per-token
+reverse KL(student || teacher) of the paper's Stage 2b. The teacher must share the
+student's tokenizer and vocabulary: checked from tokenizer files and configs *before any
+weights load*, with ``IncompatibleModelsError`` naming what differs.
+
+Reads ``data.prompts`` (or ``data.labeled``, whose answers are ignored). Params: steps,
+learning_rate, beta, max_completion_length, temperature, prompts_per_step, seed,
+save_steps. Resumes from the newest complete checkpoint in ``work_dir/checkpoints``.
+"""
+
+from __future__ import annotations
+
+from runners import _train
+from runners.common import MetricWriter, StageSpec, model_path, run_main
+from runners.data import as_chat, stage_prompts
+from runners.grpo import use_vllm
+from s2d_plan.errors import ConfigurationError
+
+DEFAULTS = dict(steps=100, learning_rate=1e-6, beta=1.0, max_completion_length=512, temperature=1.0,
+                prompts_per_step=16, seed=0, save_steps=None)
+
+
+def run(spec: StageSpec, writer: MetricWriter) -> dict:
+    p = _train.params("opd", spec.params, DEFAULTS)
+    if not spec.inputs.get("teacher"):
+        raise ConfigurationError("opd: the stage needs a teacher")
+    student, teacher = model_path(spec.inputs["policy"]), model_path(spec.inputs["teacher"])
+    _train.check_distillable(student, teacher)  # refuse before any weights load
+    device = _train.device_of(spec)
+    rows = stage_prompts(spec.data)
+    world = _train.world_size()
+    if int(p["prompts_per_step"]) % world:
+        raise ConfigurationError(f"opd: prompts_per_step {p['prompts_per_step']} does not split over {world} processes")
+
+    from datasets import Dataset
+    from trl import DistillationConfig, DistillationTrainer
+
+    args = _train.trainer_args(spec, p, device)
+    cfg = DistillationConfig(
+        **args,
+        teacher_model_init_kwargs=args["model_init_kwargs"],
+        per_device_train_batch_size=int(p["prompts_per_step"]) // world,
+        beta=float(p["beta"]),
+        max_completion_length=int(p["max_completion_length"]),
+        temperature=float(p["temperature"]),
+        use_vllm=use_vllm(device),
+        vllm_mode="colocate",
+    )
+    ds = Dataset.from_list([{"prompt": as_chat(r["problem"])} for r in rows])
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=cfg, train_dataset=ds,
+                                  callbacks=[_train.metrics_callback(writer)])
+    resume = _train.latest_checkpoint(spec)
+    result = trainer.train(resume_from_checkpoint=resume)
+    _train.save_final(trainer, spec)
+    return {"steps": int(trainer.state.global_step), "train_loss": float(result.training_loss),
+            "resumed_from": resume, "prompts": len(rows)}
+
+
+if __name__ == "__main__":
+    run_main(run)
