@@ -108,7 +108,7 @@ LATEST = MIGRATIONS[-1][0]
 def migrate(con) -> int:
     """Bring the schema of an open writable connection up to date; return its version."""
     con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER, applied_at TIMESTAMP)")
-    current = con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
+    current = con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchall()[0][0]
     for version, sql in MIGRATIONS:
         if version <= current:
             continue

@@ -73,7 +73,7 @@ class HistoryWriter:
         migrate(self.con)
         self.con.execute("CREATE TEMP TABLE _metric_rows (step BIGINT, key VARCHAR, value DOUBLE, t DOUBLE)")
         self._appender = self.con.appender("_metric_rows")
-        self._catalog = self.con.execute("SELECT current_database()").fetchone()[0]
+        self._catalog = self.con.execute("SELECT current_database()").fetchall()[0][0]
         (home / CLEAN_MARKER).unlink(missing_ok=True)
         self._dirty = True
         self._last_snapshot = 0.0
@@ -196,7 +196,11 @@ def open_reader(home: str | Path | None = None, timeout_s: float = 10.0) -> Iter
     path, snap = db_path(home), snapshot_path(home)
     own = _WRITERS.get(path)
     if own is not None:  # same process as the executor: share its connection
-        yield own.con.cursor()
+        cursor = own.con.cursor()
+        try:
+            yield cursor
+        finally:
+            cursor.close()
         return
     if not path.exists() and not snap.exists():
         raise HistoryError(f"no history at {path} (run `s2d-plan execute` first, or pass --home)")
@@ -322,7 +326,7 @@ def run_show(run: str, home: str | Path | None = None) -> None:
           + (f"  took {(end - start).total_seconds():.1f}s" if end else ""))
     cols, rows = query(f"""
         WITH last AS (
-            SELECT stage_id, cache_key, key, arg_max(value, step) AS value
+            SELECT stage_id, cache_key, key, arg_max_null(value, step) AS value
             FROM metrics_latest GROUP BY ALL),
         final AS (
             SELECT stage_id, cache_key,
