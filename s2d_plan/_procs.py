@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,8 +105,11 @@ def reason_from_log(tail: str, fallback: str) -> str:
 class MetricTail:
     """Reads a runner's metrics file incrementally; keeps a partial last line for later.
 
-    ``read()`` returns metric rows (step, key, value, time) and artifact announcements
-    read since the last call; ``offset`` is how many bytes are fully consumed.
+    ``read()`` returns the complete lines written since the last call, unparsed: the
+    history parses them inside DuckDB (``HistoryWriter.append_metrics``), which is
+    several times faster than ``json.loads`` per line. Only what the executor needs
+    itself is parsed here: artifact announcements and the latest step and metric for
+    the progress display. ``offset`` is how many bytes are fully consumed.
     """
 
     path: Path
@@ -116,9 +118,8 @@ class MetricTail:
     artifacts: list[tuple[str, str]] = field(default_factory=list)
     last_step: int | None = None
     last_metric: tuple[str, float | None] | None = None
-    bad_lines: int = 0
 
-    def read(self, final: bool = False, max_bytes: int = 64 << 20) -> list[tuple]:
+    def read(self, final: bool = False, max_bytes: int = 64 << 20) -> list[str]:
         try:
             with open(self.path, "rb") as f:
                 f.seek(self.offset + len(self._rest))
@@ -131,25 +132,37 @@ class MetricTail:
             cut = len(data)  # the runner is gone: a last line without newline still counts
         complete, self._rest = data[:cut], data[cut:]
         self.offset += len(complete)
-        rows: list[tuple] = []
-        loads = json.loads
-        now = time.time()
-        for line in complete.splitlines():
-            if not line.strip():
+        text = complete.decode("utf-8", "replace")
+        lines = text.splitlines()
+        if '"artifact"' in text:
+            for line in lines:
+                if '"artifact"' in line:
+                    d = _loads(line)
+                    if d and "artifact" in d and "path" in d:
+                        self.artifacts.append((str(d["artifact"]), str(d["path"])))
+        self._note_progress(lines)
+        return lines
+
+    def _note_progress(self, lines: list[str]) -> None:
+        seen = None
+        for line in reversed(lines[-32:]):
+            d = _loads(line)
+            if not d or "key" not in d or "step" not in d:
                 continue
-            try:
-                d = loads(line)
-                if "key" in d:
-                    value = d.get("value")
-                    rows.append((int(d["step"]), str(d["key"]),
-                                 None if value is None else float(value), float(d.get("time", now))))
-                elif "artifact" in d:
-                    self.artifacts.append((str(d["artifact"]), str(d["path"])))
-            except (ValueError, KeyError, TypeError):
-                self.bad_lines += 1  # a torn or foreign line must not stop ingestion
-        if rows:
-            self.last_step = rows[-1][0]
-            tail = rows[-32:]
-            preferred = [r for r in tail if r[1] in KEY_METRICS] or tail
-            self.last_metric = (preferred[-1][1], preferred[-1][2])
-        return rows
+            if seen is None:
+                seen = d
+                self.last_step = d["step"] if isinstance(d["step"], int) else self.last_step
+            if d["key"] in KEY_METRICS:
+                seen = d
+                break
+        if seen is not None:
+            value = seen.get("value")
+            self.last_metric = (str(seen["key"]), value if isinstance(value, (int, float)) else None)
+
+
+def _loads(line: str) -> dict | None:
+    try:
+        d = json.loads(line)
+    except ValueError:
+        return None
+    return d if isinstance(d, dict) else None

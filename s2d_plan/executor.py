@@ -135,7 +135,7 @@ class StageState:
     gpu_ids: list[int] = field(default_factory=list)
     started: float | None = None
     ended: float | None = None
-    buffered: list[tuple] = field(default_factory=list)
+    buffered: list[str] = field(default_factory=list)  # metric lines not yet in the history
     spec_path: Path | None = None
     log_path: Path | None = None
     error: str | None = None
@@ -378,16 +378,17 @@ class _Executor:
 
     def _poll(self, st: StageState) -> None:
         code = st.proc.poll()
-        rows = st.tail.read(final=code is not None)
-        if rows:
-            st.buffered.extend(rows)
+        lines = st.tail.read(final=code is not None)
+        st.buffered.extend(lines)
         if code is None:
             if len(st.buffered) >= self.flush_rows:
                 self._flush(st)
             return
-        while rows:  # drain whatever is left beyond one read's cap
-            rows = st.tail.read(final=True)
-            st.buffered.extend(rows)
+        while lines:  # drain whatever is left beyond one read's cap
+            if len(st.buffered) >= self.flush_rows:
+                self._flush(st)
+            lines = st.tail.read(final=True)
+            st.buffered.extend(lines)
         st.ended = time.monotonic()
         self._flush(st)
         if code == 0 and is_complete(st.output_dir):
@@ -434,8 +435,8 @@ class _Executor:
         self.pending_hashes = keep
 
     def _flush(self, st: StageState) -> None:
-        rows, st.buffered = st.buffered, []
-        self.db.append_metrics(self.run_id, st.stage.id, st.attempt, st.key, rows, st.tail.offset - 0)
+        lines, st.buffered = st.buffered, []
+        self.db.append_metrics(self.run_id, st.stage.id, st.attempt, st.key, lines, st.tail.offset)
 
     def _flush_if_due(self) -> None:
         now = time.monotonic()
@@ -570,8 +571,11 @@ def recover_stale(db: HistoryWriter, home: Path, new_run: str) -> list[str]:
         killed = _procs.kill_stale(pid, str(spec))
         if metrics_path:  # what the runner wrote after the last flush is still on disk
             tail = _procs.MetricTail(Path(metrics_path), offset=int(offset))
-            rows = tail.read(final=True)
-            db.append_metrics(run_id, stage_id, attempt, key, rows, tail.offset)
+            lines = tail.read(final=True)
+            while lines:
+                more = tail.read(final=True)
+                db.append_metrics(run_id, stage_id, attempt, key, lines, tail.offset)
+                lines = more
         log = _procs.log_tail(Path(log_path)) if log_path else ""
         why = (f"executor died during the stage (runner pid {pid} "
                f"{'was still alive and was killed' if killed else 'gone'}; last heartbeat {heartbeat:%H:%M:%S} UTC)"

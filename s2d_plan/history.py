@@ -46,6 +46,15 @@ SNAPSHOT_EVERY_S = 2.0  # publish at most this often (more rarely when a copy is
 _WRITERS: dict[Path, "HistoryWriter"] = {}
 
 
+_INSERT_METRICS = """
+INSERT INTO metrics
+SELECT $1, $2, $3, m.step, m.key, CASE WHEN isfinite(m.value) THEN m.value END,
+       coalesce(make_timestamp(CAST(m.time * 1000000 AS BIGINT)), now()::TIMESTAMP), $4
+FROM (SELECT from_json(line, '{"step": "BIGINT", "key": "VARCHAR", "value": "DOUBLE", "time": "DOUBLE"}') AS m
+      FROM _metric_lines WHERE json_valid(line))
+WHERE m.key IS NOT NULL AND m.step IS NOT NULL"""
+
+
 def utcnow() -> dt.datetime:
     """Naive UTC: every TIMESTAMP column of the history is UTC."""
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
@@ -71,8 +80,8 @@ class HistoryWriter:
         home.mkdir(parents=True, exist_ok=True)
         self.con = _open_writable(self.path, lock_timeout_s)
         migrate(self.con)
-        self.con.execute("CREATE TEMP TABLE _metric_rows (step BIGINT, key VARCHAR, value DOUBLE, t DOUBLE)")
-        self._appender = self.con.appender("_metric_rows")
+        self.con.execute("CREATE TEMP TABLE _metric_lines (line VARCHAR)")
+        self._appender = self.con.appender("_metric_lines")
         self._catalog = self.con.execute("SELECT current_database()").fetchall()[0][0]
         (home / CLEAN_MARKER).unlink(missing_ok=True)
         self._dirty = True
@@ -100,20 +109,21 @@ class HistoryWriter:
         self.execute(f"UPDATE runs SET {sets} WHERE run_id = ?", [*cols.values(), run_id])
 
     def append_metrics(self, run_id: str, stage_id: str, attempt: int, cache_key: str,
-                       rows: list[tuple], offset: int | None = None) -> None:
-        """Append ``rows`` of (step, key, value, epoch_seconds) in one transaction,
-        together with how far into the metrics file they reach (``offset``), so a
-        restarted executor can ingest exactly the rest after a kill -9."""
+                       lines: list[str], offset: int | None = None) -> None:
+        """Append a runner's metric lines (JSON text, see ``runners.common.MetricWriter``)
+        in one transaction, together with how far into the metrics file they reach
+        (``offset``), so a restarted executor can ingest exactly the rest after a kill -9.
+
+        Lines go through the appender into a temporary table as text and are parsed by
+        DuckDB in one INSERT ... SELECT; lines that are not metrics (artifacts, a torn
+        write, foreign output) are skipped, and NaN/inf values are stored as NULL."""
         self.con.execute("BEGIN")
         try:
-            if rows:
-                self._appender.append_rows(rows)
+            if lines:
+                self._appender.append_rows([(line,) for line in lines])
                 self._appender.flush()
-                self.con.execute(
-                    "INSERT INTO metrics SELECT ?, ?, ?, step, key, value, "
-                    "make_timestamp(CAST(t * 1000000 AS BIGINT)), ? FROM _metric_rows",
-                    [run_id, stage_id, attempt, cache_key])
-                self.con.execute("DELETE FROM _metric_rows")
+                self.con.execute(_INSERT_METRICS, [run_id, stage_id, attempt, cache_key])
+                self.con.execute("DELETE FROM _metric_lines")
             if offset is not None:
                 self.con.execute("UPDATE stages SET metrics_offset = ? WHERE run_id = ? AND stage_id = ?",
                                  [offset, run_id, stage_id])
