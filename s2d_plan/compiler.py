@@ -1,0 +1,166 @@
+"""Compiler: an Allocation becomes a StageGraph that runs without its plan.
+
+Every stage carries what its runner needs: resolved model paths and data sources, the
+exact slice of labeled data it spends (``data.labeled.offset/count``; disjoint between the
+teacher and Stage 3 unless the plan allows reuse), prompt slices for rollouts and OPD
+(labeled prompts without answers when the plan has no prompt pool), step counts and
+hyper-parameters, GPUs, and the cost model's estimates.
+
+    >>> graph = compile_graph(ctx, result)          # doctest: +SKIP
+    >>> [s.id for s in graph.stages]                # doctest: +SKIP
+    ['teacher_grpo', 'teacher_rollouts', 'student_fkl', 'student_opd', 'student_grpo', 'final_eval']
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from s2d_plan.allocator import MIN_STEPS, Allocation, Context, SearchResult
+from s2d_plan.graph import Band, GraphEstimate, Resources, Stage, StageEstimate, StageGraph
+
+
+_DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".arrow", ".txt")
+
+
+def resolve(spec: Any, source: str) -> str:
+    """A path as runners must see it. ``spec.resolve_path`` makes existing relative paths
+    absolute; a relative *path* that does not exist yet (data built later, e.g. by
+    ``python -m runners.tiny``) is still anchored at the plan's directory, while a hub id
+    (``org/name``, no suffix) passes through."""
+    out = spec.resolve_path(source)
+    if out == source and source and not Path(source).is_absolute() and (
+            source.startswith(("./", "../", "~")) or source.endswith(_DATA_SUFFIXES)):
+        return str((spec.base_dir / source).expanduser().resolve())
+    return out
+
+
+def _steps(amount: float, per_step: int) -> int:
+    return max(MIN_STEPS, math.ceil(amount / per_step))
+
+
+def _lr(ctx: Context, kind: str, lora: bool) -> float:
+    if ctx.scale.tiny:  # tiny models trained from scratch tolerate (and need) large steps
+        return {"grpo": 1e-4, "fkl": 5e-4, "opd": 1e-4}[kind]
+    full = {"grpo": 1e-6, "fkl": 1e-5, "opd": 1e-6}[kind]
+    return full * 10 if lora else full
+
+
+class _Builder:
+    def __init__(self, ctx: Context, alloc: Allocation):
+        self.ctx, self.a, self.spec = ctx, alloc, ctx.spec
+        self.stages: list[Stage] = []
+        self.seed = self.spec.search.seed
+
+    def add(self, sid: str, kind: str, policy: str, needs: list[str], data: dict[str, Any],
+            params: dict[str, Any], teacher: str | None = None) -> str:
+        est = self.a.costs[sid]
+        refs = [r[1:] for r in (policy, teacher) if isinstance(r, str) and r.startswith("@")]
+        refs += [v[1:] for v in data.values() if isinstance(v, str) and v.startswith("@")]
+        self.stages.append(Stage(
+            id=sid, kind=kind, policy=policy, teacher=teacher, needs=tuple(dict.fromkeys(needs + refs)),
+            data=data, params=params, resources=Resources(gpus=self.ctx.gpus),
+            estimated=StageEstimate(gpu_hours=round(est.gpu_hours, 4), peak_mem_gb_per_gpu=round(est.peak_mem_gb, 2),
+                                    strategy=est.strategy)))
+        return sid
+
+    def labeled(self, offset: int, count: int, spend: bool = True) -> dict[str, Any]:
+        lab = self.spec.data.labeled
+        out = {"source": resolve(self.spec, lab.source), "problem_field": lab.problem_field,
+               "answer_field": lab.answer_field, "offset": offset, "count": count}
+        if lab.split:
+            out["split"] = lab.split
+        if not spend:
+            out["spend"] = False
+        return out
+
+    def prompts(self, count: int) -> dict[str, Any]:
+        pool = self.spec.data.prompts
+        if pool and pool.size:
+            out = {"source": resolve(self.spec, pool.source), "prompt_field": pool.prompt_field,
+                   "offset": 0, "count": min(count, pool.size)}
+            if pool.split:
+                out["split"] = pool.split
+            return out
+        lab = self.spec.data.labeled  # no pool: labeled prompts, answers never read
+        return {"source": resolve(self.spec, lab.source), "prompt_field": lab.problem_field,
+                "offset": 0, "count": min(count, lab.size)}
+
+    def lora(self, sid: str) -> bool:
+        return self.a.costs[sid].strategy.startswith("lora")
+
+
+def compile_stages(ctx: Context, alloc: Allocation) -> list[Stage]:
+    """The stages of one allocation, in execution order."""
+    b = _Builder(ctx, alloc)
+    s, q, sc = alloc.structure, alloc.quantities, ctx.scale
+    student = resolve(ctx.spec, ctx.spec.student.model)
+    gen = {"max_new_tokens": sc.max_new, "seed": b.seed}
+    first: list[str] = []
+    if s.probe:
+        n = min(sc.probe_prompts, ctx.labels)
+        first = [b.add("probe", "probe", student, [], {"labeled": b.labeled(0, n, spend=False)},
+                       {"samples_per_prompt": sc.probe_samples, "num_prompts": n, "temperature": 1.0, **gen})]
+    last, last_needs = student, list(first)
+    grpo_common = {"num_generations": q.group_size, "prompts_per_step": sc.prompts_per_step, "beta": 0.0,
+                   "loss_type": "dapo", "max_completion_length": sc.max_new, "temperature": 1.0, "seed": b.seed}
+    if s.teacher:
+        teacher_path = resolve(ctx.spec, s.teacher)
+        teacher = teacher_path
+        if s.teacher_rl:
+            steps = _steps(q.teacher_labels * q.teacher_epochs, sc.prompts_per_step)
+            teacher = "@" + b.add("teacher_grpo", "grpo", teacher_path, list(first),
+                                  {"labeled": b.labeled(0, q.teacher_labels)},
+                                  {"steps": steps, **grpo_common, "learning_rate": _lr(ctx, "grpo", b.lora("teacher_grpo")),
+                                   "lora": b.lora("teacher_grpo"), "save_steps": max(steps // 4, 1)})
+        t_needs = list(first)
+        if "fkl" in s.bridge:
+            per_prompt = max(1, math.ceil(q.fkl_rollouts / ctx.pool))
+            n_prompts = max(1, math.ceil(q.fkl_rollouts / per_prompt))
+            b.add("teacher_rollouts", "rollout", teacher, t_needs, {"prompts": b.prompts(n_prompts)},
+                  {"samples_per_prompt": per_prompt, "temperature": 0.7, **gen})
+            rollouts = n_prompts * per_prompt
+            last = "@" + b.add("student_fkl", "fkl", student, ["teacher_rollouts"],
+                               {"rollouts": "@teacher_rollouts"},
+                               {"mode": "token" if s.fkl_token else "sequence", "epochs": 1,
+                                "steps": _steps(rollouts, sc.fkl_batch), "learning_rate": _lr(ctx, "fkl", b.lora("student_fkl")),
+                                "max_length": sc.prompt_len + sc.max_new, "batch_size": sc.fkl_batch, "seed": b.seed},
+                               teacher=teacher)
+            last_needs = []
+        if "opd" in s.bridge:
+            steps = _steps(q.opd_rollouts, sc.prompts_per_step)
+            last = "@" + b.add("student_opd", "opd", last, list(first) if last == student else [],
+                               {"prompts": b.prompts(steps * sc.prompts_per_step)},
+                               {"steps": steps, "learning_rate": _lr(ctx, "opd", b.lora("student_opd")), "beta": 1.0,
+                                "max_completion_length": sc.max_new, "temperature": 1.0,
+                                "prompts_per_step": sc.prompts_per_step, "seed": b.seed},
+                               teacher=teacher)
+            last_needs = []
+    if s.stage3 or s.direct:
+        sid = "student_grpo" if s.stage3 else "direct_grpo"
+        offset = 0 if (ctx.reuse or not s.teacher_rl or s.direct) else q.teacher_labels
+        steps = _steps(q.student_labels * q.student_epochs, sc.prompts_per_step)
+        last = "@" + b.add(sid, "grpo", last, last_needs, {"labeled": b.labeled(offset, q.student_labels)},
+                           {"steps": steps, **grpo_common, "learning_rate": _lr(ctx, "grpo", b.lora(sid)),
+                            "lora": b.lora(sid), "save_steps": max(steps // 4, 1)})
+        last_needs = []
+    evals = [{"name": e.name, "source": resolve(ctx.spec, e.source), "problem_field": e.problem_field,
+              "answer_field": e.answer_field, "size": e.size or sc.eval_default_size,
+              **({"split": e.split} if e.split else {})} for e in ctx.spec.eval]
+    b.add("final_eval", "eval", last, last_needs, {"eval": evals},
+          {"k": sc.eval_k, "temperature": 0.0 if sc.tiny else 0.6, "greedy": sc.tiny, **gen})
+    return b.stages
+
+
+def compile_graph(ctx: Context, result: SearchResult, meta: dict[str, Any] | None = None) -> StageGraph:
+    """The recommended allocation as a runnable, self-contained stage graph."""
+    best = result.best
+    stages = compile_stages(ctx, best)
+    p = best.prediction
+    return StageGraph(
+        plan=ctx.spec.name, plan_hash=ctx.spec.hash(),
+        predicted=Band(eval=ctx.spec.objective.eval, value=round(p.value, 4), low=round(p.low, 4),
+                       high=round(p.high, 4)),
+        estimated=GraphEstimate(gpu_hours=round(sum(st.estimated.gpu_hours for st in stages), 4)),
+        stages=tuple(stages), meta=meta or {})
