@@ -88,7 +88,8 @@ class LiveDisplay:
         self._live.__exit__(*exc)
 
     def event(self, message: str) -> None:
-        self.console.log(message)
+        # markup off: stage names and argv may hold brackets
+        self.console.print(f"[{time.strftime('%H:%M:%S')}] {message}", markup=False, highlight=False)
 
     def refresh(self, states: Iterable[Any]) -> None:
         self._states = list(states)

@@ -54,7 +54,7 @@ from runners.common import is_complete
 from runners.launch import stage_command
 from s2d_plan import _procs
 from s2d_plan._display import make_display
-from s2d_plan.errors import GraphError
+from s2d_plan.errors import GraphError, S2DError
 from s2d_plan.graph import Stage, StageGraph, load_graph
 from s2d_plan.history import HistoryWriter, graph_json, utcnow
 from s2d_plan.paths import attempt_file, partial_dir, resolve_home, stage_dir
@@ -233,7 +233,11 @@ class _Executor:
             for line in recover_stale(self.db, self.home, self.run_id):
                 display.event(line)
             self._record_start()
-            self._loop()
+            try:
+                self._loop()
+            except BaseException as exc:  # a bug or a third signal: leave no runner behind
+                self._abandon(exc)
+                raise
             return self._finish(time.monotonic() - started)
         finally:
             self._restore_signals(old_handlers)
@@ -256,6 +260,22 @@ class _Executor:
         if self.stop_signal is not None and signum == signal.SIGINT:
             self.stop_deadline = 0.0  # a second Ctrl-C: stop now
         self.stop_signal = signum
+
+    def _abandon(self, exc: BaseException) -> None:
+        running = self._running()
+        for st in running:  # first the processes: the history may be what failed
+            _procs.signal_group(st.proc.pid, signal.SIGKILL)
+            st.proc.wait()
+            st.ended = time.monotonic()
+        why = f"executor error: {type(exc).__name__}: {exc}"
+        try:
+            for st in running:
+                st.buffered.extend(st.tail.read(final=True))
+                self._flush(st)
+                self._record_end(st, "KILLED", st.proc.returncode, why)
+            self.db.update_run(self.run_id, status="FAILED", end_time=utcnow(), error=why)
+        except Exception:
+            pass  # the next execute recovers whatever is still marked RUNNING
 
     def _record_start(self) -> None:
         g = self.graph
@@ -362,7 +382,8 @@ class _Executor:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         if self.gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_ids)
-        argv = stage_command(s.kind, st.spec_path, max(len(gpu_ids), 1))
+        # without GPUs a multi-GPU stage still gets its process count (CPU/gloo under torchrun)
+        argv = stage_command(s.kind, st.spec_path, len(gpu_ids) if self.gpus else max(s.resources.gpus, 1))
         st.tail = _procs.MetricTail(metrics_path)
         st.gpu_ids, st.started, st.status = gpu_ids, time.monotonic(), "RUNNING"
         try:
@@ -625,8 +646,11 @@ def run_execute(target: Path, dry_run: bool = False, force: Sequence[str] = (), 
     128+signal when stopped)."""
     target = Path(target)
     if target.suffix.lower() in (".yaml", ".yml"):
-        from s2d_plan.recommend import recommend_graph
-
+        try:
+            from s2d_plan.recommend import recommend_graph
+        except ImportError as exc:
+            raise S2DError(f"cannot run a plan here: the recommender is not available ({exc}); "
+                           "run `s2d-plan recommend PLAN -o graph.json`, then execute the graph") from None
         graph, summary = recommend_graph(target)
         print(summary, flush=True)
     else:
@@ -646,7 +670,5 @@ def run_probe(plan: Path, home: Path | None = None) -> int:
 
     make = getattr(compiler, "compile_probe_graph", None)
     if make is None:
-        from s2d_plan.errors import S2DError
-
         raise S2DError("probe: the compiler does not build probe graphs yet (compile_probe_graph)")
     return execute_graph(make(plan), home).exit_code

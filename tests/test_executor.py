@@ -137,3 +137,14 @@ def test_history_file_is_a_plain_duckdb_database(write_graph, s2d_home):
     tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
     assert {"runs", "stages", "metrics", "artifacts", "evidence", "trials", "metrics_latest", "schema_version"} <= tables
     assert con.execute("SELECT max(version) FROM schema_version").fetchone()[0] >= 1
+
+
+def test_independent_stages_run_side_by_side(write_graph, s2d_home):
+    graph = write_graph([sim_stage("gpu_stage", steps=6, sleep_s=0.05),
+                         sim_stage("cpu_stage", steps=6, sleep_s=0.05, resources={"gpus": 0}),
+                         sim_stage("second_gpu_stage", steps=1)])
+    result = run(graph, s2d_home, gpus=0)  # no GPUs here: GPU stages take turns
+    assert result.exit_code == 0
+    spans = {sid: (start, end) for sid, start, end in rows(s2d_home, "SELECT stage_id, start_time, end_time FROM stages")}
+    assert spans["cpu_stage"][0] < spans["gpu_stage"][1] and spans["gpu_stage"][0] < spans["cpu_stage"][1]
+    assert spans["second_gpu_stage"][0] >= spans["gpu_stage"][1]
