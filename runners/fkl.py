@@ -27,6 +27,7 @@ from runners.common import MetricWriter, StageSpec, dataset_path, model_path, ru
 from runners.data import load_rows
 from s2d_plan.errors import ConfigurationError
 
+RESUMABLE = True  # the executor keeps work_dir across attempts: checkpoints live there
 DEFAULTS = dict(mode="sequence", epochs=1, steps=None, learning_rate=1e-5, max_length=1024, batch_size=8, seed=0,
                 save_steps=None)
 

@@ -33,6 +33,7 @@ from runners.common import MetricWriter, StageSpec, model_path, run_main
 from runners.data import as_chat, load_labeled
 from s2d_plan.errors import ConfigurationError
 
+RESUMABLE = True  # the executor keeps work_dir across attempts: checkpoints live there
 DEFAULTS = dict(steps=100, num_generations=8, prompts_per_step=16, learning_rate=1e-6, beta=0.0, loss_type="dapo",
                 max_completion_length=512, temperature=1.0, seed=0, lora=False, save_steps=None,
                 per_device_batch_size=None)
@@ -130,7 +131,7 @@ def run(spec: StageSpec, writer: MetricWriter) -> dict:
     result = trainer.train(resume_from_checkpoint=resume)
     _train.save_final(trainer, spec)
     return {"steps": int(trainer.state.global_step), "train_loss": float(result.training_loss),
-            "resumed_from": resume, "labels_used": len(rows)}
+            "resumed_from": resume, "labels_used": len(rows), "processes": _train.world_size()}
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from runners.data import as_chat, stage_prompts
 from runners.grpo import use_vllm
 from s2d_plan.errors import ConfigurationError
 
+RESUMABLE = True  # the executor keeps work_dir across attempts: checkpoints live there
 DEFAULTS = dict(steps=100, learning_rate=1e-6, beta=1.0, max_completion_length=512, temperature=1.0,
                 prompts_per_step=16, seed=0, save_steps=None)
 
@@ -59,7 +60,7 @@ def run(spec: StageSpec, writer: MetricWriter) -> dict:
     result = trainer.train(resume_from_checkpoint=resume)
     _train.save_final(trainer, spec)
     return {"steps": int(trainer.state.global_step), "train_loss": float(result.training_loss),
-            "resumed_from": resume, "prompts": len(rows)}
+            "resumed_from": resume, "prompts": len(rows), "processes": _train.world_size()}
 
 
 if __name__ == "__main__":

@@ -4,10 +4,10 @@
 
 builds, in well under a minute on two CPU cores and with no network:
 
-- ``OUT_DIR/teacher``: a 4-layer Qwen3 (hidden 64) briefly trained on synthetic
+- ``OUT_DIR/teacher``: a 4-layer Qwen3 (hidden 128, vocab 512) briefly trained on synthetic
   arithmetic written as chat turns, so it answers in the ``\\boxed{}`` format and is
   right some of the time (rewards are not all zero);
-- ``OUT_DIR/student``: a 2-layer Qwen3 (hidden 64) trained for fewer steps (weaker);
+- ``OUT_DIR/student``: a 2-layer Qwen3 (hidden 64, vocab 512) trained for fewer steps (weaker);
 - ``OUT_DIR/other_teacher``: a model with a *different* tokenizer, for the tests that
   distillation refuses an incompatible pair;
 - ``OUT_DIR/data/{labeled,prompts,eval}.jsonl``: rows ``{"problem", "answer"}``.
@@ -25,6 +25,7 @@ import random
 import time
 from pathlib import Path
 
+VOCAB = 512  # model vocab_size (the tokenizer may use fewer; Qwen3 pads its vocab the same way)
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # Qwen-style; {% generation %} marks what an assistant-only loss trains on.
 CHAT_TEMPLATE = (
@@ -42,14 +43,13 @@ from runners.data import INSTRUCTION  # noqa: E402  (one instruction everywhere)
 
 def make_problem(rng: random.Random) -> dict[str, str]:
     """One arithmetic problem; answers are integers or fractions, checkable in \\boxed{}."""
-    a, b = rng.randint(1, 20), rng.randint(1, 20)
+    a, b = rng.randint(1, 9), rng.randint(1, 9)  # small tables: a tiny model learns some of them
     op = rng.choice(["+", "-", "*", "/"])
     if op == "+":
         return {"problem": f"What is {a} + {b}?", "answer": str(a + b)}
     if op == "-":
         return {"problem": f"What is {a} - {b}?", "answer": str(a - b)}
     if op == "*":
-        a, b = a % 10 + 1, b % 10 + 1
         return {"problem": f"What is {a} * {b}?", "answer": str(a * b)}
     from fractions import Fraction
 
@@ -86,14 +86,15 @@ def build_tokenizer(texts: list[str], vocab_size: int, out: Path, model_max_leng
     return fast
 
 
-def build_model(tokenizer, layers: int, hidden: int, seed: int, train_rows: list[dict], steps: int, out: Path) -> None:
+def build_model(tokenizer, layers: int, hidden: int, seed: int, train_rows: list[dict], steps: int, out: Path,
+                vocab_size: int = VOCAB) -> None:
     """A Qwen3 of the given shape, trained ``steps`` steps on the chat-formatted rows."""
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     torch.manual_seed(seed)
     cfg = Qwen3Config(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+        vocab_size=max(vocab_size, len(tokenizer)), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
         num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4, max_position_embeddings=512,
         tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
         bos_token_id=None,
@@ -103,7 +104,8 @@ def build_model(tokenizer, layers: int, hidden: int, seed: int, train_rows: list
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     if steps:
         texts = [tokenizer.apply_chat_template(chat_text(r), tokenize=False) for r in train_rows]
-        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0 - i / steps)  # linear decay: sharper at the end
         gen = random.Random(seed)
         model.train()
         for _ in range(steps):
@@ -112,13 +114,14 @@ def build_model(tokenizer, layers: int, hidden: int, seed: int, train_rows: list
             loss = model(**batch, labels=labels).loss
             loss.backward()
             opt.step()
+            sched.step()
             opt.zero_grad()
         model.eval()
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
 
 
-def build(out_dir: str | Path, seed: int = 0, teacher_steps: int = 250, student_steps: int = 60) -> Path:
+def build(out_dir: str | Path, seed: int = 0, teacher_steps: int = 300, student_steps: int = 60) -> Path:
     """Build everything under ``out_dir`` (idempotent: skipped when already built)."""
     import torch
 
@@ -140,11 +143,12 @@ def build(out_dir: str | Path, seed: int = 0, teacher_steps: int = 250, student_
 
     probe = build_tokenizer(["x"], 300, out / "_tmp_tok")  # template rendering needs a tokenizer
     texts = [probe.apply_chat_template(chat_text(r), tokenize=False) for r in rows[:800]]
-    tok = build_tokenizer(texts, 384, out / "tokenizer")
-    build_model(tok, layers=4, hidden=64, seed=seed, train_rows=train, steps=teacher_steps, out=out / "teacher")
+    tok = build_tokenizer(texts, VOCAB, out / "tokenizer")
+    build_model(tok, layers=4, hidden=128, seed=seed, train_rows=train, steps=teacher_steps, out=out / "teacher")
     build_model(tok, layers=2, hidden=64, seed=seed + 1, train_rows=train, steps=student_steps, out=out / "student")
     other = build_tokenizer(texts[:200], 320, out / "other_tokenizer")
-    build_model(other, layers=2, hidden=64, seed=seed + 2, train_rows=train, steps=0, out=out / "other_teacher")
+    build_model(other, layers=2, hidden=64, seed=seed + 2, train_rows=train, steps=0, out=out / "other_teacher",
+                vocab_size=320)
     import shutil
 
     shutil.rmtree(out / "_tmp_tok", ignore_errors=True)
