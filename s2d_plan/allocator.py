@@ -493,6 +493,12 @@ def allocate(ctx: Context, trials: int | None = None, seed: int | None = None) -
         for group in box(ctx, s).groups:
             lc = LinearCost(ctx, s, group)
             bad = lc.infeasible_stage()
+            if bad and bad[0] == "student_fkl" and s.fkl_token and s.bridge == "fkl":
+                # token-level FKL keeps the teacher resident; sequence-level (its text) does not
+                seq = replace(s, fkl_token=False)
+                lc_seq = LinearCost(ctx, seq, group)
+                if not lc_seq.infeasible_stage():
+                    s, lc, bad = seq, lc_seq, None
             if bad:
                 sid, est = bad
                 usable = ctx.gpu.memory_gb * ctx.c.mem_headroom

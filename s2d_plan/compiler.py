@@ -164,3 +164,63 @@ def compile_graph(ctx: Context, result: SearchResult, meta: dict[str, Any] | Non
                        high=round(p.high, 4)),
         estimated=GraphEstimate(gpu_hours=round(sum(st.estimated.gpu_hours for st in stages), 4)),
         stages=tuple(stages), meta=meta or {})
+
+
+def rule_problems(spec: Any, graph: StageGraph) -> list[str]:
+    """Every allocation rule a compiled graph breaks, checked from the graph alone
+    (plus the plan for model facts and budgets). Empty when the graph is sound."""
+    problems: list[str] = []
+    by_id = {st.id: st for st in graph.stages}
+    student_path = resolve(spec, spec.student.model)
+    infos = {student_path: spec.student.info, **{resolve(spec, t.model): t.info for t in spec.teachers}}
+    student = spec.student.info
+
+    def root(ref: str) -> str:
+        seen = 0
+        while ref.startswith("@") and seen < 50:
+            ref, seen = by_id[ref[1:]].policy, seen + 1
+        return ref
+
+    def ancestors(st: Stage) -> set[str]:
+        out, todo = set(), list(st.needs)
+        while todo:
+            sid = todo.pop()
+            if sid not in out:
+                out.add(sid)
+                todo.extend(by_id[sid].needs)
+        return out
+
+    usable = [t.info for t in spec.teachers if t.info.params_b > student.params_b] if spec.pins.teacher != "none" else []
+    gpu = spec.compute.gpu_info
+    for st in graph.stages:
+        if st.estimated.peak_mem_gb_per_gpu > gpu.memory_gb:
+            problems.append(f"{st.id}: {st.estimated.peak_mem_gb_per_gpu:.1f} GB per GPU exceeds {gpu.memory_gb:g} GB")
+        if st.kind in ("opd", "fkl"):
+            t = infos.get(root(st.teacher or ""))
+            if t is None or t.params_b <= student.params_b:
+                problems.append(f"{st.id}: teacher {st.teacher} is not a model larger than the student")
+            token = st.kind == "opd" or st.params.get("mode") == "token"
+            if t is not None and token and not t.shares_tokenizer(student):
+                problems.append(f"{st.id}: token-level distillation across tokenizers ({t.tokenizer} vs {student.tokenizer})")
+        if st.kind == "grpo":
+            if spec.data.labeled.size == 0:
+                problems.append(f"{st.id}: GRPO with zero labels")
+            if root(st.policy) == student_path and usable and not any(
+                    by_id[a].kind in ("opd", "fkl") for a in ancestors(st)):
+                problems.append(f"{st.id}: GRPO on the cold student while a usable teacher exists")
+        lab = st.data.get("labeled")
+        if isinstance(lab, dict) and not (0 <= lab["offset"] and lab["offset"] + lab["count"] <= spec.data.labeled.size):
+            problems.append(f"{st.id}: labeled slice {lab['offset']}+{lab['count']} outside {spec.data.labeled.size}")
+    spent = graph.labels_spent()
+    limit = spec.data.labeled.size * (2 if spec.data.reuse_labels else 1)
+    if spent > limit:
+        problems.append(f"labels spent {spent} > available {limit}")
+    if not spec.data.reuse_labels:
+        slices = sorted((st.data["labeled"]["offset"], st.data["labeled"]["offset"] + st.data["labeled"]["count"], st.id)
+                        for st in graph.stages if st.labels_spent())
+        for (a0, a1, ida), (b0, b1, idb) in zip(slices, slices[1:]):
+            if b0 < a1:
+                problems.append(f"{ida} and {idb} spend overlapping labels without reuse_labels")
+    if graph.estimated.gpu_hours > spec.compute.gpu_hours * (1 + 1e-9):
+        problems.append(f"estimated {graph.estimated.gpu_hours:.3f} GPU-hours > budget {spec.compute.gpu_hours:g}")
+    return problems

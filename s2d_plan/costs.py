@@ -176,10 +176,7 @@ def train_memory(model: ModelInfo, gpu: GPUInfo, gpus: int, seq_len: int, frozen
     """(strategy, peak GB per GPU, smallest need) for training ``model`` with ``frozen``
     models (reference, teacher) resident in bf16; strategy "infeasible" when none fits."""
     n = _n(model)
-    tokens = c.micro_batch_seqs * seq_len
     inter = model.intermediate or 4 * model.hidden
-    act = tokens * (2 * model.hidden * model.layers + 2 * (8 * model.hidden + 3 * inter)) \
-        + tokens * model.vocab * 4 * 2
     frozen_bytes = sum(2 * _n(f) for f in frozen)
     overhead = c.mem_overhead_gb * GB
     limit = gpu.memory_gb * GB * c.mem_headroom
@@ -191,11 +188,17 @@ def train_memory(model: ModelInfo, gpu: GPUInfo, gpus: int, seq_len: int, frozen
     if allow_lora:
         lora = (2 * n + frozen_bytes) / gpus + c.bytes_full_ft * c.lora_trainable_frac * n
         options.append(("lora", lora))
-    peaks = [(name, (state + act + overhead) / GB) for name, state in options]
-    for name, peak in peaks:
-        if peak * GB <= limit:
-            return name, peak, min(p for _, p in peaks)
-    need = min(p for _, p in peaks)
+    need = math.inf
+    # the configured micro-batch first; one sequence (more gradient accumulation) if nothing fits
+    for micro in dict.fromkeys((c.micro_batch_seqs, 1)):
+        tokens = micro * seq_len
+        act = tokens * (2 * model.hidden * model.layers + 2 * (8 * model.hidden + 3 * inter)) \
+            + tokens * model.vocab * 4 * 2  # fp32 logits and their gradient
+        peaks = [(name, (state + act + overhead) / GB) for name, state in options]
+        need = min(need, min(p for _, p in peaks))
+        for name, peak in peaks:
+            if peak * GB <= limit:
+                return name, peak, need
     return "infeasible", need, need
 
 

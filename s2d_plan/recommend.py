@@ -208,8 +208,12 @@ def render(ctx: Context, r: SearchResult, graph: StageGraph) -> str:
         lines.append(f"  {label.ljust(width)}  {ap.value:6.1%}  [{ap.low:.1%} - {ap.high:.1%}]  {_fmt_h(a.gpu_hours):>6}")
     if not r.baseline:
         lines.append("  direct GRPO on the student (baseline): impossible (no labels or it does not fit)")
+    by_reason: dict[str, list[str]] = {}
     for label, why in r.infeasible.items():
-        lines.append(f"  {label}: cannot run ({why})")
+        by_reason.setdefault(why, []).append(label)
+    for why, labels in by_reason.items():
+        more = f" and {len(labels) - 1} more like it" if len(labels) > 1 else ""
+        lines.append(f"  cannot run: {labels[0]}{more} ({why})")
     lines += ["", "Why:"] + [f"  - {line}" for line in rationale(ctx, r)]
     return "\n".join(lines)
 

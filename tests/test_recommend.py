@@ -1,0 +1,90 @@
+"""`s2d-plan recommend` through the real CLI: human output, --json, -o, --plot, evidence."""
+
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from s2d_plan.cli import app
+from s2d_plan.graph import load_graph, parse_graph
+from s2d_plan.recommend import recommend_graph
+
+ROOT = Path(__file__).resolve().parents[1]
+BUDGET = str(ROOT / "plans/budget.yaml")
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _empty_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("S2D_HOME", str(tmp_path / "home"))
+
+
+def test_human_output_has_pipeline_alternatives_baseline_and_rationale():
+    result = runner.invoke(app, ["recommend", BUDGET])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    for needle in ("Recommended: ", "stage", "labels", "GPU-h", "mem/GPU", "teacher_grpo", "predicted math500",
+                   "Alternatives", "direct GRPO on the student (baseline)", "Why:", "Labels go to Qwen3-8B"):
+        assert needle in out, needle
+
+
+def test_json_prints_only_the_graph_and_o_writes_an_executable_file(tmp_path):
+    result = runner.invoke(app, ["recommend", BUDGET, "--json", "-o", str(tmp_path / "g.json")])
+    assert result.exit_code == 0
+    graph = parse_graph(json.loads(result.stdout))
+    assert {"stages", "predicted", "estimated"} <= set(json.loads(result.stdout))
+    assert load_graph(tmp_path / "g.json").stages == graph.stages
+    for st in graph.stages:
+        assert st.estimated.gpu_hours > 0 and st.estimated.peak_mem_gb_per_gpu > 0
+
+
+def test_plot_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "pareto.png"
+    result = runner.invoke(app, ["recommend", BUDGET, "--plot", str(out), "--trials", "20"])
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_infeasible_plan_exits_2_with_the_shortfall():
+    result = runner.invoke(app, ["recommend", str(ROOT / "tests/plans/impossible-budget.yaml")])
+    assert result.exit_code == 2
+    assert "GPU-hours is short by" in result.output
+
+
+def test_recommend_graph_is_the_executor_entry_point():
+    graph, summary = recommend_graph(BUDGET, trials=30)
+    assert graph.plan == "qwen3-math-1p7b" and graph.plan_hash
+    assert "predicted math500" in summary and "GPU-hours" in summary
+
+
+def test_probe_evidence_replaces_the_registry_prior(monkeypatch, tmp_path):
+    """A stand-in for the history store (issue 4) returning probe rows for the student."""
+    home = tmp_path / "home"
+    home.mkdir()
+    calls = []
+
+    def load_evidence(home_dir, model, source):
+        calls.append((model, source))
+        if model == "Qwen/Qwen3-1.7B":
+            return [(8, c % 9) for c in range(200)]  # solve rates spread over 0..1, mean 0.5
+        return []
+
+    monkeypatch.setitem(sys.modules, "s2d_plan.history", types.SimpleNamespace(load_evidence=load_evidence))
+    graph, _ = recommend_graph(BUDGET, trials=20)
+    rates = graph.meta["solve_rates"]["Qwen/Qwen3-1.7B"]
+    assert rates["source"].startswith("probe") and abs(rates["mean"] - 0.5) < 0.02
+    assert any("probe in the history" in line for line in graph.meta["rationale"])
+    assert ("Qwen/Qwen3-8B", "EleutherAI/hendrycks_math") in calls
+
+
+def test_recommend_imports_no_heavy_library():
+    code = ("import sys; from s2d_plan.recommend import recommend_graph; recommend_graph(%r, trials=10); "
+            "bad = [m for m in ('torch', 'transformers', 'trl', 'matplotlib') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)" % BUDGET)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
