@@ -590,8 +590,18 @@ def _trial_rows(record: list[Candidate]) -> list[dict[str, Any]]:
              "value": round(c.value, 5) if c.feasible else None, "gpu_hours": round(c.gpu_hours, 4),
              "feasible": c.feasible} for i, c in enumerate(record)]
     feasible = sorted((r for r in rows if r["feasible"]), key=lambda r: -r["value"])
-    kept = feasible[:TRIALS_KEPT - 20] + [r for r in rows if not r["feasible"]][:20]
-    return sorted(kept, key=lambda r: r["number"])
+    front, best = [], -1.0  # the Pareto front (GPU-hours vs value) is always kept
+    for r in sorted(feasible, key=lambda r: (r["gpu_hours"], -r["value"])):
+        if r["value"] > best:
+            front.append(r)
+            best = r["value"]
+    spread = feasible[::max(1, len(feasible) // 60)]  # a sample across the whole range
+    kept = {r["number"]: r for r in front[:60] + spread[:60] + [r for r in rows if not r["feasible"]][:20]}
+    for r in feasible:
+        if len(kept) >= TRIALS_KEPT:
+            break
+        kept.setdefault(r["number"], r)
+    return sorted(kept.values(), key=lambda r: r["number"])
 
 
 def _optuna_refine(ctx: Context, allowed: list[Structure], best_of: dict, record: list[Candidate],

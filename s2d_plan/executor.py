@@ -232,6 +232,7 @@ class _Executor:
         try:
             for line in recover_stale(self.db, self.home, self.run_id):
                 display.event(line)
+            self.db.begin_live(self.run_id)
             self._record_start()
             try:
                 self._loop()
@@ -395,6 +396,7 @@ class _Executor:
         self.db.update_stage(self.run_id, s.id, status="RUNNING", attempt=st.attempt, start_time=utcnow(),
                              pid=st.proc.pid, heartbeat=utcnow(), log_path=str(st.log_path),
                              metrics_path=str(metrics_path), metrics_offset=0, error=None)
+        self.db.publish(force=True)
         self.display.event(f"{s.id}: RUNNING attempt {st.attempt} (pid {st.proc.pid}): {shlex.join(argv)}")
 
     def _poll(self, st: StageState) -> None:

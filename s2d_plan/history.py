@@ -8,12 +8,15 @@ see ``s2d_plan.paths``). Tables (the public contract, DESIGN.md): ``runs``, ``st
 
 Readers never block the run. DuckDB lets one process write a file and refuses a
 read-only open while that writer holds it, so the executor keeps the main file open for
-its whole run and *publishes a snapshot* (``history.snapshot.duckdb``: ATTACH a new
-file, COPY FROM DATABASE, atomic rename; ~0.1 s per million metric rows) every few
-seconds and at every stage boundary. A reader opens the main file read-only when no
-executor holds it, else the snapshot, so results are at most a few seconds stale and a
-query never takes a lock the run needs. After a clean exit the snapshot equals the main
-file and readers use it, so a query cannot delay the next ``execute`` either.
+its whole run and publishes copies that readers open instead (``s2d_plan._snapshots``):
+the whole history once when the run starts (``history.snapshot.duckdb``), then every
+couple of seconds and at each stage boundary only the current run's rows
+(``history.live.duckdb``, cheap however large the history grows). A reader opens the
+main file read-only when no executor holds it, else base + live, so results are at
+most a few seconds stale and a query never takes a lock the run needs. After a clean
+exit the snapshot equals the main file and readers use it, so a query cannot delay the
+next ``execute`` either. ``history`` runs queries only: INSERT, DELETE, DROP, ATTACH
+and the like are refused before they reach DuckDB.
 
     >>> rows = load_evidence(Path("/nonexistent"), "Qwen/Qwen3-8B")
     >>> rows
@@ -33,6 +36,7 @@ from typing import Any, Iterator, Sequence
 
 import duckdb
 
+from s2d_plan import _snapshots
 from s2d_plan._migrations import migrate
 from s2d_plan.errors import HistoryError
 from s2d_plan.paths import db_path, resolve_home, snapshot_path
@@ -44,6 +48,8 @@ SNAPSHOT_EVERY_S = 2.0  # publish at most this often (more rarely when a copy is
 # allocator calling load_evidence during `execute PLAN.yaml`) must reuse the writer's
 # connection, because DuckDB refuses a second open of a file with another configuration.
 _WRITERS: dict[Path, "HistoryWriter"] = {}
+# What `history` runs; anything else (INSERT, DELETE, DROP, ATTACH ...) is refused.
+READ_STATEMENTS = frozenset({"SELECT", "EXPLAIN", "PRAGMA", "CALL", "SET", "VARIABLE_SET", "COPY"})
 
 
 _INSERT_METRICS = """
@@ -58,6 +64,13 @@ WHERE m.key IS NOT NULL AND m.step IS NOT NULL"""
 def utcnow() -> dt.datetime:
     """Naive UTC: every TIMESTAMP column of the history is UTC."""
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+def connect(path: Path | str, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """duckdb.connect without the progress bar (it would draw over the live display)."""
+    con = duckdb.connect(str(path), read_only=read_only)
+    con.execute("SET enable_progress_bar = false")
+    return con
 
 
 def _is_lock_error(exc: Exception) -> bool:
@@ -87,6 +100,8 @@ class HistoryWriter:
         self._dirty = True
         self._last_snapshot = 0.0
         self._snapshot_cost = 0.0
+        self._base_id: str | None = None
+        self.live_run: str | None = None
         _WRITERS[self.path] = self
 
     # -- writes ----------------------------------------------------------------------
@@ -145,34 +160,39 @@ class HistoryWriter:
     def query(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple]:
         return self.con.execute(sql, params or []).fetchall()
 
-    # -- snapshots -------------------------------------------------------------------
+    # -- snapshots (see s2d_plan._snapshots) -----------------------------------------
+    def begin_live(self, run_id: str) -> None:
+        """Publish the whole history once; from now on publish only ``run_id``'s rows."""
+        self._base_id = _snapshots.publish_base(self.con, self._catalog, self.home)
+        _snapshots.drop_live(self.home)
+        self.live_run = run_id
+        self._dirty = True
+
     def publish(self, force: bool = False) -> bool:
-        """Copy the database to the snapshot readers open, if due (or ``force``)."""
+        """Publish what readers see, if due (or ``force``): the current run's rows when a
+        run is live, else the whole database."""
         now = time.monotonic()
-        if not force and (not self._dirty or now - self._last_snapshot < max(SNAPSHOT_EVERY_S, 10 * self._snapshot_cost)):
+        if not force and (not self._dirty or now - self._last_snapshot < max(SNAPSHOT_EVERY_S, 3 * self._snapshot_cost)):
             return False
-        snap = snapshot_path(self.home)
-        tmp = snap.with_name(f".{snap.name}.{os.getpid()}.tmp")
-        tmp.unlink(missing_ok=True)
         started = time.monotonic()
-        self.con.execute(f"ATTACH '{tmp}' AS __snapshot")
-        try:
-            self.con.execute(f'COPY FROM DATABASE "{self._catalog}" TO __snapshot')
-        finally:
-            self.con.execute("DETACH __snapshot")
-        os.replace(tmp, snap)
+        if self.live_run and self._base_id:
+            _snapshots.publish_live(self.con, self.home, self._base_id, self.live_run)
+        else:
+            self._base_id = _snapshots.publish_base(self.con, self._catalog, self.home)
         self._snapshot_cost = time.monotonic() - started
         self._last_snapshot = time.monotonic()
         self._dirty = False
         return True
 
     def close(self) -> None:
-        """Checkpoint, publish a final snapshot, release the file."""
+        """Checkpoint, publish the whole history as the base, release the file."""
         if self.path not in _WRITERS:
             return
         try:
             self.con.execute("CHECKPOINT")
+            self.live_run = None
             self.publish(force=True)
+            _snapshots.drop_live(self.home)
         finally:
             self.con.close()
             _WRITERS.pop(self.path, None)
@@ -183,7 +203,7 @@ def _open_writable(path: Path, timeout_s: float) -> duckdb.DuckDBPyConnection:
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            return duckdb.connect(str(path))
+            return connect(path)
         except duckdb.Error as exc:
             if not _is_lock_error(exc):
                 raise HistoryError(f"cannot open the history {path}: {exc}") from None
@@ -222,22 +242,29 @@ def open_reader(home: str | Path | None = None, timeout_s: float = 10.0) -> Iter
 
 
 def _open_readonly(path: Path, snap: Path, clean: bool, timeout_s: float) -> duckdb.DuckDBPyConnection:
+    home = path.parent
     deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
     while True:
-        candidates = [snap, path] if clean and snap.exists() else [path, snap]
-        last: Exception | None = None
-        for candidate in candidates:
-            if not candidate.exists():
-                continue
+        if clean and snap.exists():  # the snapshot is the whole history: leave the main file alone
             try:
-                return duckdb.connect(str(candidate), read_only=True)
+                return connect(snap, read_only=True)
+            except duckdb.Error as exc:
+                last = exc
+        elif path.exists():
+            try:
+                return connect(path, read_only=True)
             except duckdb.Error as exc:
                 if not _is_lock_error(exc):
-                    raise HistoryError(f"cannot read the history {candidate}: {exc}") from None
+                    raise HistoryError(f"cannot read the history {path}: {exc}") from None
                 last = exc
+                con = _snapshots.open_composite(home)  # an executor holds it: read its copies
+                if con is not None:
+                    return con
         if time.monotonic() > deadline:
             raise HistoryError(f"the history is busy and no snapshot is available yet: {last}")
         time.sleep(0.1)
+        clean = (home / CLEAN_MARKER).exists()
 
 
 # -- what the allocator reads ----------------------------------------------------------
@@ -274,6 +301,11 @@ def query(sql: str, home: str | Path | None = None) -> tuple[list[str], list[tup
         raise HistoryError("empty SQL")
     with open_reader(home) as con:
         try:
+            kinds = [st.type.name for st in con.extract_statements(sql)]
+            refused = [k for k in kinds if k not in READ_STATEMENTS]
+            if refused:
+                raise HistoryError(f"the history is read-only: {refused[0]} statements are refused; "
+                                   "nothing was changed")
             cur = con.execute(sql)
             if cur.description is None:
                 return [], []

@@ -142,12 +142,31 @@ def _logit(v: float) -> float:
     return math.log(v / (1 - v))
 
 
+def _from_other_eval(info: ModelInfo, eval_name: str) -> SolveRates | None:
+    """The model's figure on another eval, shifted by the mean logit offset between the
+    two evals over registry models that publish both (e.g. MATH vs MATH-500)."""
+    others = [model_info(n) for n in known_models()]
+    for other_eval, acc in info.accuracy.items():
+        offsets = [_logit(m.accuracy[eval_name].value) - _logit(m.accuracy[other_eval].value)
+                   for m in others if m is not None and eval_name in m.accuracy and other_eval in m.accuracy]
+        if offsets:
+            z = _logit(acc.value) + sum(offsets) / len(offsets)
+            return SolveRates(min(max(1 / (1 + math.exp(-z)), 0.02), 0.97), estimated=True,
+                              source=f"estimated: its {other_eval} figure shifted by {len(offsets)} model(s) "
+                                     f"publishing both")
+    return None
+
+
 def estimate_accuracy(info: ModelInfo, eval_name: str) -> SolveRates:
-    """The model's accuracy on ``eval_name``: published, else a log-size fit over known
-    models of the same tokenizer family (then over all), flagged as estimated."""
+    """The model's accuracy on ``eval_name``: published; else its figure on another eval
+    shifted by the offset between the two evals; else a logit/log-size fit over known
+    models of the same tokenizer family (then over all). Estimates are flagged."""
     known = info.accuracy.get(eval_name)
     if known is not None:
         return SolveRates(known.value, source=known.source)
+    transferred = _from_other_eval(info, eval_name)
+    if transferred is not None:
+        return transferred
     points = []
     for name in known_models():
         other = model_info(name)

@@ -84,9 +84,16 @@ def test_sigterm_stops_the_stage_records_killed_and_flushes_metrics(write_graph,
 
 
 def test_readers_query_while_a_run_goes_on(write_graph, s2d_home, cli, start_cli):
+    earlier = cli("execute", str(write_graph([sim_stage("quick", steps=3)], name="quick.json")))
+    assert earlier.returncode == 0
     graph = write_graph([sim_stage("long", steps=80, sleep_s=0.04)])
     executor = start_cli("execute", str(graph))
     metrics = wait_for(lambda: metrics_file(s2d_home, "long"))
+    # mid-run, a reader sees the earlier run and this one (its rows a few seconds old at most)
+    sql = "SELECT s.stage_id, s.status FROM runs r JOIN stages s USING (run_id) ORDER BY r.start_time"
+    seen = wait_for(lambda: [tuple(r.values()) for r in json.loads(cli("history", sql, "--json").stdout)]
+                    == [("quick", "FINISHED"), ("long", "RUNNING")], timeout=10)
+    assert seen
     counts = []
     while executor.poll() is None and len(counts) < 6:
         q = cli("history", "SELECT count(*) AS n FROM metrics", "--json")
@@ -103,8 +110,8 @@ def test_readers_query_while_a_run_goes_on(write_graph, s2d_home, cli, start_cli
     assert bad.returncode == 2 and "read-only" in bad.stderr and "Traceback" not in bad.stderr
     out, err = executor.communicate(timeout=60)
     assert executor.returncode == 0, err
-    assert counts == sorted(counts) and counts[-1] > 0  # fresh, and never going back
-    final = cli("history", "SELECT count(*) AS n FROM metrics", "--json")
+    assert counts == sorted(counts) and counts[-1] > 6  # fresh, and never going back
+    final = cli("history", "SELECT count(*) AS n FROM metrics WHERE stage_id = 'long'", "--json")
     assert json.loads(final.stdout)[0]["n"] == 160
 
 
