@@ -39,6 +39,10 @@ MAX_EPOCHS = 4.0
 MAX_PASSES = 2.0  # bridge rollouts, in passes over the prompt pool
 MIN_STEPS = 2  # a stage shorter than this is not a stage
 TRIALS_KEPT = 300
+# TPE refinement trials at most (~2 ms each here). The local search has already evaluated
+# thousands of projected points; measured on the shipped plans TPE rarely adds more than
+# a few hundredths of a point, so more trials would only buy time.
+OPTUNA_TRIALS_MAX = 64
 PROBE_BUDGET_FRACTION = 0.02  # a probe is worth at most this share of the GPU-hours
 
 
@@ -380,6 +384,7 @@ class SearchResult:
     infeasible: dict[str, str]  # structure label -> why it cannot run
     trials: list[dict[str, Any]]
     notes: list[str]
+    search: dict[str, Any] = field(default_factory=dict)  # how the search went (counts, Optuna)
 
 
 class _Search:
@@ -520,7 +525,10 @@ def allocate(ctx: Context, trials: int | None = None, seed: int | None = None) -
                 best_of[s] = (cand, search, u)
     if not best_of:
         raise InfeasibleError(_shortfall_message(ctx, shortfalls))
-    _optuna_refine(ctx, allowed, best_of, record, trials, seed)
+    n_local = len(record)
+    before = max(c.value for c, _, _ in best_of.values())
+    optuna_info = _optuna_refine(ctx, allowed, best_of, record, trials, seed)
+    optuna_info["improved_by_points"] = round((max(c.value for c, _, _ in best_of.values()) - before) * 100, 4)
     ranked = sorted(best_of.values(), key=lambda x: -x[0].value)
     finals = [_finalize(ctx, c.structure, c.quantities) for c, _, _ in ranked]
     finals = [a for a in finals if a is not None]
@@ -530,7 +538,8 @@ def allocate(ctx: Context, trials: int | None = None, seed: int | None = None) -
     best = _maybe_probe(ctx, finals)
     base = _baseline(ctx, rng)
     trial_rows = _trial_rows(record)
-    return SearchResult(best, finals[1:], base, infeasible, trial_rows, list(dict.fromkeys(ctx.notes)))
+    info = {"structures": len(allowed), "local_evaluations": n_local, "optuna": optuna_info}
+    return SearchResult(best, finals[1:], base, infeasible, trial_rows, list(dict.fromkeys(ctx.notes)), info)
 
 
 def _shortfall_message(ctx: Context, shortfalls: list[tuple[str, float, str]]) -> str:
@@ -605,7 +614,7 @@ def _trial_rows(record: list[Candidate]) -> list[dict[str, Any]]:
 
 
 def _optuna_refine(ctx: Context, allowed: list[Structure], best_of: dict, record: list[Candidate],
-                   trials: int, seed: int) -> None:
+                   trials: int, seed: int) -> dict[str, Any]:
     """TPE over the best few structures' quantities, seeded, the rule-based default first."""
     import optuna  # lazy: ~0.15 s, paid only by recommend
 
@@ -629,7 +638,7 @@ def _optuna_refine(ctx: Context, allowed: list[Structure], best_of: dict, record
         study.enqueue_trial({"structure": s.label, f"group_size[{s.label}]": search.group,
                              **dict(zip(_Search.DIMS, u))})
     searches: dict[tuple[Structure, int], _Search] = {}
-    n = max(min(trials, 120) - len(record) // 50, 16)
+    n = max(8, min(trials, OPTUNA_TRIALS_MAX))
     for _ in range(n):
         trial = study.ask()
         s = labels[trial.suggest_categorical("structure", list(labels))]
@@ -648,6 +657,9 @@ def _optuna_refine(ctx: Context, allowed: list[Structure], best_of: dict, record
         record.append(Candidate(s, q, value if feasible else -1.0, cost, feasible))
         if feasible and value > best_of[s][0].value:
             best_of[s] = (record[-1], search, u)
+    first = study.trials[0]
+    return {"trials": n, "sampler": "TPESampler", "seed": seed, "structures": list(labels),
+            "first_trial": {"structure": first.params.get("structure"), "enqueued": "rule-based default"}}
 
 
 def random_search(ctx: Context, n: int, seed: int = 1) -> Candidate:

@@ -102,7 +102,7 @@ def _meta(ctx: Context, r: SearchResult) -> dict[str, Any]:
             "rationale": rationale(ctx, r), "alternatives": [row(a) for a in r.alternatives],
             "baseline": row(r.baseline) if r.baseline else None, "infeasible": r.infeasible, "notes": r.notes,
             "solve_rates": {k: {"mean": round(v.mean, 4), "kappa": v.kappa, "source": v.source} for k, v in rates.items()},
-            "budget_gpu_hours": ctx.budget, "trials": r.trials}
+            "budget_gpu_hours": ctx.budget, "search": r.search, "trials": r.trials}
 
 
 def _short(name: str) -> str:

@@ -163,3 +163,10 @@ def test_tiny_cpu_plan_is_tiny():
                 assert Path(st.data[key]["source"]).is_absolute()
         assert not st.policy.startswith("..")
     assert graph.stage("final_eval").params["k"] <= 2
+
+
+def test_optuna_starts_from_the_rule_based_default():
+    spec, ctx, result, graph = recommend(ROOT / "plans/budget.yaml")
+    optuna = graph.meta["search"]["optuna"]
+    assert optuna["first_trial"]["structure"] == "GRPO Qwen3-8B -> FKL->OPD -> Stage 3 GRPO"
+    assert optuna["sampler"] == "TPESampler" and 8 <= optuna["trials"] <= 64
