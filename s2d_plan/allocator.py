@@ -252,9 +252,26 @@ def structures(ctx: Context) -> list[Structure]:
                     out.append(Structure(name, rl, bridge, shared, stage3))
     if ctx.labels > 0 and not usable and pins.stage3 is not True:
         out.append(Structure(direct=True))
+    if not out and (pins.teacher not in (None, "none") or pins.bridge or pins.stage3):
+        raise InfeasibleError("the plan's pins leave no valid pipeline: " + _pin_conflict(ctx, notes))
     if ctx.labels == 0 or not out:
         out.append(Structure())  # nothing worth training: evaluate the student as is
     return out
+
+
+def _pin_conflict(ctx: Context, notes: list[str]) -> str:
+    pins = ctx.spec.pins
+    if pins.teacher not in (None, "none"):
+        info = ctx.teachers[pins.teacher][0]
+        if info.params_b <= ctx.student.params_b:
+            return f"pinned teacher {pins.teacher} is not larger than the student"
+        if pins.bridge in ("opd", "fkl+opd") and not info.shares_tokenizer(ctx.student):
+            return (f"bridge {pins.bridge} needs token-level distillation, but {pins.teacher} uses the "
+                    f"{info.tokenizer} tokenizer and the student {ctx.student.tokenizer}; pin bridge: fkl "
+                    "(sequence-level forward KL on the teacher's text) instead")
+    if pins.stage3:
+        return "Stage 3 is pinned on, but no usable teacher exists for the bridge it must follow"
+    return "; ".join(notes) or "no teacher the pins allow can be used"
 
 
 def baseline(ctx: Context) -> Structure:

@@ -170,3 +170,12 @@ def test_optuna_starts_from_the_rule_based_default():
     optuna = graph.meta["search"]["optuna"]
     assert optuna["first_trial"]["structure"] == "GRPO Qwen3-8B -> FKL->OPD -> Stage 3 GRPO"
     assert optuna["sampler"] == "TPESampler" and 8 <= optuna["trials"] <= 64
+
+
+def test_conflicting_pins_are_explained():
+    path = ROOT / "plans/llama-cross-family.yaml"
+    doc = read_yaml(path)
+    doc.data["pins"] = {"teacher": "Qwen/Qwen3-14B", "bridge": "opd"}
+    spec = parse_plan(doc, source=str(path), base_dir=path.parent)
+    with pytest.raises(InfeasibleError, match="tokenizer"):
+        allocate(Context.from_spec(spec))
