@@ -95,10 +95,10 @@ CREATE TABLE trials (
 );
 -- Resumed stages re-log the steps after their last checkpoint; keep the newest attempt
 -- of each (stage content, key, step) so curves are clean. The raw table keeps all.
+-- (max() over the window is cheaper than row_number(): no sort inside partitions.)
 CREATE VIEW metrics_latest AS
 SELECT * FROM metrics
-QUALIFY row_number() OVER (
-    PARTITION BY stage_id, cache_key, key, step ORDER BY attempt DESC, time DESC) = 1;
+QUALIFY attempt = max(attempt) OVER (PARTITION BY stage_id, cache_key, key, step);
 """),
 ]
 

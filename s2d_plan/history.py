@@ -201,6 +201,7 @@ class HistoryWriter:
 
 def _open_writable(path: Path, timeout_s: float) -> duckdb.DuckDBPyConnection:
     deadline = time.monotonic() + timeout_s
+    warned = False
     while True:
         try:
             return connect(path)
@@ -211,6 +212,9 @@ def _open_writable(path: Path, timeout_s: float) -> duckdb.DuckDBPyConnection:
                 raise HistoryError(
                     f"the history {path} is held by another process (is another "
                     f"`s2d-plan execute` running with this --home?): {exc}") from None
+            if not warned:  # a reader's brief open, or another executor: say which we wait for
+                print(f"waiting for the history lock: {exc}", file=sys.stderr, flush=True)
+                warned = True
             time.sleep(0.2)
 
 
