@@ -1,0 +1,195 @@
+"""Every runner kind for 2 steps on CPU on tiny offline models: alone on a hand-written spec,
+under 2 processes, resumed after a crash, and chained through the real executor into DuckDB.
+
+The tiny models are built once per session (about 30 s); set S2D_TINY_DIR to reuse a build.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("trl")
+pytest.importorskip("math_verify")
+
+from runners.launch import stage_command  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> Path:
+    out = Path(os.environ.get("S2D_TINY_DIR") or tmp_path_factory.mktemp("tiny") / "models")
+    r = subprocess.run([sys.executable, "-m", "runners.tiny", str(out)], cwd=REPO, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return out
+
+
+def run_stage(root: Path, kind: str, stage: dict, inputs: dict, gpus: int = 1, env: dict | None = None,
+              reuse: bool = False) -> tuple[subprocess.CompletedProcess, Path]:
+    """Write a spec for ``stage`` under ``root`` and run its runner as the executor would."""
+    sid = stage.setdefault("id", kind)
+    stage["kind"] = kind
+    d = root / sid
+    if not reuse:
+        shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True, exist_ok=True)
+    spec = {"run_id": "t", "attempt": 1, "stage": stage, "inputs": inputs, "output_dir": str(d / "out"),
+            "work_dir": str(d / "out.partial"), "metrics_path": str(d / "metrics.jsonl"), "device": "cpu"}
+    (d / "spec.json").write_text(json.dumps(spec))
+    r = subprocess.run(stage_command(kind, d / "spec.json", gpus=gpus, device="cpu"), cwd=REPO, capture_output=True,
+                       text=True, timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    return r, d
+
+
+def metrics(d: Path) -> dict[str, list[tuple[int, float]]]:
+    out: dict[str, list] = {}
+    for line in (d / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if "key" in row:
+            out.setdefault(row["key"], []).append((row["step"], row["value"]))
+    return out
+
+
+def ok(r: subprocess.CompletedProcess, d: Path) -> Path:
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (d / "out" / "COMPLETE").is_file() and not (d / "out.partial").exists()
+    return d / "out"
+
+
+def labeled(tiny: Path, count: int = 32, **kw) -> dict:
+    return {"source": str(tiny / "data/labeled.jsonl"), "problem_field": "problem", "answer_field": "answer",
+            "offset": 0, "count": count, **kw}
+
+
+def grpo_stage(tiny: Path, policy: str = "teacher", **params) -> tuple[dict, dict]:
+    p = {"steps": 2, "num_generations": 4, "prompts_per_step": 2, "max_completion_length": 16, "learning_rate": 1e-4,
+         "beta": 0.01, **params}
+    return ({"id": "grpo", "policy": str(tiny / policy), "data": {"labeled": labeled(tiny)}, "params": p},
+            {"policy": str(tiny / policy)})
+
+
+def opd_stage(tiny: Path, teacher: str = "teacher") -> tuple[dict, dict]:
+    stage = {"id": "opd", "policy": str(tiny / "student"), "teacher": str(tiny / teacher),
+             "data": {"prompts": {"source": str(tiny / "data/prompts.jsonl"), "prompt_field": "problem", "count": 16}},
+             "params": {"steps": 2, "prompts_per_step": 2, "max_completion_length": 16}}
+    return stage, {"policy": str(tiny / "student"), "teacher": str(tiny / teacher)}
+
+
+# --------------------------------------------------------------------------- each kind alone
+
+
+def test_grpo(tiny, tmp_path):
+    r, d = run_stage(tmp_path, "grpo", *grpo_stage(tiny))
+    out = ok(r, d)
+    assert (out / "model" / "model.safetensors").is_file() and (out / "model" / "tokenizer.json").is_file()
+    assert not (out / "checkpoints").exists()  # optimizer states are dropped once the model is saved
+    m = metrics(d)
+    for key in ("reward", "kl", "entropy", "completions/mean_length", "signal_yield", "verifier/accuracy",
+                "verifier/parse_failures", "verifier/timeouts"):
+        assert [s for s, _ in m[key]] == [1, 2], key
+    summary = json.loads((out / "COMPLETE").read_text())["summary"]
+    assert summary["steps"] == 2 and summary["labels_used"] == 32
+
+
+def test_rollout_fkl_sequence_and_token(tiny, tmp_path):
+    stage = {"id": "ro", "policy": str(tiny / "teacher"), "data": {"labeled": labeled(tiny, 6)},
+             "params": {"samples_per_prompt": 2, "max_new_tokens": 16, "seed": 3}}
+    r, d = run_stage(tmp_path, "rollout", dict(stage), {"policy": str(tiny / "teacher")})
+    rows = [json.loads(x) for x in (ok(r, d) / "rollouts.jsonl").read_text().splitlines()]
+    assert len(rows) == 12 and {"prompt", "completion", "prompt_tokens", "completion_tokens", "score"} <= set(rows[0])
+    assert "verifier/accuracy" in metrics(d)
+    r2, d2 = run_stage(tmp_path / "again", "rollout", dict(stage), {"policy": str(tiny / "teacher")})
+    assert (ok(r2, d2) / "rollouts.jsonl").read_text() == (d / "out" / "rollouts.jsonl").read_text()  # seeded
+
+    for mode in ("sequence", "token"):
+        fkl = {"id": f"fkl_{mode}", "policy": str(tiny / "student"), "teacher": str(tiny / "teacher"),
+               "data": {"rollouts": "@ro"}, "params": {"mode": mode, "steps": 2, "batch_size": 4, "max_length": 64}}
+        r, dd = run_stage(tmp_path, "fkl", fkl, {"policy": str(tiny / "student"), "teacher": str(tiny / "teacher"),
+                                                 "data.rollouts": str(d / "out")})
+        out = ok(r, dd)
+        assert (out / "model" / "model.safetensors").is_file()
+        assert [s for s, _ in metrics(dd)["loss"]] == [1, 2]
+
+
+def test_opd(tiny, tmp_path):
+    r, d = run_stage(tmp_path, "opd", *opd_stage(tiny))
+    ok(r, d)
+    m = metrics(d)
+    assert [s for s, _ in m["loss"]] == [1, 2] and "completions/mean_length" in m
+
+
+def test_eval_and_probe(tiny, tmp_path):
+    ev = {"id": "ev", "policy": str(tiny / "teacher"),
+          "data": {"eval": [{"name": "arith", "source": str(tiny / "data/eval.jsonl"), "problem_field": "problem",
+                             "answer_field": "answer", "size": 6}]},
+          "params": {"k": 2, "max_new_tokens": 16}}
+    r, d = run_stage(tmp_path, "eval", ev, {"policy": str(tiny / "teacher")})
+    ok(r, d)
+    m = metrics(d)
+    assert {"eval/arith/avg@2", "eval/arith/pass@2", "eval/arith/greedy"} <= set(m)
+    assert m["eval/arith/avg@2"][0][1] <= m["eval/arith/pass@2"][0][1]
+
+    pr = {"id": "pr", "policy": str(tiny / "teacher"), "data": {"labeled": labeled(tiny, 64, spend=False)},
+          "params": {"samples_per_prompt": 4, "num_prompts": 5, "max_new_tokens": 16}}
+    r, d = run_stage(tmp_path, "probe", pr, {"policy": str(tiny / "teacher")})
+    rows = [json.loads(x) for x in (ok(r, d) / "evidence.jsonl").read_text().splitlines()]
+    assert len(rows) == 5 and set(rows[0]) == {"model", "source", "prompt_index", "samples", "correct"}
+    assert {"probe/solve_rate", "probe/signal_yield@8"} <= set(metrics(d))
+
+
+# --------------------------------------------------------------------------- refusals and resume
+
+
+def test_opd_refuses_other_tokenizer_before_loading_weights(tiny, tmp_path):
+    teacher = tmp_path / "other_teacher_no_weights"
+    shutil.copytree(tiny / "other_teacher", teacher)
+    for w in teacher.glob("*.safetensors"):
+        w.unlink()  # if the runner tried to load weights it would fail differently
+    stage, inputs = opd_stage(tiny)
+    stage["teacher"] = inputs["teacher"] = str(teacher)
+    r, d = run_stage(tmp_path, "opd", stage, inputs)
+    assert r.returncode == 1
+    assert "IncompatibleModelsError" in r.stderr and "vocab_size differs" in r.stderr
+    assert "Traceback" not in r.stderr  # a user error is a message
+
+
+def test_unknown_param_is_an_error(tiny, tmp_path):
+    stage, inputs = grpo_stage(tiny, num_generation=4)
+    r, _ = run_stage(tmp_path, "grpo", stage, inputs)
+    assert r.returncode == 1 and "unknown param(s) num_generation" in r.stderr
+
+
+def test_grpo_resumes_with_data_position(tiny, tmp_path):
+    stage, inputs = grpo_stage(tiny, steps=3, save_steps=1, beta=0.0)
+    r, full = run_stage(tmp_path / "full", "grpo", json.loads(json.dumps(stage)), inputs)
+    ok(r, full)
+    r, d = run_stage(tmp_path / "crash", "grpo", json.loads(json.dumps(stage)), inputs,
+                     env={"S2D_TEST_CRASH_AFTER_STEP": "2"})
+    assert r.returncode == 17 and (d / "out.partial" / "checkpoints" / "checkpoint-2").is_dir()
+    r, d = run_stage(tmp_path / "crash", "grpo", json.loads(json.dumps(stage)), inputs, reuse=True)
+    out = ok(r, d)
+    assert "resuming from" in r.stdout and json.loads((out / "COMPLETE").read_text())["summary"]["resumed_from"]
+    # the same prompts in the same order, and the same training trajectory, as without the crash
+    assert (out / "data_order.jsonl").read_text() == (full / "out" / "data_order.jsonl").read_text()
+    assert metrics(d)["entropy"] == metrics(full)["entropy"]
+
+
+# --------------------------------------------------------------------------- several processes
+
+
+@pytest.mark.parametrize("kind", ["grpo", "opd"])
+def test_two_cpu_processes(tiny, tmp_path, kind):
+    stage, inputs = grpo_stage(tiny) if kind == "grpo" else opd_stage(tiny)
+    r, d = run_stage(tmp_path, kind, stage, inputs, gpus=2)
+    out = ok(r, d)
+    assert json.loads((out / "COMPLETE").read_text())["summary"]["processes"] == 2
+    m = metrics(d)
+    assert [s for s, _ in m["loss"]] == [1, 2]  # rank 0 alone reports: no duplicated lines
