@@ -23,191 +23,19 @@ labels available (twice only with ``reuse_labels``); zero labels means no GRPO a
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from s2d_plan import costs
-from s2d_plan.costs import CostConstants, Estimate
+from s2d_plan._search import Candidate, _Search, optuna_refine, search_random, trial_rows
+from s2d_plan._space import (MIN_STEPS, Allocation, Context, LinearCost, Quantities, Scale, Structure, box,
+                             evaluate, pipeline, stage_costs)
 from s2d_plan.errors import InfeasibleError
-from s2d_plan.outcome import Pipeline, Prediction, SolveRates, estimate_accuracy, predict, signal_yield
-from s2d_plan.registry import GPUInfo, ModelInfo
 
-GROUPS = (4, 8, 16)
-MAX_EPOCHS = 4.0
-MAX_PASSES = 2.0  # bridge rollouts, in passes over the prompt pool
-MIN_STEPS = 2  # a stage shorter than this is not a stage
-TRIALS_KEPT = 300
-# TPE refinement trials at most (~2 ms each here). The local search has already evaluated
-# thousands of projected points; measured on the shipped plans TPE rarely adds more than
-# a few hundredths of a point, so more trials would only buy time.
-OPTUNA_TRIALS_MAX = 64
+__all__ = ["MIN_STEPS", "Allocation", "Context", "Quantities", "Scale", "SearchResult", "Structure", "allocate",
+           "default_structure", "evaluate", "pipeline", "random_search", "stage_costs", "structures"]
+
 PROBE_BUDGET_FRACTION = 0.02  # a probe is worth at most this share of the GPU-hours
-
-
-@dataclass(frozen=True)
-class Scale:
-    """Sequence lengths and batch sizes: real GPUs vs the tiny CPU setting."""
-
-    tiny: bool
-    prompt_len: int
-    max_new: int
-    prompts_per_step: int  # GRPO and OPD prompts per optimizer step
-    fkl_batch: int
-    eval_k: int
-    eval_default_size: int
-    probe_prompts: int
-    probe_samples: int
-
-    @staticmethod
-    def for_plan(gpu: GPUInfo, student: ModelInfo) -> "Scale":
-        if gpu.name == "cpu" or student.params_b < 0.05:
-            return Scale(True, 24, 40, 4, 8, 1, 32, 16, 4)
-        return Scale(False, 256, 1024, 64, 32, 4, 500, 512, 8)
-
-
-@dataclass(frozen=True)
-class Structure:
-    teacher: str | None = None  # a teacher's model name as the plan gives it
-    teacher_rl: bool = False  # Stage 1 GRPO on the teacher (False: raw teacher)
-    bridge: str | None = None  # "fkl+opd" | "opd" | "fkl"
-    fkl_token: bool = True  # token-level forward KL (shared tokenizer) vs sequence-level
-    stage3: bool = False  # GRPO on the student after the bridge
-    direct: bool = False  # GRPO on the cold student, no teacher
-    probe: bool = False
-
-    @property
-    def label(self) -> str:
-        if self.direct:
-            return "direct GRPO on the student"
-        if self.teacher is None:
-            return "no training (student as is)"
-        name = self.teacher.split("/")[-1]
-        parts = [f"GRPO {name}" if self.teacher_rl else f"raw {name}"]
-        bridge = {"fkl+opd": "FKL->OPD", "opd": "OPD", "fkl": "FKL"}[self.bridge or "fkl"]
-        if "fkl" in (self.bridge or "") and not self.fkl_token:
-            bridge = bridge.replace("FKL", "sequence-level FKL")
-        parts.append(bridge)
-        if self.stage3:
-            parts.append("Stage 3 GRPO")
-        return ("probe -> " if self.probe else "") + " -> ".join(parts)
-
-
-@dataclass(frozen=True)
-class Quantities:
-    group_size: int = 8
-    teacher_labels: int = 0
-    teacher_epochs: float = 0.0
-    fkl_rollouts: float = 0.0
-    opd_rollouts: float = 0.0
-    student_labels: int = 0
-    student_epochs: float = 0.0
-
-    def params(self) -> dict[str, Any]:
-        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
-
-
-@dataclass(frozen=True)
-class Allocation:
-    structure: Structure
-    quantities: Quantities
-    prediction: Prediction
-    costs: dict[str, Estimate]  # stage id -> estimate (final_eval and probe included)
-    gpu_hours: float
-
-    @property
-    def labels_spent(self) -> int:
-        q = self.quantities
-        return q.teacher_labels + q.student_labels
-
-
-@dataclass
-class Context:
-    """Everything the search needs from a plan, derived once."""
-
-    spec: Any
-    student: ModelInfo
-    rates: SolveRates
-    teachers: dict[str, tuple[ModelInfo, SolveRates]]
-    gpu: GPUInfo
-    gpus: int
-    budget: float
-    labels: int
-    pool: int
-    reuse: bool
-    scale: Scale
-    c: CostConstants = costs.DEFAULT_CONSTANTS
-    notes: list[str] = field(default_factory=list)
-
-    @staticmethod
-    def from_spec(spec: Any, evidence: dict[str, SolveRates] | None = None,
-                  constants: CostConstants = costs.DEFAULT_CONSTANTS) -> "Context":
-        evidence = evidence or {}
-        objective = spec.objective.eval
-        student = spec.student.info
-        gpus = 1 if spec.compute.gpu == "cpu" else spec.compute.gpus
-        teachers = {t.model: (t.info, evidence.get(t.model) or estimate_accuracy(t.info, objective))
-                    for t in spec.teachers}
-        pool = spec.data.prompts.size if spec.data.prompts and spec.data.prompts.size else spec.data.labeled.size
-        return Context(spec, student, evidence.get(spec.student.model) or estimate_accuracy(student, objective),
-                       teachers, spec.compute.gpu_info, gpus, spec.compute.gpu_hours, spec.data.labeled.size,
-                       max(pool, 1), spec.data.reuse_labels, Scale.for_plan(spec.compute.gpu_info, student),
-                       constants)
-
-    def eval_problems(self) -> int:
-        return sum(e.size or self.scale.eval_default_size for e in self.spec.eval)
-
-
-# ---------------------------------------------------------------- costs of a candidate
-
-
-def stage_costs(ctx: Context, s: Structure, q: Quantities) -> dict[str, Estimate]:
-    """Exact cost-model estimates for every stage the structure runs."""
-    sc, c, gpu, n = ctx.scale, ctx.c, ctx.gpu, ctx.gpus
-    out: dict[str, Estimate] = {}
-    if s.probe:
-        out["probe"] = costs.probe_cost([ctx.student], gpu, n, min(sc.probe_prompts, ctx.labels),
-                                        sc.probe_samples, sc.prompt_len, sc.max_new, c)
-    if s.teacher:
-        t = ctx.teachers[s.teacher][0]
-        if s.teacher_rl:
-            out["teacher_grpo"] = costs.grpo_cost(t, gpu, n, q.teacher_labels * q.teacher_epochs, q.group_size,
-                                                  sc.prompt_len, sc.max_new, sc.prompts_per_step, c=c)
-        if "fkl" in (s.bridge or ""):
-            out["teacher_rollouts"] = costs.rollout_cost(t, gpu, n, q.fkl_rollouts, sc.prompt_len, sc.max_new, c)
-            out["student_fkl"] = costs.fkl_cost(ctx.student, t, gpu, n, q.fkl_rollouts, 1.0, sc.prompt_len,
-                                                sc.max_new, s.fkl_token, c)
-        if "opd" in (s.bridge or ""):
-            out["student_opd"] = costs.opd_cost(ctx.student, t, gpu, n, q.opd_rollouts, sc.prompt_len, sc.max_new,
-                                                sc.prompts_per_step, c)
-    if s.stage3 or s.direct:
-        sid = "student_grpo" if s.stage3 else "direct_grpo"
-        out[sid] = costs.grpo_cost(ctx.student, gpu, n, q.student_labels * q.student_epochs, q.group_size,
-                                   sc.prompt_len, sc.max_new, sc.prompts_per_step, c=c)
-    out["final_eval"] = costs.eval_cost(ctx.student, gpu, n, ctx.eval_problems(), sc.eval_k, sc.prompt_len,
-                                        sc.max_new, c)
-    return out
-
-
-def pipeline(ctx: Context, s: Structure, q: Quantities, costs_: dict[str, Estimate] | None = None) -> Pipeline:
-    t = ctx.teachers[s.teacher] if s.teacher else (None, None)
-    lora = {k: e.strategy.startswith("lora") for k, e in (costs_ or {}).items()}
-    return Pipeline(
-        teacher=t[0], teacher_rates=t[1],
-        teacher_labels=q.teacher_labels if s.teacher_rl else 0, teacher_epochs=q.teacher_epochs,
-        fkl_rollouts=q.fkl_rollouts if "fkl" in (s.bridge or "") else 0.0, fkl_token_level=s.fkl_token,
-        opd_rollouts=q.opd_rollouts if "opd" in (s.bridge or "") else 0.0,
-        student_labels=q.student_labels if (s.stage3 or s.direct) else 0, student_epochs=q.student_epochs,
-        group_size=q.group_size, pool=ctx.pool,
-        lora_teacher=lora.get("teacher_grpo", False),
-        lora_student=any(lora.get(k, False) for k in ("student_fkl", "student_opd", "student_grpo", "direct_grpo")))
-
-
-def evaluate(ctx: Context, s: Structure, q: Quantities) -> Allocation:
-    est = stage_costs(ctx, s, q)
-    pred = predict(ctx.student, ctx.rates, pipeline(ctx, s, q, est))
-    return Allocation(s, q, pred, est, sum(e.gpu_hours for e in est.values()))
 
 
 # ---------------------------------------------------------------- structures
@@ -274,125 +102,6 @@ def _pin_conflict(ctx: Context, notes: list[str]) -> str:
     return "; ".join(notes) or "no teacher the pins allow can be used"
 
 
-def baseline(ctx: Context) -> Structure:
-    return Structure(direct=True)
-
-
-# ---------------------------------------------------------------- quantities
-
-
-@dataclass(frozen=True)
-class Box:
-    """Search ranges of one structure's quantities; fixed where pins say so."""
-
-    groups: tuple[int, ...]
-    teacher_frac: tuple[float, float]
-    teacher_epochs: tuple[float, float]
-    fkl_passes: tuple[float, float]
-    opd_passes: tuple[float, float]
-    student_epochs: tuple[float, float]
-
-
-def box(ctx: Context, s: Structure) -> Box:
-    pins, sc = ctx.spec.pins, ctx.scale
-    groups = (pins.group_size,) if pins.group_size else GROUPS
-    if sc.tiny and not pins.group_size:
-        groups = (4,)
-    lo_pass = min(MIN_STEPS * max(sc.prompts_per_step, sc.fkl_batch) / ctx.pool, MAX_PASSES)
-    frac = (1.0, 1.0)
-    if s.teacher_rl and s.stage3 and not ctx.reuse:
-        frac = (0.2, 0.95)
-    if pins.teacher_labels is not None and s.teacher_rl:
-        f = pins.teacher_labels / max(ctx.labels, 1)
-        frac = (f, f)
-
-    def epochs(labels_hint: float, pinned: str) -> tuple[float, float]:
-        lo = min(MIN_STEPS * sc.prompts_per_step / max(labels_hint, 1), MAX_EPOCHS)
-        if pinned in pins.steps:
-            e = pins.steps[pinned] * sc.prompts_per_step / max(labels_hint, 1)
-            return (e, e)
-        hi = MAX_EPOCHS if not sc.tiny else max(lo, min(MAX_EPOCHS, 6 * sc.prompts_per_step / max(labels_hint, 1)))
-        return (lo, hi)
-
-    def passes(pinned: str, per_step: int) -> tuple[float, float]:
-        if pinned in pins.steps:
-            p = pins.steps[pinned] * per_step / ctx.pool
-            return (p, p)
-        hi = MAX_PASSES if not sc.tiny else max(lo_pass, min(MAX_PASSES, 6 * per_step / ctx.pool))
-        return (lo_pass, hi)
-
-    t_labels = ctx.labels * frac[1]
-    s_labels = ctx.labels if (ctx.reuse or not s.teacher_rl) else ctx.labels * (1 - frac[0])
-    return Box(groups, frac, epochs(t_labels, "teacher_grpo"), passes("student_fkl", sc.fkl_batch),
-               passes("student_opd", sc.prompts_per_step),
-               epochs(s_labels, "student_grpo" if s.stage3 else "direct_grpo"))
-
-
-def quantities(ctx: Context, s: Structure, b: Box, u: tuple[float, ...], group: int) -> Quantities:
-    """Map a point ``u`` of the unit cube (frac, t_epochs, fkl, opd, s_epochs) into the box
-    (log scale for amounts)."""
-
-    def lin(r, x):
-        return r[0] + (r[1] - r[0]) * x
-
-    def log(r, x):
-        return r[0] * (r[1] / r[0]) ** x if r[0] > 0 else lin(r, x)
-
-    frac = lin(b.teacher_frac, u[0])
-    t_labels = int(round(ctx.labels * frac)) if s.teacher_rl else 0
-    if s.teacher_rl and s.stage3 and not ctx.reuse:
-        s_labels = ctx.labels - t_labels
-    else:
-        s_labels = ctx.labels if (s.stage3 or s.direct) else 0
-    return Quantities(
-        group_size=group, teacher_labels=t_labels, teacher_epochs=log(b.teacher_epochs, u[1]) if t_labels else 0.0,
-        fkl_rollouts=ctx.pool * log(b.fkl_passes, u[2]) if "fkl" in (s.bridge or "") else 0.0,
-        opd_rollouts=ctx.pool * log(b.opd_passes, u[3]) if "opd" in (s.bridge or "") else 0.0,
-        student_labels=s_labels, student_epochs=log(b.student_epochs, u[4]) if s_labels else 0.0)
-
-
-class LinearCost:
-    """GPU-hours of a (structure, group size) as intercept + slope per quantity: exact up
-    to rounding of waves and steps, and ~1000x cheaper than the cost model."""
-
-    AMOUNTS = ("teacher_visits", "fkl_rollouts", "opd_rollouts", "student_visits")
-
-    def __init__(self, ctx: Context, s: Structure, group: int):
-        def q_of(a: float) -> Quantities:
-            return Quantities(group, 1, a, a, a, 1, a)
-
-        one, two = 1000.0, 2000.0
-        c1, c2 = stage_costs(ctx, s, q_of(one)), stage_costs(ctx, s, q_of(two))
-        self.fixed = sum(2 * c1[k].gpu_hours - c2[k].gpu_hours for k in c1)
-        self.slope = {k: (c2[k].gpu_hours - c1[k].gpu_hours) / (two - one) for k in c1}
-        self.memory = {k: e for k, e in c1.items()}
-
-    def __call__(self, q: Quantities) -> float:
-        amount = {"teacher_grpo": q.teacher_labels * q.teacher_epochs, "teacher_rollouts": q.fkl_rollouts,
-                  "student_fkl": q.fkl_rollouts, "student_opd": q.opd_rollouts,
-                  "student_grpo": q.student_labels * q.student_epochs,
-                  "direct_grpo": q.student_labels * q.student_epochs}
-        return self.fixed + sum(slope * amount.get(k, 0.0) for k, slope in self.slope.items())
-
-    def infeasible_stage(self) -> tuple[str, Estimate] | None:
-        for k, e in self.memory.items():
-            if not e.fits:
-                return k, e
-        return None
-
-
-# ---------------------------------------------------------------- search
-
-
-@dataclass
-class Candidate:
-    structure: Structure
-    quantities: Quantities
-    value: float
-    gpu_hours: float
-    feasible: bool
-
-
 @dataclass
 class SearchResult:
     best: Allocation
@@ -402,89 +111,6 @@ class SearchResult:
     trials: list[dict[str, Any]]
     notes: list[str]
     search: dict[str, Any] = field(default_factory=dict)  # how the search went (counts, Optuna)
-
-
-class _Search:
-    """One structure at one group size: unit-cube point -> projected quantities -> value."""
-
-    DIMS = ("u_frac", "u_teacher_epochs", "u_fkl", "u_opd", "u_student_epochs")
-
-    def __init__(self, ctx: Context, s: Structure, group: int, lc: LinearCost):
-        self.ctx, self.s, self.group, self.lc = ctx, s, group, lc
-        self.box = box(ctx, s)
-        dims = []
-        if s.teacher_rl and self.box.teacher_frac[0] < self.box.teacher_frac[1]:
-            dims.append(0)
-        if s.teacher_rl:
-            dims.append(1)
-        if "fkl" in (s.bridge or ""):
-            dims.append(2)
-        if "opd" in (s.bridge or ""):
-            dims.append(3)
-        if s.stage3 or s.direct:
-            dims.append(4)
-        self.dims = dims
-
-    def raw(self, u: tuple[float, ...]) -> Quantities:
-        return quantities(self.ctx, self.s, self.box, u, self.group)
-
-    def project(self, u: tuple[float, ...]) -> tuple[Quantities, float, bool]:
-        """Quantities at ``u``, shrunk (amounts only, on the log scale) until they fit."""
-        q = self.raw(u)
-        cost = self.lc(q)
-        if cost <= self.ctx.budget:
-            return q, cost, True
-        lo, hi = 0.0, 1.0
-        for _ in range(14):
-            mid = (lo + hi) / 2
-            if self.lc(self.raw(self._shrink(u, mid))) <= self.ctx.budget:
-                lo = mid
-            else:
-                hi = mid
-        q = self.raw(self._shrink(u, lo))
-        cost = self.lc(q)
-        return q, cost, cost <= self.ctx.budget
-
-    @staticmethod
-    def _shrink(u: tuple[float, ...], f: float) -> tuple[float, ...]:
-        return (u[0],) + tuple(x * f for x in u[1:])
-
-    def score(self, u: tuple[float, ...]) -> Candidate:
-        q, cost, ok = self.project(u)
-        value = predict(self.ctx.student, self.ctx.rates, pipeline(self.ctx, self.s, q, self.lc.memory)).value
-        return Candidate(self.s, q, value if ok else -1.0, cost, ok)
-
-    def local(self, rng: random.Random, n_random: int, record: list[Candidate]) -> tuple[tuple[float, ...], Candidate]:
-        """Random starts, then coordinate moves of shrinking size on the structure's dims."""
-        starts = [(0.8, 0.6, 0.6, 0.6, 0.6)] + [tuple(rng.random() for _ in range(5)) for _ in range(n_random)]
-        best_u, best = starts[0], self.score(starts[0])
-        record.append(best)
-        for u in starts[1:]:
-            cand = self.score(u)
-            record.append(cand)
-            if cand.value > best.value:
-                best_u, best = u, cand
-        for step in (0.2, 0.08, 0.03, 0.01):
-            improved = True
-            while improved:
-                improved = False
-                for d in self.dims:
-                    for sign in (1, -1):
-                        u = list(best_u)
-                        u[d] = min(1.0, max(0.0, u[d] + sign * step))
-                        cand = self.score(tuple(u))
-                        record.append(cand)
-                        if cand.value > best.value + 1e-7:
-                            best_u, best, improved = tuple(u), cand, True
-        return best_u, best
-
-
-def _u_of(r: tuple[float, float], value: float) -> float:
-    if r[1] <= r[0]:
-        return 0.0
-    if r[0] > 0 and value > 0:
-        return min(1.0, max(0.0, math.log(value / r[0]) / math.log(r[1] / r[0])))
-    return 0.5
 
 
 def default_structure(ctx: Context, allowed: list[Structure]) -> Structure:
@@ -544,7 +170,7 @@ def allocate(ctx: Context, trials: int | None = None, seed: int | None = None) -
         raise InfeasibleError(_shortfall_message(ctx, shortfalls))
     n_local = len(record)
     before = max(c.value for c, _, _ in best_of.values())
-    optuna_info = _optuna_refine(ctx, allowed, best_of, record, trials, seed)
+    optuna_info = optuna_refine(ctx, default_structure(ctx, allowed), best_of, record, trials, seed)
     optuna_info["improved_by_points"] = round((max(c.value for c, _, _ in best_of.values()) - before) * 100, 4)
     ranked = sorted(best_of.values(), key=lambda x: -x[0].value)
     finals = [_finalize(ctx, c.structure, c.quantities) for c, _, _ in ranked]
@@ -554,9 +180,8 @@ def allocate(ctx: Context, trials: int | None = None, seed: int | None = None) -
     finals.sort(key=lambda a: -a.prediction.value)
     best = _maybe_probe(ctx, finals)
     base = _baseline(ctx, rng)
-    trial_rows = _trial_rows(record)
     info = {"structures": len(allowed), "local_evaluations": n_local, "optuna": optuna_info}
-    return SearchResult(best, finals[1:], base, infeasible, trial_rows, list(dict.fromkeys(ctx.notes)), info)
+    return SearchResult(best, finals[1:], base, infeasible, trial_rows(record), list(dict.fromkeys(ctx.notes)), info)
 
 
 def _shortfall_message(ctx: Context, shortfalls: list[tuple[str, float, str]]) -> str:
@@ -611,94 +236,6 @@ def _baseline(ctx: Context, rng: random.Random) -> Allocation | None:
     return _finalize(ctx, s, cand.quantities) if cand.feasible else None
 
 
-def _trial_rows(record: list[Candidate]) -> list[dict[str, Any]]:
-    rows = [{"number": i, "structure": c.structure.label, "params": c.quantities.params(),
-             "value": round(c.value, 5) if c.feasible else None, "gpu_hours": round(c.gpu_hours, 4),
-             "feasible": c.feasible} for i, c in enumerate(record)]
-    feasible = sorted((r for r in rows if r["feasible"]), key=lambda r: -r["value"])
-    front, best = [], -1.0  # the Pareto front (GPU-hours vs value) is always kept
-    for r in sorted(feasible, key=lambda r: (r["gpu_hours"], -r["value"])):
-        if r["value"] > best:
-            front.append(r)
-            best = r["value"]
-    spread = feasible[::max(1, len(feasible) // 60)]  # a sample across the whole range
-    kept = {r["number"]: r for r in front[:60] + spread[:60] + [r for r in rows if not r["feasible"]][:20]}
-    for r in feasible:
-        if len(kept) >= TRIALS_KEPT:
-            break
-        kept.setdefault(r["number"], r)
-    return sorted(kept.values(), key=lambda r: r["number"])
-
-
-def _optuna_refine(ctx: Context, allowed: list[Structure], best_of: dict, record: list[Candidate],
-                   trials: int, seed: int) -> dict[str, Any]:
-    """TPE over the best few structures' quantities, seeded, the rule-based default first."""
-    import optuna  # lazy: ~0.15 s, paid only by recommend
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    ranked = sorted(best_of.items(), key=lambda kv: -kv[1][0].value)
-    default = default_structure(ctx, allowed)
-    top = [s for s, _ in ranked[:2]]
-    if default in best_of and default not in top:
-        top.append(default)
-    labels = {s.label: s for s in top}
-    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=8)
-    study = optuna.create_study(direction="maximize", sampler=sampler)
-    d = default if default in labels.values() else top[0]
-    db = box(ctx, d)
-    g = 8 if 8 in db.groups else db.groups[0]
-    study.enqueue_trial({"structure": d.label, f"group_size[{d.label}]": g, "u_frac": _u_of((0.2, 0.95), 0.8),
-                         "u_teacher_epochs": _u_of(db.teacher_epochs, 2.0), "u_fkl": _u_of(db.fkl_passes, 1.0),
-                         "u_opd": _u_of(db.opd_passes, 1.0), "u_student_epochs": _u_of(db.student_epochs, 2.0)})
-    for s in top:
-        cand, search, u = best_of[s]
-        study.enqueue_trial({"structure": s.label, f"group_size[{s.label}]": search.group,
-                             **dict(zip(_Search.DIMS, u))})
-    searches: dict[tuple[Structure, int], _Search] = {}
-    n = max(8, min(trials, OPTUNA_TRIALS_MAX))
-    for _ in range(n):
-        trial = study.ask()
-        s = labels[trial.suggest_categorical("structure", list(labels))]
-        group = trial.suggest_categorical(f"group_size[{s.label}]", list(box(ctx, s).groups))
-        u = tuple(trial.suggest_float(name, 0.0, 1.0) for name in _Search.DIMS)
-        key = (s, group)
-        if key not in searches:
-            searches[key] = _Search(ctx, s, group, LinearCost(ctx, s, group))
-        search = searches[key]
-        q = search.raw(u)
-        cost = search.lc(q)
-        value = predict(ctx.student, ctx.rates, pipeline(ctx, s, q, search.lc.memory)).value
-        trial.set_constraint("gpu_hours_over_budget", cost - ctx.budget)
-        study.tell(trial, value)
-        feasible = cost <= ctx.budget
-        record.append(Candidate(s, q, value if feasible else -1.0, cost, feasible))
-        if feasible and value > best_of[s][0].value:
-            best_of[s] = (record[-1], search, u)
-    first = study.trials[0]
-    return {"trials": n, "sampler": "TPESampler", "seed": seed, "structures": list(labels),
-            "first_trial": {"structure": first.params.get("structure"), "enqueued": "rule-based default"}}
-
-
 def random_search(ctx: Context, n: int, seed: int = 1) -> Candidate:
-    """Uniform random search over the same space (structures x group x unit cube), no
-    projection: the benchmark's yardstick for the allocator."""
-    rng = random.Random(seed)
-    allowed = structures(ctx)
-    cache: dict[tuple[Structure, int], _Search] = {}
-    best = Candidate(Structure(), Quantities(), -1.0, 0.0, False)
-    for _ in range(n):
-        s = rng.choice(allowed)
-        group = rng.choice(box(ctx, s).groups)
-        if (s, group) not in cache:
-            cache[(s, group)] = _Search(ctx, s, group, LinearCost(ctx, s, group))
-        search = cache[(s, group)]
-        if search.lc.infeasible_stage():
-            continue
-        q = search.raw(tuple(rng.random() for _ in range(5)))
-        cost = search.lc(q)
-        if cost > ctx.budget:
-            continue
-        value = predict(ctx.student, ctx.rates, pipeline(ctx, s, q, search.lc.memory)).value
-        if value > best.value:
-            best = Candidate(s, q, value, cost, True)
-    return best
+    """Uniform random search over the same space: the benchmark's yardstick."""
+    return search_random(ctx, structures(ctx), n, seed)

@@ -33,7 +33,7 @@ Efficiency constants live in ``CostConstants``: named, documented, and overridab
     >>> from s2d_plan.registry import model_info, gpu_info
     >>> est = train_cost(model_info("Qwen/Qwen3-8B"), gpu_info("H100-80GB"), 8, tokens=1e8)
     >>> est.strategy, round(est.gpu_hours, 1)
-    ('fsdp', 5.5)
+    ('fsdp', 4.6)
 """
 
 from __future__ import annotations

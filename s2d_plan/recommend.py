@@ -19,7 +19,7 @@ from s2d_plan import costs
 from s2d_plan.allocator import Allocation, Context, SearchResult, allocate
 from s2d_plan.compiler import compile_graph
 from s2d_plan.graph import StageGraph
-from s2d_plan.outcome import SolveRates, rates_from_evidence, signal_yield
+from s2d_plan.outcome import SolveRates, rates_from_evidence, rl_gain, signal_yield
 from s2d_plan.spec import PlanSpec, load_plan
 
 
@@ -119,10 +119,16 @@ def rationale(ctx: Context, r: SearchResult) -> list[str]:
     if s.teacher and s.teacher_rl:
         tr = ctx.teachers[s.teacher][1]
         yt = signal_yield(tr.mean, tr.kappa, g)
-        out.append(f"Labels go to {_short(s.teacher)} first ({q.teacher_labels:,} labels, GRPO with G={g}): a group of "
-                   f"{g} samples has mixed outcomes (signal) on {yt:.0%} of prompts for it vs {ys:.0%} for the student, "
-                   f"and RL on the stronger model is predicted to lift it {tr.mean:.1%} -> {parts.get('teacher', tr.mean):.1%}; "
-                   "sparse reward goes where exploration is productive.")
+        lift = f"{tr.mean:.1%} -> {parts.get('teacher', tr.mean):.1%}"
+        head = (f"Labels go to {_short(s.teacher)} first ({q.teacher_labels:,} of {ctx.labels:,}, GRPO with G={g}): ")
+        if yt >= ys:
+            body = (f"it gets signal (a group of {g} with mixed outcomes) from {yt:.0%} of prompts vs {ys:.0%} for "
+                    f"the student, and RL is predicted to lift it {lift}")
+        else:
+            body = (f"fewer of its groups of {g} are mixed ({yt:.0%} of prompts vs {ys:.0%} for the student), but "
+                    f"each signal-bearing label moves a stronger model further: predicted {lift}")
+        out.append(head + body + "; sparse reward goes where exploration is productive, and the bridge carries "
+                   "the result to the student densely.")
     elif s.teacher:
         why = "the plan has no labels" if ctx.labels == 0 else "GRPO on it does not fit or does not pay"
         out.append(f"{_short(s.teacher)} is used raw ({why}): a teacher that RL has not reward-shaped is a weaker "
@@ -147,8 +153,24 @@ def rationale(ctx: Context, r: SearchResult) -> list[str]:
                 out.append(f"{label} would be {d:.1f} points lower: {why}.")
     if s.stage3:
         after = best.prediction.value - parts.get("bridged", ctx.rates.mean)
-        out.append(f"The other {q.student_labels:,} labels go to Stage 3 GRPO after the bridge, adding a predicted "
-                   f"{after * 100:+.1f} points: the bridged student is ready for sparse reward, the cold one is not.")
+        cold = rl_gain(ctx.rates.mean, ctx.rates.kappa, ctx.student.params_b, q.student_labels, q.student_epochs, g)[0]
+        which = "The other" if not ctx.reuse else "All (reused, as the plan allows)"
+        out.append(f"{which} {q.student_labels:,} labels go to Stage 3 GRPO after the bridge, adding a predicted "
+                   f"{after * 100:+.1f} points, vs {cold * 100:+.1f} for the same labels on the cold student: "
+                   "the bridged student is ready for sparse reward.")
+    if s.direct:
+        why = ("no teacher is listed" if not ctx.teachers else
+               "no listed teacher can be used (see below)" if ctx.spec.pins.teacher != "none" else
+               "the plan pins teacher: none")
+        out.append(f"Labels go to GRPO on the student because {why}: a group of {g} has mixed outcomes on "
+                   f"{ys:.0%} of its prompts.")
+    if s.teacher is None and not s.direct:
+        if ctx.labels == 0:
+            out.append("With no labels there is no GRPO anywhere; distillation from an unshaped (raw) teacher is "
+                       "not predicted to beat the student as it is (the paper: raw-teacher transfer underperforms), "
+                       "so the plan only evaluates the student.")
+        else:
+            out.append("No training is predicted to improve the student within the budget; the plan only evaluates it.")
     if r.baseline:
         b = r.baseline.prediction
         tail = (" It is not an option here: a usable teacher exists, so labels never go to the cold student."

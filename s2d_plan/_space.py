@@ -1,0 +1,289 @@
+"""The allocator's search space: structures, quantities, and what a candidate costs.
+
+A ``Structure`` is the discrete shape of a pipeline (teacher, raw or RL-improved, bridge,
+Stage 3, probe); ``Quantities`` are its continuous amounts (labels per stage, epochs,
+group size, bridge rollouts). ``stage_costs`` prices a candidate with the cost model;
+``LinearCost`` is the same, linearized per (structure, group size) for the search.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from s2d_plan import costs
+from s2d_plan.costs import CostConstants, Estimate
+from s2d_plan.outcome import Pipeline, Prediction, SolveRates, estimate_accuracy, predict
+from s2d_plan.registry import GPUInfo, ModelInfo
+
+GROUPS = (4, 8, 16)
+MAX_EPOCHS = 4.0
+MAX_PASSES = 2.0  # bridge rollouts, in passes over the prompt pool
+MIN_STEPS = 2  # a stage shorter than this is not a stage
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Sequence lengths and batch sizes: real GPUs vs the tiny CPU setting."""
+
+    tiny: bool
+    prompt_len: int
+    max_new: int
+    prompts_per_step: int  # GRPO and OPD prompts per optimizer step
+    fkl_batch: int
+    eval_k: int
+    eval_default_size: int
+    probe_prompts: int
+    probe_samples: int
+
+    @staticmethod
+    def for_plan(gpu: GPUInfo, student: ModelInfo) -> "Scale":
+        if gpu.name == "cpu" or student.params_b < 0.05:
+            return Scale(True, 24, 40, 4, 8, 1, 32, 16, 4)
+        return Scale(False, 256, 1024, 64, 32, 4, 500, 512, 8)
+
+
+@dataclass(frozen=True)
+class Structure:
+    teacher: str | None = None  # a teacher's model name as the plan gives it
+    teacher_rl: bool = False  # Stage 1 GRPO on the teacher (False: raw teacher)
+    bridge: str | None = None  # "fkl+opd" | "opd" | "fkl"
+    fkl_token: bool = True  # token-level forward KL (shared tokenizer) vs sequence-level
+    stage3: bool = False  # GRPO on the student after the bridge
+    direct: bool = False  # GRPO on the cold student, no teacher
+    probe: bool = False
+
+    @property
+    def label(self) -> str:
+        if self.direct:
+            return "direct GRPO on the student"
+        if self.teacher is None:
+            return "no training (student as is)"
+        name = self.teacher.split("/")[-1]
+        parts = [f"GRPO {name}" if self.teacher_rl else f"raw {name}"]
+        bridge = {"fkl+opd": "FKL->OPD", "opd": "OPD", "fkl": "FKL"}[self.bridge or "fkl"]
+        if "fkl" in (self.bridge or "") and not self.fkl_token:
+            bridge = bridge.replace("FKL", "sequence-level FKL")
+        parts.append(bridge)
+        if self.stage3:
+            parts.append("Stage 3 GRPO")
+        return ("probe -> " if self.probe else "") + " -> ".join(parts)
+
+
+@dataclass(frozen=True)
+class Quantities:
+    group_size: int = 8
+    teacher_labels: int = 0
+    teacher_epochs: float = 0.0
+    fkl_rollouts: float = 0.0
+    opd_rollouts: float = 0.0
+    student_labels: int = 0
+    student_epochs: float = 0.0
+
+    def params(self) -> dict[str, Any]:
+        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+
+
+@dataclass(frozen=True)
+class Allocation:
+    structure: Structure
+    quantities: Quantities
+    prediction: Prediction
+    costs: dict[str, Estimate]  # stage id -> estimate (final_eval and probe included)
+    gpu_hours: float
+
+    @property
+    def labels_spent(self) -> int:
+        q = self.quantities
+        return q.teacher_labels + q.student_labels
+
+
+@dataclass
+class Context:
+    """Everything the search needs from a plan, derived once."""
+
+    spec: Any
+    student: ModelInfo
+    rates: SolveRates
+    teachers: dict[str, tuple[ModelInfo, SolveRates]]
+    gpu: GPUInfo
+    gpus: int
+    budget: float
+    labels: int
+    pool: int
+    reuse: bool
+    scale: Scale
+    c: CostConstants = costs.DEFAULT_CONSTANTS
+    notes: list[str] = field(default_factory=list)
+
+    @staticmethod
+    def from_spec(spec: Any, evidence: dict[str, SolveRates] | None = None,
+                  constants: CostConstants = costs.DEFAULT_CONSTANTS) -> "Context":
+        evidence = evidence or {}
+        objective = spec.objective.eval
+        student = spec.student.info
+        gpus = 1 if spec.compute.gpu == "cpu" else spec.compute.gpus
+        teachers = {t.model: (t.info, evidence.get(t.model) or estimate_accuracy(t.info, objective))
+                    for t in spec.teachers}
+        pool = spec.data.prompts.size if spec.data.prompts and spec.data.prompts.size else spec.data.labeled.size
+        return Context(spec, student, evidence.get(spec.student.model) or estimate_accuracy(student, objective),
+                       teachers, spec.compute.gpu_info, gpus, spec.compute.gpu_hours, spec.data.labeled.size,
+                       max(pool, 1), spec.data.reuse_labels, Scale.for_plan(spec.compute.gpu_info, student),
+                       constants)
+
+    def eval_problems(self) -> int:
+        return sum(e.size or self.scale.eval_default_size for e in self.spec.eval)
+
+
+# ---------------------------------------------------------------- costs of a candidate
+
+
+def stage_costs(ctx: Context, s: Structure, q: Quantities) -> dict[str, Estimate]:
+    """Exact cost-model estimates for every stage the structure runs."""
+    sc, c, gpu, n = ctx.scale, ctx.c, ctx.gpu, ctx.gpus
+    out: dict[str, Estimate] = {}
+    if s.probe:
+        out["probe"] = costs.probe_cost([ctx.student], gpu, n, min(sc.probe_prompts, ctx.labels),
+                                        sc.probe_samples, sc.prompt_len, sc.max_new, c)
+    if s.teacher:
+        t = ctx.teachers[s.teacher][0]
+        if s.teacher_rl:
+            out["teacher_grpo"] = costs.grpo_cost(t, gpu, n, q.teacher_labels * q.teacher_epochs, q.group_size,
+                                                  sc.prompt_len, sc.max_new, sc.prompts_per_step, c=c)
+        if "fkl" in (s.bridge or ""):
+            out["teacher_rollouts"] = costs.rollout_cost(t, gpu, n, q.fkl_rollouts, sc.prompt_len, sc.max_new, c)
+            out["student_fkl"] = costs.fkl_cost(ctx.student, t, gpu, n, q.fkl_rollouts, 1.0, sc.prompt_len,
+                                                sc.max_new, s.fkl_token, c)
+        if "opd" in (s.bridge or ""):
+            out["student_opd"] = costs.opd_cost(ctx.student, t, gpu, n, q.opd_rollouts, sc.prompt_len, sc.max_new,
+                                                sc.prompts_per_step, c)
+    if s.stage3 or s.direct:
+        sid = "student_grpo" if s.stage3 else "direct_grpo"
+        out[sid] = costs.grpo_cost(ctx.student, gpu, n, q.student_labels * q.student_epochs, q.group_size,
+                                   sc.prompt_len, sc.max_new, sc.prompts_per_step, c=c)
+    out["final_eval"] = costs.eval_cost(ctx.student, gpu, n, ctx.eval_problems(), sc.eval_k, sc.prompt_len,
+                                        sc.max_new, c)
+    return out
+
+
+def pipeline(ctx: Context, s: Structure, q: Quantities, costs_: dict[str, Estimate] | None = None) -> Pipeline:
+    t = ctx.teachers[s.teacher] if s.teacher else (None, None)
+    lora = {k: e.strategy.startswith("lora") for k, e in (costs_ or {}).items()}
+    return Pipeline(
+        teacher=t[0], teacher_rates=t[1],
+        teacher_labels=q.teacher_labels if s.teacher_rl else 0, teacher_epochs=q.teacher_epochs,
+        fkl_rollouts=q.fkl_rollouts if "fkl" in (s.bridge or "") else 0.0, fkl_token_level=s.fkl_token,
+        opd_rollouts=q.opd_rollouts if "opd" in (s.bridge or "") else 0.0,
+        student_labels=q.student_labels if (s.stage3 or s.direct) else 0, student_epochs=q.student_epochs,
+        group_size=q.group_size, pool=ctx.pool,
+        lora_teacher=lora.get("teacher_grpo", False),
+        lora_student=any(lora.get(k, False) for k in ("student_fkl", "student_opd", "student_grpo", "direct_grpo")))
+
+
+def evaluate(ctx: Context, s: Structure, q: Quantities) -> Allocation:
+    est = stage_costs(ctx, s, q)
+    pred = predict(ctx.student, ctx.rates, pipeline(ctx, s, q, est))
+    return Allocation(s, q, pred, est, sum(e.gpu_hours for e in est.values()))
+
+
+# ---------------------------------------------------------------- quantities
+
+
+@dataclass(frozen=True)
+class Box:
+    """Search ranges of one structure's quantities; fixed where pins say so."""
+
+    groups: tuple[int, ...]
+    teacher_frac: tuple[float, float]
+    teacher_epochs: tuple[float, float]
+    fkl_passes: tuple[float, float]
+    opd_passes: tuple[float, float]
+    student_epochs: tuple[float, float]
+
+
+def box(ctx: Context, s: Structure) -> Box:
+    pins, sc = ctx.spec.pins, ctx.scale
+    groups = (pins.group_size,) if pins.group_size else GROUPS
+    if sc.tiny and not pins.group_size:
+        groups = (4,)
+    lo_pass = min(MIN_STEPS * max(sc.prompts_per_step, sc.fkl_batch) / ctx.pool, MAX_PASSES)
+    frac = (1.0, 1.0)
+    if s.teacher_rl and s.stage3 and not ctx.reuse:
+        frac = (0.2, 0.95)
+    if pins.teacher_labels is not None and s.teacher_rl:
+        f = pins.teacher_labels / max(ctx.labels, 1)
+        frac = (f, f)
+
+    def epochs(labels_hint: float, pinned: str) -> tuple[float, float]:
+        lo = min(MIN_STEPS * sc.prompts_per_step / max(labels_hint, 1), MAX_EPOCHS)
+        if pinned in pins.steps:
+            e = pins.steps[pinned] * sc.prompts_per_step / max(labels_hint, 1)
+            return (e, e)
+        hi = MAX_EPOCHS if not sc.tiny else max(lo, min(MAX_EPOCHS, 6 * sc.prompts_per_step / max(labels_hint, 1)))
+        return (lo, hi)
+
+    def passes(pinned: str, per_step: int) -> tuple[float, float]:
+        if pinned in pins.steps:
+            p = pins.steps[pinned] * per_step / ctx.pool
+            return (p, p)
+        hi = MAX_PASSES if not sc.tiny else max(lo_pass, min(MAX_PASSES, 6 * per_step / ctx.pool))
+        return (lo_pass, hi)
+
+    t_labels = ctx.labels * frac[1]
+    s_labels = ctx.labels if (ctx.reuse or not s.teacher_rl) else ctx.labels * (1 - frac[0])
+    return Box(groups, frac, epochs(t_labels, "teacher_grpo"), passes("student_fkl", sc.fkl_batch),
+               passes("student_opd", sc.prompts_per_step),
+               epochs(s_labels, "student_grpo" if s.stage3 else "direct_grpo"))
+
+
+def quantities(ctx: Context, s: Structure, b: Box, u: tuple[float, ...], group: int) -> Quantities:
+    """Map a point ``u`` of the unit cube (frac, t_epochs, fkl, opd, s_epochs) into the box
+    (log scale for amounts)."""
+
+    def lin(r, x):
+        return r[0] + (r[1] - r[0]) * x
+
+    def log(r, x):
+        return r[0] * (r[1] / r[0]) ** x if r[0] > 0 else lin(r, x)
+
+    frac = lin(b.teacher_frac, u[0])
+    t_labels = int(round(ctx.labels * frac)) if s.teacher_rl else 0
+    if s.teacher_rl and s.stage3 and not ctx.reuse:
+        s_labels = ctx.labels - t_labels
+    else:
+        s_labels = ctx.labels if (s.stage3 or s.direct) else 0
+    return Quantities(
+        group_size=group, teacher_labels=t_labels, teacher_epochs=log(b.teacher_epochs, u[1]) if t_labels else 0.0,
+        fkl_rollouts=ctx.pool * log(b.fkl_passes, u[2]) if "fkl" in (s.bridge or "") else 0.0,
+        opd_rollouts=ctx.pool * log(b.opd_passes, u[3]) if "opd" in (s.bridge or "") else 0.0,
+        student_labels=s_labels, student_epochs=log(b.student_epochs, u[4]) if s_labels else 0.0)
+
+
+class LinearCost:
+    """GPU-hours of a (structure, group size) as intercept + slope per quantity: exact up
+    to rounding of waves and steps, and ~1000x cheaper than the cost model."""
+
+    AMOUNTS = ("teacher_visits", "fkl_rollouts", "opd_rollouts", "student_visits")
+
+    def __init__(self, ctx: Context, s: Structure, group: int):
+        def q_of(a: float) -> Quantities:
+            return Quantities(group, 1, a, a, a, 1, a)
+
+        one, two = 1000.0, 2000.0
+        c1, c2 = stage_costs(ctx, s, q_of(one)), stage_costs(ctx, s, q_of(two))
+        self.fixed = sum(2 * c1[k].gpu_hours - c2[k].gpu_hours for k in c1)
+        self.slope = {k: (c2[k].gpu_hours - c1[k].gpu_hours) / (two - one) for k in c1}
+        self.memory = {k: e for k, e in c1.items()}
+
+    def __call__(self, q: Quantities) -> float:
+        amount = {"teacher_grpo": q.teacher_labels * q.teacher_epochs, "teacher_rollouts": q.fkl_rollouts,
+                  "student_fkl": q.fkl_rollouts, "student_opd": q.opd_rollouts,
+                  "student_grpo": q.student_labels * q.student_epochs,
+                  "direct_grpo": q.student_labels * q.student_epochs}
+        return self.fixed + sum(slope * amount.get(k, 0.0) for k, slope in self.slope.items())
+
+    def infeasible_stage(self) -> tuple[str, Estimate] | None:
+        for k, e in self.memory.items():
+            if not e.fits:
+                return k, e
+        return None
