@@ -224,3 +224,46 @@ def rule_problems(spec: Any, graph: StageGraph) -> list[str]:
     if graph.estimated.gpu_hours > spec.compute.gpu_hours * (1 + 1e-9):
         problems.append(f"estimated {graph.estimated.gpu_hours:.3f} GPU-hours > budget {spec.compute.gpu_hours:g}")
     return problems
+
+
+def compile_probe_graph(plan: Any) -> StageGraph:
+    """`s2d-plan probe PLAN`: one probe stage per model of the plan (student, then each
+    teacher) on the same labeled prompts; nothing is trained and no label is spent.
+    Their evidence replaces the registry prior in the next ``recommend``.
+
+    >>> g = compile_probe_graph("plans/budget.yaml")     # doctest: +SKIP
+    >>> [s.id for s in g.stages]                         # doctest: +SKIP
+    ['probe', 'probe.Qwen3-8B', 'probe.Qwen3-14B']
+    """
+    from s2d_plan import costs
+    from s2d_plan.allocator import Context
+    from s2d_plan.spec import load_plan
+
+    spec = plan if hasattr(plan, "student") else load_plan(plan)
+    ctx = Context.from_spec(spec)
+    sc = ctx.scale
+    n = min(sc.probe_prompts, ctx.labels)
+    if n == 0:
+        from s2d_plan.errors import ConfigurationError
+
+        raise ConfigurationError(f"{spec.name}: a probe samples labeled prompts, and the plan has none")
+    lab = spec.data.labeled
+    labeled = {"source": resolve(spec, lab.source), "problem_field": lab.problem_field,
+               "answer_field": lab.answer_field, "offset": 0, "count": n, "spend": False,
+               **({"split": lab.split} if lab.split else {})}
+    stages = []
+    for i, ref in enumerate([spec.student] + list(spec.teachers)):
+        info = ref.info
+        est = costs.probe_cost([info], ctx.gpu, ctx.gpus, n, sc.probe_samples, sc.prompt_len, sc.max_new, ctx.c)
+        sid = "probe" if i == 0 else "probe." + "".join(ch if ch.isalnum() or ch in "-_." else "-"
+                                                        for ch in ref.model.split("/")[-1])
+        stages.append(Stage(id=sid, kind="probe", policy=resolve(spec, ref.model), data={"labeled": labeled},
+                            params={"samples_per_prompt": sc.probe_samples, "num_prompts": n,
+                                    "max_new_tokens": sc.max_new, "temperature": 1.0, "seed": spec.search.seed},
+                            resources=Resources(gpus=ctx.gpus),
+                            estimated=StageEstimate(gpu_hours=round(est.gpu_hours, 4),
+                                                    peak_mem_gb_per_gpu=round(est.peak_mem_gb, 2),
+                                                    strategy=est.strategy)))
+    return StageGraph(plan=spec.name, plan_hash=spec.hash(), stages=tuple(stages),
+                      estimated=GraphEstimate(gpu_hours=round(sum(s.estimated.gpu_hours for s in stages), 4)),
+                      meta={"purpose": "probe: per-prompt solve rates of every model on the labeled data"})

@@ -17,7 +17,7 @@ from typing import Any
 
 from s2d_plan import costs
 from s2d_plan.allocator import Allocation, Context, SearchResult, allocate
-from s2d_plan.compiler import compile_graph
+from s2d_plan.compiler import compile_graph, resolve
 from s2d_plan.graph import StageGraph
 from s2d_plan.outcome import SolveRates, rates_from_evidence, rl_gain, signal_yield
 from s2d_plan.spec import PlanSpec, load_plan
@@ -37,10 +37,12 @@ def load_evidence(spec: PlanSpec, home: Path) -> dict[str, SolveRates]:
         return {}
     out: dict[str, SolveRates] = {}
     source = spec.data.labeled.source
+    # a probe stage records the model and source exactly as its graph names them (resolved)
+    sources = list(dict.fromkeys([resolve(spec, source), spec.resolve_path(source), source]))
     for model in [spec.student.model] + [t.model for t in spec.teachers]:
-        for key in dict.fromkeys([source, spec.resolve_path(source)]):
+        for name, key in ((n, k) for n in dict.fromkeys([resolve(spec, model), model]) for k in sources):
             try:
-                rows = rows_for(home, model, key)
+                rows = rows_for(home, name, key)
             except Exception:  # no database, old schema: no evidence, never a failure
                 rows = []
             rates = rates_from_evidence([(int(n), int(c)) for n, c in rows]) if rows else None

@@ -88,3 +88,32 @@ def test_recommend_imports_no_heavy_library():
             "print(bad); sys.exit(1 if bad else 0)" % BUDGET)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_probe_evidence_from_a_real_history_store(tmp_path, monkeypatch):
+    """Evidence rows written the way the executor records a probe stage's output."""
+    history = pytest.importorskip("s2d_plan.history")
+    if not hasattr(history, "HistoryWriter"):
+        pytest.skip("history store has no HistoryWriter")
+    from s2d_plan.compiler import compile_probe_graph
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("S2D_HOME", str(home))
+    probe = compile_probe_graph(BUDGET).stage("probe")
+    source = probe.data["labeled"]["source"]
+    writer = history.HistoryWriter(home)
+    rows = [("r1", "probe", probe.policy, source, i, 8, (i * 7) % 9, history.utcnow()) for i in range(300)]
+    writer.append_rows("evidence", ("run_id", "stage_id", "model", "source", "prompt_index", "samples", "correct",
+                                    "time"), rows)
+    writer.close()
+    graph, _ = recommend_graph(BUDGET, trials=20)
+    assert graph.meta["solve_rates"]["Qwen/Qwen3-1.7B"]["source"] == "probe (300 prompts)"
+
+
+def test_probe_graph_probes_every_model_without_spending_labels():
+    from s2d_plan.compiler import compile_probe_graph
+
+    graph = compile_probe_graph(BUDGET)
+    assert [s.policy for s in graph.stages] == ["Qwen/Qwen3-1.7B", "Qwen/Qwen3-8B", "Qwen/Qwen3-14B"]
+    assert graph.labels_spent() == 0 and all(s.kind == "probe" for s in graph.stages)
+    assert parse_graph(json.loads(graph.to_json())).stages == graph.stages
