@@ -193,3 +193,54 @@ def test_two_cpu_processes(tiny, tmp_path, kind):
     assert json.loads((out / "COMPLETE").read_text())["summary"]["processes"] == 2
     m = metrics(d)
     assert [s for s, _ in m["loss"]] == [1, 2]  # rank 0 alone reports: no duplicated lines
+
+
+# --------------------------------------------------------------------------- through the executor
+
+
+def test_every_kind_through_the_executor(tiny, tmp_path):
+    from s2d_plan._display import PlainDisplay
+    from s2d_plan.executor import execute_graph
+    from s2d_plan.graph import parse_graph
+    from s2d_plan.history import open_reader
+
+    T, S = str(tiny / "teacher"), str(tiny / "student")
+    prompts = {"source": str(tiny / "data/prompts.jsonl"), "prompt_field": "problem", "count": 8}
+    small = {"max_new_tokens": 16}
+    train = {"steps": 2, "max_completion_length": 16, "prompts_per_step": 2}
+    graph = parse_graph({"plan": "tiny-all-kinds", "stages": [
+        {"id": "probe_teacher", "kind": "probe", "policy": T, "data": {"labeled": labeled(tiny, 64, spend=False)},
+         "params": {"samples_per_prompt": 4, "num_prompts": 4, **small}},
+        {"id": "teacher_grpo", "kind": "grpo", "policy": T, "data": {"labeled": labeled(tiny, 16)},
+         "params": {**train, "num_generations": 4}},
+        {"id": "teacher_rollouts", "kind": "rollout", "policy": "@teacher_grpo", "needs": ["teacher_grpo"],
+         "data": {"prompts": prompts}, "params": {"samples_per_prompt": 2, **small}},
+        {"id": "student_fkl", "kind": "fkl", "policy": S, "teacher": "@teacher_grpo",
+         "needs": ["teacher_grpo", "teacher_rollouts"], "data": {"rollouts": "@teacher_rollouts"},
+         "params": {"steps": 2, "batch_size": 4, "max_length": 64}},
+        {"id": "student_opd", "kind": "opd", "policy": "@student_fkl", "teacher": "@teacher_grpo",
+         "needs": ["student_fkl", "teacher_grpo"], "data": {"prompts": prompts}, "params": train},
+        {"id": "student_grpo", "kind": "grpo", "policy": "@student_opd", "needs": ["student_opd"],
+         "data": {"labeled": {**labeled(tiny, 16), "offset": 16}}, "params": {**train, "num_generations": 4}},
+        {"id": "final_eval", "kind": "eval", "policy": "@student_grpo", "needs": ["student_grpo"],
+         "data": {"eval": [{"name": "arith", "source": str(tiny / "data/eval.jsonl"), "size": 4}]},
+         "params": {"k": 2, **small}},
+    ]})
+    home = tmp_path / "home"
+    result = execute_graph(graph, home, display=PlainDisplay(every_s=1e9))
+    assert result.status == "FINISHED", result.failures
+    with open_reader(home) as con:
+        status = dict(con.execute("SELECT stage_id, status FROM stages WHERE run_id = ?", [result.run_id]).fetchall())
+        keys = con.execute("SELECT stage_id, key, max(step) FROM metrics WHERE run_id = ? GROUP BY ALL",
+                           [result.run_id]).fetchall()
+        evidence = con.execute("SELECT count(*), sum(samples) FROM evidence WHERE run_id = ?",
+                               [result.run_id]).fetchone()
+    assert set(status.values()) == {"FINISHED"} and len(status) == 7
+    have = {(s, k): step for s, k, step in keys}
+    for stage_id, key, step in [("teacher_grpo", "reward", 2), ("teacher_grpo", "signal_yield", 2),
+                                ("student_fkl", "loss", 2), ("student_opd", "loss", 2),
+                                ("student_grpo", "verifier/accuracy", 2), ("final_eval", "eval/arith/avg@2", 0),
+                                ("final_eval", "eval/arith/pass@2", 0), ("probe_teacher", "probe/solve_rate", 0),
+                                ("teacher_rollouts", "rollout/samples", 0)]:
+        assert have.get((stage_id, key)) == step, (stage_id, key)
+    assert evidence == (4, 16)
