@@ -62,6 +62,7 @@ from s2d_plan.paths import attempt_file, partial_dir, resolve_home, stage_dir
 RUNNERS_DIR = Path(__file__).resolve().parent.parent / "runners"
 DONE = ("FINISHED", "CACHED")
 STOP_GRACE_S = 10.0  # how long a stopped runner gets to exit after SIGINT
+HEARTBEAT_S = 2.0  # how often RUNNING stages' heartbeat is refreshed in the history
 
 
 # -- stage identity --------------------------------------------------------------------
@@ -468,7 +469,7 @@ class _Executor:
             for st in self._running():
                 if st.buffered:
                     self._flush(st)
-        if now - self.last_heartbeat >= 5.0 and self._running():
+        if now - self.last_heartbeat >= HEARTBEAT_S and self._running():
             self.last_heartbeat = now
             self.db.execute("UPDATE stages SET heartbeat = ? WHERE run_id = ? AND status = 'RUNNING'",
                             [utcnow(), self.run_id])
@@ -588,8 +589,8 @@ def recover_stale(db: HistoryWriter, home: Path, new_run: str) -> list[str]:
     stale (its runner's pid dead or, if PDEATHSIG could not reach it, killed here)."""
     lines = []
     stale = db.query("SELECT run_id, stage_id, attempt, cache_key, pid, heartbeat, metrics_path, "
-                     "coalesce(metrics_offset, 0), log_path FROM stages WHERE status = 'RUNNING'")
-    for run_id, stage_id, attempt, key, pid, heartbeat, metrics_path, offset, log_path in stale:
+                     "coalesce(metrics_offset, 0), log_path, start_time, gpus FROM stages WHERE status = 'RUNNING'")
+    for run_id, stage_id, attempt, key, pid, heartbeat, metrics_path, offset, log_path, start, gpus in stale:
         spec = attempt_file(home, run_id, stage_id, attempt or 0, "spec.json")
         killed = _procs.kill_stale(pid, str(spec))
         if metrics_path:  # what the runner wrote after the last flush is still on disk
@@ -600,12 +601,17 @@ def recover_stale(db: HistoryWriter, home: Path, new_run: str) -> list[str]:
                 db.append_metrics(run_id, stage_id, attempt, key, lines, tail.offset)
                 lines = more
         log = _procs.log_tail(Path(log_path)) if log_path else ""
-        why = (f"executor died during the stage (runner pid {pid} "
-               f"{'was still alive and was killed' if killed else 'gone'}; last heartbeat {heartbeat:%H:%M:%S} UTC)"
+        why = (f"executor died during the stage; runner pid {pid} "
+               f"{'still alive, killed now' if killed else 'gone'}, last heartbeat {heartbeat:%H:%M:%S} UTC"
                if heartbeat else "executor died during the stage")
-        db.update_stage(run_id, stage_id, status="FAILED", end_time=heartbeat or utcnow(),
+        last_metric = db.query("SELECT max(time) FROM metrics WHERE run_id = ? AND stage_id = ? AND attempt = ?",
+                               [run_id, stage_id, attempt])[0][0]
+        end = max([t for t in (heartbeat, last_metric) if t is not None], default=utcnow())
+        wall = (end - start).total_seconds() if start else None  # up to the last sign of life
+        db.update_stage(run_id, stage_id, status="FAILED", end_time=end, wall_s=wall,
+                        gpu_hours=None if wall is None else wall / 3600 * (gpus or 0),
                         error=why + ("\n--- log tail ---\n" + log if log else ""))
-        lines.append(f"{stage_id}: left RUNNING by run {run_id}; marked FAILED ({why})")
+        lines.append(f"{stage_id}: left RUNNING by run {run_id}, marked FAILED ({why})")
     for (run_id,) in db.query("SELECT run_id FROM runs WHERE status IN ('RUNNING', 'SCHEDULED')"):
         db.execute("UPDATE stages SET status = 'SKIPPED', error = 'not started: the executor died' "
                    "WHERE run_id = ? AND status = 'PENDING'", [run_id])

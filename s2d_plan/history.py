@@ -370,23 +370,29 @@ def run_show(run: str, home: str | Path | None = None) -> None:
     plan, status, start, end, est, error = head[0]
     print(f"run {run_id}  plan {plan}  {status}  started {start:%Y-%m-%d %H:%M:%S}"
           + (f"  took {(end - start).total_seconds():.1f}s" if end else ""))
+    rid = _sql_str(run_id)
+    # final metrics: what this run's attempt logged; for a CACHED stage, its producer's
     cols, rows = query(f"""
-        WITH last AS (
-            SELECT stage_id, cache_key, key, arg_max_null(value, step) AS value
-            FROM metrics_latest GROUP BY ALL),
+        WITH s AS (SELECT * FROM stages WHERE run_id = {rid}),
+        ran AS (
+            SELECT s.stage_id, m.key, arg_max_null(m.value, m.step) AS value
+            FROM s JOIN metrics m ON m.run_id = s.run_id AND m.stage_id = s.stage_id AND m.attempt = s.attempt
+            WHERE s.status NOT IN ('CACHED', 'SKIPPED', 'PENDING') GROUP BY ALL),
+        reused AS (
+            SELECT s.stage_id, m.key, arg_max_null(m.value, m.step) AS value
+            FROM s JOIN metrics_latest m ON m.stage_id = s.stage_id AND m.cache_key = s.cache_key
+            WHERE s.status = 'CACHED' GROUP BY ALL),
         final AS (
-            SELECT stage_id, cache_key,
-                   string_agg(key || '=' || coalesce(printf('%.4g', value), 'null'), ' ' ORDER BY key) AS metrics
-            FROM last GROUP BY ALL)
+            SELECT stage_id, string_agg(key || '=' || coalesce(printf('%.4g', value), 'null'), ' ' ORDER BY key) AS metrics
+            FROM (SELECT * FROM ran UNION ALL SELECT * FROM reused) GROUP BY stage_id)
         SELECT s.stage_id AS stage, s.kind, s.status, s.attempt,
                round(s.est_gpu_hours, 4) AS est_gpu_h, round(s.gpu_hours, 4) AS gpu_h,
                round(s.wall_s, 1) AS seconds, f.metrics AS final_metrics
-        FROM stages s LEFT JOIN final f ON f.stage_id = s.stage_id AND f.cache_key = s.cache_key
-        WHERE s.run_id = {_sql_str(run_id)}
+        FROM s LEFT JOIN final f USING (stage_id)
         ORDER BY s.position, s.stage_id""", home)
     print_rows(cols, rows, "table")
     _, errors = query(f"""SELECT stage_id, status, error FROM stages
-                          WHERE run_id = {_sql_str(run_id)} AND error IS NOT NULL ORDER BY stage_id""", home)
+                          WHERE run_id = {rid} AND error IS NOT NULL ORDER BY position""", home)
     for stage_id, stage_status, text in errors:
         print(f"\n{stage_id} {stage_status}: {text.rstrip()}")
     if error:
