@@ -436,6 +436,7 @@ class _Executor:
                              gpu_hours=wall / 3600 * st.stage.resources.gpus, exit_code=code, error=error)
         first = (error or "").splitlines()[0] if error else ""
         self.display.event(f"{st.stage.id}: {status} after {wall:.1f}s" + (f": {first}" if first else ""))
+        self.db.execute("CHECKPOINT")  # a stage boundary: fold the WAL into the file
         self.db.publish(force=True)
 
     def _after_success(self, st: StageState) -> None:
