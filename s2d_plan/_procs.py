@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -39,6 +40,20 @@ def start(argv: list[str], log_path: Path, env: dict[str, str] | None = None) ->
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, env=env,
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+
+
+def detect_gpus() -> int:
+    """GPUs this process may use: CUDA_VISIBLE_DEVICES, else `nvidia-smi -L`, else 0."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
+            return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+        except (OSError, subprocess.SubprocessError):
+            return 0
+    return 0
 
 
 def signal_group(pid: int, sig: int) -> None:

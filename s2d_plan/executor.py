@@ -7,9 +7,8 @@ How it departs from "run the stages in order":
 
 1. *Content-addressed stages.* A stage's key hashes its kind, policy/teacher (a model
    name, or the key of the ``@stage`` it reads), data (``@stage`` refs by key), params,
-   and the runner's code version (source of ``runners/<kind>.py`` + ``runners/common.py``);
-   resources and estimates are left out, so moving a stage to more GPUs reuses it. Its
-   output lives in ``<home>/stages/<id>-<key>/`` and counts as done only with a
+   and the runner's code version (``s2d_plan._identity``); resources and estimates are
+   left out, so moving a stage to more GPUs reuses it. Its output lives in ``<home>/stages/<id>-<key>/`` and counts as done only with a
    ``COMPLETE`` marker; such a stage is recorded CACHED and not run again. A changed
    parameter changes that key and, through the chain, the keys of its dependants only.
 2. *Resume.* A runner works in ``<output>.partial`` (the same path on every attempt), so
@@ -35,9 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -46,80 +43,22 @@ import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from runners.common import is_complete
 from runners.launch import stage_command
-from s2d_plan import _procs
+from s2d_plan import _procs, _records
 from s2d_plan._display import make_display
+from s2d_plan._identity import cache_keys, resolve_inputs, runner_resumes, runner_version  # noqa: F401
 from s2d_plan.errors import GraphError, S2DError
 from s2d_plan.graph import Stage, StageGraph, load_graph
 from s2d_plan.history import HistoryWriter, graph_json, utcnow
 from s2d_plan.paths import attempt_file, partial_dir, resolve_home, stage_dir
 
-RUNNERS_DIR = Path(__file__).resolve().parent.parent / "runners"
 DONE = ("FINISHED", "CACHED")
 STOP_GRACE_S = 10.0  # how long a stopped runner gets to exit after SIGINT
 HEARTBEAT_S = 2.0  # how often RUNNING stages' heartbeat is refreshed in the history
-
-
-# -- stage identity --------------------------------------------------------------------
-@lru_cache(maxsize=None)
-def _runner_source(kind: str) -> str:
-    parts = []
-    for name in (f"{kind}.py", "common.py"):
-        path = RUNNERS_DIR / name
-        parts.append(path.read_text(encoding="utf-8") if path.exists() else f"<missing {name}>")
-    return "\n".join(parts)
-
-
-def runner_version(kind: str) -> str:
-    """A hash of the runner module's source and the shared runner helpers."""
-    return hashlib.sha256(_runner_source(kind).encode()).hexdigest()[:16]
-
-
-def runner_resumes(kind: str) -> bool:
-    """Whether ``runners/<kind>.py`` declares ``RESUMABLE = True`` (keep its work dir)."""
-    return re.search(r"^RESUMABLE\s*=\s*True\b", _runner_source(kind), re.M) is not None
-
-
-def cache_keys(graph: StageGraph) -> dict[str, str]:
-    """Every stage's content key (16 hex digits), in dependency order.
-
-        >>> g = StageGraph.model_validate({"plan": "p", "stages": [
-        ...     {"id": "a", "kind": "simulate", "policy": "m", "params": {"steps": 2}}]})
-        >>> len(cache_keys(g)["a"])
-        16
-    """
-    keys: dict[str, str] = {}
-
-    def ref(value: Any) -> Any:
-        if isinstance(value, str) and value.startswith("@"):
-            return {"stage": keys[value[1:]]}
-        return value
-
-    for s in graph.topological_order():
-        ident = {"kind": s.kind, "policy": ref(s.policy), "teacher": ref(s.teacher),
-                 "data": {k: ref(v) for k, v in sorted(s.data.items())}, "params": s.params,
-                 "runner": runner_version(s.kind)}
-        text = json.dumps(ident, sort_keys=True, default=str)
-        keys[s.id] = hashlib.sha256(text.encode()).hexdigest()[:16]
-    return keys
-
-
-def resolve_inputs(stage: Stage, outputs: dict[str, Path]) -> dict[str, str]:
-    """The spec's ``inputs``: models pass through, ``@stage`` becomes its output dir."""
-    inputs: dict[str, str] = {}
-    for name in ("policy", "teacher"):
-        value = getattr(stage, name)
-        if value is not None:
-            inputs[name] = str(outputs[value[1:]]) if value.startswith("@") else value
-    for name, value in stage.data.items():
-        if isinstance(value, str) and value.startswith("@"):
-            inputs[f"data.{name}"] = str(outputs[value[1:]])
-    return inputs
 
 
 # -- state of one stage during a run ---------------------------------------------------
@@ -165,19 +104,6 @@ class RunResult:
     home: Path
 
 
-def _detect_gpus() -> int:
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
-    if shutil.which("nvidia-smi"):
-        try:
-            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
-            return sum(1 for line in out.splitlines() if line.startswith("GPU "))
-        except (OSError, subprocess.SubprocessError):
-            return 0
-    return 0
-
-
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:4]
 
@@ -197,7 +123,7 @@ def execute_graph(graph: StageGraph, home: Path | str | None = None, force: Iter
     missing = [f for f in force if f not in {s.id for s in graph.stages}]
     if missing:
         raise GraphError(f"--force names no stage of this graph: {', '.join(missing)}")
-    runner = _Executor(graph, home, force, gpus=_detect_gpus() if gpus is None else gpus,
+    runner = _Executor(graph, home, force, gpus=_procs.detect_gpus() if gpus is None else gpus,
                        max_parallel=max_parallel, poll_s=poll_s, flush_rows=flush_rows,
                        flush_s=flush_s, run_id=run_id or new_run_id())
     display = display or make_display(f"s2d-plan execute {graph.plan} ({runner.run_id})")
@@ -231,7 +157,7 @@ class _Executor:
         started = time.monotonic()
         old_handlers = self._install_signals()
         try:
-            for line in recover_stale(self.db, self.home, self.run_id):
+            for line in _records.recover_stale(self.db, self.home, self.run_id):
                 display.event(line)
             self.db.begin_live(self.run_id)
             self._record_start()
@@ -292,7 +218,7 @@ class _Executor:
                                       "cache_key": st.key, "est_gpu_hours": s.estimated.gpu_hours,
                                       "policy": s.policy, "teacher": s.teacher, "needs": list(s.needs),
                                       "gpus": s.resources.gpus, "output_dir": str(st.output_dir)})
-        _record_trials(self.db, self.run_id, g.meta.get("trials"))
+        _records.record_trials(self.db, self.run_id, g.meta.get("trials"))
         for st in self.states.values():
             if not st.forced and is_complete(st.output_dir):
                 st.status = "CACHED"
@@ -371,7 +297,7 @@ class _Executor:
                             [s.id, st.key])
         st.attempt = int(row[0][0]) + 1
         work = partial_dir(st.output_dir)
-        _prepare_dirs(st.output_dir, work, clean=st.forced or not runner_resumes(s.kind))
+        _records.prepare_dirs(st.output_dir, work, clean=st.forced or not runner_resumes(s.kind))
         st.spec_path = attempt_file(self.home, self.run_id, s.id, st.attempt, "spec.json")
         st.log_path = attempt_file(self.home, self.run_id, s.id, st.attempt, "log")
         metrics_path = attempt_file(self.home, self.run_id, s.id, st.attempt, "metrics.jsonl")
@@ -442,11 +368,11 @@ class _Executor:
     def _after_success(self, st: StageState) -> None:
         evidence = st.output_dir / "evidence.jsonl"
         if evidence.exists():
-            _record_evidence(self.db, self.run_id, st.stage.id, evidence)
+            _records.record_evidence(self.db, self.run_id, st.stage.id, evidence)
         for name, rel in st.tail.artifacts:
             path = st.output_dir / rel
             self.pending_hashes.append(self.hashing.submit(
-                _artifact_row, self.run_id, st.stage.id, name, path, st.attempt, st.key))
+                _records.artifact_row, self.run_id, st.stage.id, name, path, st.attempt, st.key))
 
     def _collect_hashes(self, wait: bool = False) -> None:
         keep = []
@@ -454,7 +380,7 @@ class _Executor:
             if wait or fut.done():
                 row = fut.result()
                 if row:
-                    self.db.append_rows("artifacts", ARTIFACT_COLUMNS, [row])
+                    self.db.append_rows("artifacts", _records.ARTIFACT_COLUMNS, [row])
             else:
                 keep.append(fut)
         self.pending_hashes = keep
@@ -511,114 +437,6 @@ class _Executor:
         summary = ", ".join(f"{n} {k.lower()}" for k, n in counts.items())
         self.display.event(f"run {self.run_id} {status} in {seconds:.1f}s: {summary}")
         return RunResult(self.run_id, status, statuses, failures, code, self.home)
-
-
-ARTIFACT_COLUMNS = ("run_id", "stage_id", "name", "uri", "sha256", "bytes", "attempt", "cache_key", "time")
-
-
-def _prepare_dirs(output: Path, work: Path, clean: bool) -> None:
-    """Make ``work`` ready for a new attempt; never start on a COMPLETE-less output."""
-    if clean:
-        shutil.rmtree(output, ignore_errors=True)
-        shutil.rmtree(work, ignore_errors=True)
-        return
-    if output.exists() and not is_complete(output):
-        # renamed into place but never marked: give it back to the runner to finish
-        if work.exists():
-            shutil.rmtree(output)
-        else:
-            os.replace(output, work)
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _artifact_row(run_id: str, stage_id: str, name: str, path: Path, attempt: int, key: str) -> tuple | None:
-    """(run_id, stage_id, name, uri, sha256, bytes, ...) for a file or a directory (whose
-    hash covers each file's relative path and hash, in sorted order)."""
-    if path.is_file():
-        digest, size = _file_sha256(path), path.stat().st_size
-    elif path.is_dir():
-        h, size = hashlib.sha256(), 0
-        for f in sorted(p for p in path.rglob("*") if p.is_file()):
-            h.update(f"{f.relative_to(path).as_posix()}\0{_file_sha256(f)}\n".encode())
-            size += f.stat().st_size
-        digest = h.hexdigest()
-    else:
-        return (run_id, stage_id, name, path.as_uri(), None, None, attempt, key, utcnow())
-    return (run_id, stage_id, name, path.as_uri(), digest, size, attempt, key, utcnow())
-
-
-def _record_evidence(db: HistoryWriter, run_id: str, stage_id: str, path: Path) -> None:
-    rows, now = [], utcnow()
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            d = json.loads(line)
-            rows.append((run_id, stage_id, d["model"], d.get("source"), int(d["prompt_index"]),
-                         int(d["samples"]), int(d["correct"]), now))
-    db.append_rows("evidence", ("run_id", "stage_id", "model", "source", "prompt_index", "samples", "correct", "time"), rows)
-
-
-def _record_trials(db: HistoryWriter, run_id: str, trials: Any) -> None:
-    if not isinstance(trials, list):
-        return
-    known = ("number", "structure", "params", "value", "gpu_hours", "feasible")
-    rows = []
-    for t in trials:
-        if not isinstance(t, dict):
-            continue
-        extra = {k: v for k, v in t.items() if k not in known}
-        value, hours = t.get("value"), t.get("gpu_hours")
-        rows.append((run_id, t.get("number"), None if t.get("structure") is None else str(t["structure"]),
-                     json.dumps(t.get("params", {}), default=str),
-                     float(value) if isinstance(value, (int, float)) else None,
-                     float(hours) if isinstance(hours, (int, float)) else None,
-                     None if t.get("feasible") is None else bool(t["feasible"]),
-                     json.dumps(extra, default=str) if extra else None))
-    db.append_rows("trials", ("run_id", "number", "structure", "params", "value", "gpu_hours", "feasible", "extra"), rows)
-
-
-def recover_stale(db: HistoryWriter, home: Path, new_run: str) -> list[str]:
-    """Close what a dead executor left RUNNING; return one line per stage recovered.
-
-    We hold the history's write lock, so no other executor is alive: every RUNNING row is
-    stale (its runner's pid dead or, if PDEATHSIG could not reach it, killed here)."""
-    lines = []
-    stale = db.query("SELECT run_id, stage_id, attempt, cache_key, pid, heartbeat, metrics_path, "
-                     "coalesce(metrics_offset, 0), log_path, start_time, gpus FROM stages WHERE status = 'RUNNING'")
-    for run_id, stage_id, attempt, key, pid, heartbeat, metrics_path, offset, log_path, start, gpus in stale:
-        spec = attempt_file(home, run_id, stage_id, attempt or 0, "spec.json")
-        killed = _procs.kill_stale(pid, str(spec))
-        if metrics_path:  # what the runner wrote after the last flush is still on disk
-            tail = _procs.MetricTail(Path(metrics_path), offset=int(offset))
-            lines = tail.read(final=True)
-            while lines:
-                more = tail.read(final=True)
-                db.append_metrics(run_id, stage_id, attempt, key, lines, tail.offset)
-                lines = more
-        log = _procs.log_tail(Path(log_path)) if log_path else ""
-        why = (f"executor died during the stage; runner pid {pid} "
-               f"{'still alive, killed now' if killed else 'gone'}, last heartbeat {heartbeat:%H:%M:%S} UTC"
-               if heartbeat else "executor died during the stage")
-        last_metric = db.query("SELECT max(time) FROM metrics WHERE run_id = ? AND stage_id = ? AND attempt = ?",
-                               [run_id, stage_id, attempt])[0][0]
-        end = max([t for t in (heartbeat, last_metric) if t is not None], default=utcnow())
-        wall = (end - start).total_seconds() if start else None  # up to the last sign of life
-        db.update_stage(run_id, stage_id, status="FAILED", end_time=end, wall_s=wall,
-                        gpu_hours=None if wall is None else wall / 3600 * (gpus or 0),
-                        error=why + ("\n--- log tail ---\n" + log if log else ""))
-        lines.append(f"{stage_id}: left RUNNING by run {run_id}, marked FAILED ({why})")
-    for (run_id,) in db.query("SELECT run_id FROM runs WHERE status IN ('RUNNING', 'SCHEDULED')"):
-        db.execute("UPDATE stages SET status = 'SKIPPED', error = 'not started: the executor died' "
-                   "WHERE run_id = ? AND status = 'PENDING'", [run_id])
-        db.update_run(run_id, status="FAILED", end_time=utcnow(),
-                      error=f"executor died; resumed by run {new_run}")
-    return lines
 
 
 # -- the CLI -----------------------------------------------------------------------------

@@ -1,0 +1,124 @@
+"""What the executor records besides statuses: artifacts, probe evidence, allocator
+trials, and the recovery of stages a dead executor left RUNNING."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from runners.common import is_complete
+from s2d_plan import _procs
+from s2d_plan.history import HistoryWriter, utcnow
+from s2d_plan.paths import attempt_file
+
+
+ARTIFACT_COLUMNS = ("run_id", "stage_id", "name", "uri", "sha256", "bytes", "attempt", "cache_key", "time")
+
+
+def prepare_dirs(output: Path, work: Path, clean: bool) -> None:
+    """Make ``work`` ready for a new attempt; never start on a COMPLETE-less output."""
+    if clean:
+        shutil.rmtree(output, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+        return
+    if output.exists() and not is_complete(output):
+        # renamed into place but never marked: give it back to the runner to finish
+        if work.exists():
+            shutil.rmtree(output)
+        else:
+            os.replace(output, work)
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def artifact_row(run_id: str, stage_id: str, name: str, path: Path, attempt: int, key: str) -> tuple | None:
+    """(run_id, stage_id, name, uri, sha256, bytes, ...) for a file or a directory (whose
+    hash covers each file's relative path and hash, in sorted order)."""
+    if path.is_file():
+        digest, size = _file_sha256(path), path.stat().st_size
+    elif path.is_dir():
+        h, size = hashlib.sha256(), 0
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            h.update(f"{f.relative_to(path).as_posix()}\0{_file_sha256(f)}\n".encode())
+            size += f.stat().st_size
+        digest = h.hexdigest()
+    else:
+        return (run_id, stage_id, name, path.as_uri(), None, None, attempt, key, utcnow())
+    return (run_id, stage_id, name, path.as_uri(), digest, size, attempt, key, utcnow())
+
+
+def record_evidence(db: HistoryWriter, run_id: str, stage_id: str, path: Path) -> None:
+    rows, now = [], utcnow()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            d = json.loads(line)
+            rows.append((run_id, stage_id, d["model"], d.get("source"), int(d["prompt_index"]),
+                         int(d["samples"]), int(d["correct"]), now))
+    db.append_rows("evidence", ("run_id", "stage_id", "model", "source", "prompt_index", "samples", "correct", "time"), rows)
+
+
+def record_trials(db: HistoryWriter, run_id: str, trials: Any) -> None:
+    if not isinstance(trials, list):
+        return
+    known = ("number", "structure", "params", "value", "gpu_hours", "feasible")
+    rows = []
+    for t in trials:
+        if not isinstance(t, dict):
+            continue
+        extra = {k: v for k, v in t.items() if k not in known}
+        value, hours = t.get("value"), t.get("gpu_hours")
+        rows.append((run_id, t.get("number"), None if t.get("structure") is None else str(t["structure"]),
+                     json.dumps(t.get("params", {}), default=str),
+                     float(value) if isinstance(value, (int, float)) else None,
+                     float(hours) if isinstance(hours, (int, float)) else None,
+                     None if t.get("feasible") is None else bool(t["feasible"]),
+                     json.dumps(extra, default=str) if extra else None))
+    db.append_rows("trials", ("run_id", "number", "structure", "params", "value", "gpu_hours", "feasible", "extra"), rows)
+
+
+def recover_stale(db: HistoryWriter, home: Path, new_run: str) -> list[str]:
+    """Close what a dead executor left RUNNING; return one line per stage recovered.
+
+    We hold the history's write lock, so no other executor is alive: every RUNNING row is
+    stale (its runner's pid dead or, if PDEATHSIG could not reach it, killed here)."""
+    lines = []
+    stale = db.query("SELECT run_id, stage_id, attempt, cache_key, pid, heartbeat, metrics_path, "
+                     "coalesce(metrics_offset, 0), log_path, start_time, gpus FROM stages WHERE status = 'RUNNING'")
+    for run_id, stage_id, attempt, key, pid, heartbeat, metrics_path, offset, log_path, start, gpus in stale:
+        spec = attempt_file(home, run_id, stage_id, attempt or 0, "spec.json")
+        killed = _procs.kill_stale(pid, str(spec))
+        if metrics_path:  # what the runner wrote after the last flush is still on disk
+            tail = _procs.MetricTail(Path(metrics_path), offset=int(offset))
+            lines = tail.read(final=True)
+            while lines:
+                more = tail.read(final=True)
+                db.append_metrics(run_id, stage_id, attempt, key, lines, tail.offset)
+                lines = more
+        log = _procs.log_tail(Path(log_path)) if log_path else ""
+        why = (f"executor died during the stage; runner pid {pid} "
+               f"{'still alive, killed now' if killed else 'gone'}, last heartbeat {heartbeat:%H:%M:%S} UTC"
+               if heartbeat else "executor died during the stage")
+        last_metric = db.query("SELECT max(time) FROM metrics WHERE run_id = ? AND stage_id = ? AND attempt = ?",
+                               [run_id, stage_id, attempt])[0][0]
+        end = max([t for t in (heartbeat, last_metric) if t is not None], default=utcnow())
+        wall = (end - start).total_seconds() if start else None  # up to the last sign of life
+        db.update_stage(run_id, stage_id, status="FAILED", end_time=end, wall_s=wall,
+                        gpu_hours=None if wall is None else wall / 3600 * (gpus or 0),
+                        error=why + ("\n--- log tail ---\n" + log if log else ""))
+        lines.append(f"{stage_id}: left RUNNING by run {run_id}, marked FAILED ({why})")
+    for (run_id,) in db.query("SELECT run_id FROM runs WHERE status IN ('RUNNING', 'SCHEDULED')"):
+        db.execute("UPDATE stages SET status = 'SKIPPED', error = 'not started: the executor died' "
+                   "WHERE run_id = ? AND status = 'PENDING'", [run_id])
+        db.update_run(run_id, status="FAILED", end_time=utcnow(),
+                      error=f"executor died; resumed by run {new_run}")
+    return lines
