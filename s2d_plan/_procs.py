@@ -10,6 +10,7 @@ executor still kills any survivor's process group (other platforms, grandchildre
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import os
 import shutil
@@ -24,12 +25,22 @@ _PR_SET_PDEATHSIG = 1
 KEY_METRICS = ("reward", "accuracy", "loss", "kl")
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def _load_prctl():
+    # resolved here, in the parent: the child between fork and exec must not dlopen
+    # (another thread of the executor may hold the loader's lock at fork time)
     try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except OSError:
-        pass
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl() if sys.platform.startswith("linux") else None
+
+
+def _die_with_parent(parent: int) -> None:  # runs in the child between fork and exec
+    _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != parent:  # the executor died before the request took effect
+        os._exit(1)
 
 
 def start(argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -39,7 +50,7 @@ def start(argv: list[str], log_path: Path, env: dict[str, str] | None = None) ->
         return subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, env=env,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+            preexec_fn=functools.partial(_die_with_parent, os.getpid()) if _PRCTL is not None else None)
 
 
 def detect_gpus() -> int:
