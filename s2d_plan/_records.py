@@ -12,6 +12,7 @@ from typing import Any
 
 from runners.common import is_complete
 from s2d_plan import _procs
+from s2d_plan.errors import HistoryError
 from s2d_plan.history import HistoryWriter, utcnow
 from s2d_plan.paths import attempt_file
 
@@ -86,24 +87,27 @@ def record_trials(db: HistoryWriter, run_id: str, trials: Any) -> None:
     db.append_rows("trials", ("run_id", "number", "structure", "params", "value", "gpu_hours", "feasible", "extra"), rows)
 
 
+STALE_HEARTBEAT_S = 60.0  # a RUNNING stage on another host counts as dead after this
+
+
 def recover_stale(db: HistoryWriter, home: Path, new_run: str) -> list[str]:
     """Close what a dead executor left RUNNING; return one line per stage recovered.
 
-    We hold the history's write lock, so no other executor is alive: every RUNNING row is
-    stale (its runner's pid dead or, if PDEATHSIG could not reach it, killed here)."""
-    lines = []
-    stale = db.query("SELECT run_id, stage_id, attempt, cache_key, pid, heartbeat, metrics_path, "
-                     "coalesce(metrics_offset, 0), log_path, start_time, gpus FROM stages WHERE status = 'RUNNING'")
-    for run_id, stage_id, attempt, key, pid, heartbeat, metrics_path, offset, log_path, start, gpus in stale:
-        spec = attempt_file(home, run_id, stage_id, attempt or 0, "spec.json")
-        killed = _procs.kill_stale(pid, str(spec))
+    We hold the history's write lock, so normally no other executor is alive and every
+    RUNNING row is stale. Locks on a network filesystem can fail, so a run whose
+    executor still looks alive (its pid on this host, or a fresh heartbeat from another
+    host) stops us instead. A runner that outlived its executor is killed here."""
+    report = []
+    stale = db.query("""
+        SELECT s.run_id, s.stage_id, s.attempt, s.cache_key, s.pid, s.heartbeat, s.metrics_path,
+               coalesce(s.metrics_offset, 0), s.log_path, s.start_time, s.gpus, r.pid, r.host
+        FROM stages s JOIN runs r USING (run_id) WHERE s.status = 'RUNNING'""")
+    for (run_id, stage_id, attempt, key, pid, heartbeat, metrics_path, offset, log_path, start, gpus,
+         executor_pid, host) in stale:
+        _refuse_if_alive(run_id, executor_pid, host, heartbeat)
+        killed = _procs.kill_stale(pid, str(attempt_file(home, run_id, stage_id, attempt or 0, "spec.json")))
         if metrics_path:  # what the runner wrote after the last flush is still on disk
-            tail = _procs.MetricTail(Path(metrics_path), offset=int(offset))
-            lines = tail.read(final=True)
-            while lines:
-                more = tail.read(final=True)
-                db.append_metrics(run_id, stage_id, attempt, key, lines, tail.offset)
-                lines = more
+            _ingest_rest(db, run_id, stage_id, attempt, key, Path(metrics_path), int(offset))
         log = _procs.log_tail(Path(log_path)) if log_path else ""
         why = (f"executor died during the stage; runner pid {pid} "
                f"{'still alive, killed now' if killed else 'gone'}, last heartbeat {heartbeat:%H:%M:%S} UTC"
@@ -115,10 +119,29 @@ def recover_stale(db: HistoryWriter, home: Path, new_run: str) -> list[str]:
         db.update_stage(run_id, stage_id, status="FAILED", end_time=end, wall_s=wall,
                         gpu_hours=None if wall is None else wall / 3600 * (gpus or 0),
                         error=why + ("\n--- log tail ---\n" + log if log else ""))
-        lines.append(f"{stage_id}: left RUNNING by run {run_id}, marked FAILED ({why})")
+        report.append(f"{stage_id}: left RUNNING by run {run_id}, marked FAILED ({why})")
     for (run_id,) in db.query("SELECT run_id FROM runs WHERE status IN ('RUNNING', 'SCHEDULED')"):
         db.execute("UPDATE stages SET status = 'SKIPPED', error = 'not started: the executor died' "
                    "WHERE run_id = ? AND status = 'PENDING'", [run_id])
         db.update_run(run_id, status="FAILED", end_time=utcnow(),
                       error=f"executor died; resumed by run {new_run}")
-    return lines
+    return report
+
+
+def _refuse_if_alive(run_id: str, executor_pid: int | None, host: str | None, heartbeat: Any) -> None:
+    if host == os.uname().nodename:
+        if executor_pid != os.getpid() and _procs.pid_alive(executor_pid) \
+                and _procs.cmdline_mentions(executor_pid, "s2d"):
+            raise HistoryError(f"run {run_id} is still executing here (pid {executor_pid}); stop it first")
+    elif heartbeat is not None and (utcnow() - heartbeat).total_seconds() < STALE_HEARTBEAT_S:
+        raise HistoryError(f"run {run_id} on {host} sent a heartbeat {heartbeat:%H:%M:%S} UTC; "
+                           f"if it is dead, retry after {STALE_HEARTBEAT_S:.0f} s")
+
+
+def _ingest_rest(db: HistoryWriter, run_id: str, stage_id: str, attempt: int, key: str,
+                 path: Path, offset: int) -> None:
+    tail = _procs.MetricTail(path, offset=offset)
+    chunk = tail.read(final=True)
+    while chunk:
+        db.append_metrics(run_id, stage_id, attempt, key, chunk, tail.offset)
+        chunk = tail.read(final=True)

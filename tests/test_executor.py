@@ -148,3 +148,47 @@ def test_independent_stages_run_side_by_side(write_graph, s2d_home):
     spans = {sid: (start, end) for sid, start, end in rows(s2d_home, "SELECT stage_id, start_time, end_time FROM stages")}
     assert spans["cpu_stage"][0] < spans["gpu_stage"][1] and spans["gpu_stage"][0] < spans["cpu_stage"][1]
     assert spans["second_gpu_stage"][0] >= spans["gpu_stage"][1]
+
+
+def _fake_running_run(home: Path, host: str, executor_pid: int, heartbeat) -> None:
+    from s2d_plan.history import HistoryWriter, utcnow
+
+    db = HistoryWriter(home)
+    try:
+        db.insert("runs", {"run_id": "other", "plan": "p", "status": "RUNNING", "start_time": utcnow(),
+                           "pid": executor_pid, "host": host})
+        db.insert("stages", {"run_id": "other", "stage_id": "a", "status": "RUNNING", "attempt": 1,
+                             "start_time": utcnow(), "heartbeat": heartbeat, "pid": 999999999})
+    finally:
+        db.close()
+
+
+def test_a_run_that_still_looks_alive_is_not_taken_over(write_graph, s2d_home):
+    import datetime as dt
+    import os
+    import subprocess
+    import sys
+
+    from s2d_plan.errors import HistoryError
+    from s2d_plan.history import utcnow
+
+    graph = write_graph([sim_stage("a", steps=1)])
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "s2d-plan"])
+    try:
+        _fake_running_run(s2d_home, os.uname().nodename, alive.pid, utcnow())
+        with pytest.raises(HistoryError, match="still executing here"):
+            run(graph, s2d_home)
+    finally:
+        alive.kill()
+        alive.wait()
+    result = run(graph, s2d_home)  # its executor is gone now: recovered, then run
+    assert result.exit_code == 0
+    assert rows(s2d_home, "SELECT status FROM stages WHERE run_id = 'other'") == [("FAILED",)]
+
+    other_home = s2d_home.parent / "home2"
+    _fake_running_run(other_home, "another-host", 1, utcnow())
+    with pytest.raises(HistoryError, match="on another-host sent a heartbeat"):
+        run(graph, other_home)
+    stale_home = s2d_home.parent / "home3"
+    _fake_running_run(stale_home, "another-host", 1, utcnow() - dt.timedelta(minutes=5))
+    assert run(graph, stale_home).exit_code == 0
