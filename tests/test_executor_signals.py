@@ -156,3 +156,14 @@ def test_dry_run_prints_order_commands_and_estimates(write_graph, s2d_home, cli)
     assert "-m runners.simulate" in lines[2] and "would run" in lines[1]
     assert "estimated GPU-hours to run: 1.75" in proc.stdout
     assert not s2d_home.exists()
+
+
+def test_execute_a_plan_says_what_it_chose_first(cli, s2d_home):
+    from conftest import REPO
+
+    proc = cli("execute", str(REPO / "plans" / "budget.yaml"), "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    first, second = proc.stdout.splitlines()[:2]
+    assert "predicted" in first and "GPU-hours" in first  # the recommender's summary
+    assert second.startswith("plan ") and "dry run" in second
+    assert "estimated GPU-hours to run:" in proc.stdout and not s2d_home.exists()
