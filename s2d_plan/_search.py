@@ -16,6 +16,10 @@ TRIALS_KEPT = 300
 # thousands of projected points; measured on the shipped plans TPE rarely adds more than
 # a few hundredths of a point, so more trials would only buy time.
 OPTUNA_TRIALS_MAX = 64
+# A move away from the rule-based starting point must buy at least this much predicted
+# accuracy (0.01 points): where the outcome model is flat (tiny plans), the recipe's
+# default quantities stand instead of noise-level optima.
+MIN_GAIN = 1e-4
 
 
 @dataclass
@@ -85,7 +89,7 @@ class _Search:
         for u in starts[1:]:
             cand = self.score(u)
             record.append(cand)
-            if cand.value > best.value:
+            if cand.value > best.value + MIN_GAIN:
                 best_u, best = u, cand
         for step in (0.2, 0.08, 0.03, 0.01):
             improved = True
@@ -97,7 +101,7 @@ class _Search:
                         u[d] = min(1.0, max(0.0, u[d] + sign * step))
                         cand = self.score(tuple(u))
                         record.append(cand)
-                        if cand.value > best.value + 1e-7:
+                        if cand.value > best.value + MIN_GAIN:
                             best_u, best, improved = tuple(u), cand, True
         return best_u, best
 
@@ -170,7 +174,7 @@ def optuna_refine(ctx: Context, default: Structure, best_of: dict, record: list[
         study.tell(trial, value)
         feasible = cost <= ctx.budget
         record.append(Candidate(s, q, value if feasible else -1.0, cost, feasible))
-        if feasible and value > best_of[s][0].value:
+        if feasible and value > best_of[s][0].value + MIN_GAIN:
             best_of[s] = (record[-1], search, u)
     first = study.trials[0]
     return {"trials": n, "sampler": "TPESampler", "seed": seed, "structures": list(labels),

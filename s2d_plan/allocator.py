@@ -27,7 +27,7 @@ import random
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from s2d_plan._search import Candidate, _Search, optuna_refine, search_random, trial_rows
+from s2d_plan._search import MIN_GAIN, Candidate, _Search, optuna_refine, search_random, trial_rows
 from s2d_plan._space import (MIN_STEPS, Allocation, Context, LinearCost, Quantities, Scale, Structure, box,
                              evaluate, pipeline, stage_costs)
 from s2d_plan.errors import InfeasibleError
@@ -170,7 +170,8 @@ def allocate(ctx: Context, trials: int | None = None, seed: int | None = None) -
         raise InfeasibleError(_shortfall_message(ctx, shortfalls))
     n_local = len(record)
     before = max(c.value for c, _, _ in best_of.values())
-    optuna_info = optuna_refine(ctx, default_structure(ctx, allowed), best_of, record, trials, seed)
+    default = default_structure(ctx, allowed)
+    optuna_info = optuna_refine(ctx, default, best_of, record, trials, seed)
     optuna_info["improved_by_points"] = round((max(c.value for c, _, _ in best_of.values()) - before) * 100, 4)
     ranked = sorted(best_of.values(), key=lambda x: -x[0].value)
     finals = [_finalize(ctx, c.structure, c.quantities) for c, _, _ in ranked]
@@ -178,6 +179,9 @@ def allocate(ctx: Context, trials: int | None = None, seed: int | None = None) -
     if not finals:
         raise InfeasibleError(_shortfall_message(ctx, shortfalls))
     finals.sort(key=lambda a: -a.prediction.value)
+    top = finals[0].prediction.value
+    # where structures tie (the outcome model is flat), the paper's recipe wins the tie
+    finals.sort(key=lambda a: (a.prediction.value < top - MIN_GAIN, a.structure != default, -a.prediction.value))
     best = _maybe_probe(ctx, finals)
     base = _baseline(ctx, rng)
     info = {"structures": len(allowed), "local_evaluations": n_local, "optuna": optuna_info}
