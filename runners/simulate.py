@@ -9,7 +9,7 @@ params (all optional):
     steps (10)             number of steps (step numbers 0 .. steps-1)
     sleep_s (0.0)          wall time per step
     fail_at_step (None)    raise RuntimeError when reaching this step ...
-    fail_attempts (None)   ... only on attempts up to this number (None: always)
+    fail_attempts (None)   ... only on attempts up to this number, or in this list (None: always)
     checkpoint_every (1)   save ``checkpoint.json`` every N steps; 0 disables resuming
     keys (["loss", "reward"])  metric keys logged each step
     extra_keys (0)         further keys m0..mN per step (to load the ingestion path)
@@ -70,7 +70,7 @@ def run(spec: StageSpec, metrics: MetricWriter) -> dict:
     print(f"simulate {spec.stage_id}: attempt {spec.attempt}, steps {start}..{steps - 1}", flush=True)
 
     for step in range(start, steps):
-        if fail_at is not None and step == int(fail_at) and (fail_attempts is None or spec.attempt <= int(fail_attempts)):
+        if fail_at is not None and step == int(fail_at) and _fails_on(spec.attempt, fail_attempts):
             raise RuntimeError(f"simulated failure at step {step}")
         for key in keys:
             metrics.log(step, key, math.nan if step == nan_at else value_at(spec.stage_id, key, step))
@@ -94,6 +94,14 @@ def run(spec: StageSpec, metrics: MetricWriter) -> dict:
     metrics.artifact("model", MODEL_SUBDIR)
     metrics.artifact("rollouts", ROLLOUTS_FILE)
     return {"steps": steps, "final_loss": value_at(spec.stage_id, "loss", steps - 1)}
+
+
+def _fails_on(attempt: int, which) -> bool:
+    if which is None:
+        return True
+    if isinstance(which, list):
+        return attempt in which
+    return attempt <= int(which)
 
 
 def _write_evidence(work: Path, stage_id: str, ev: dict) -> None:

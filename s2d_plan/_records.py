@@ -20,18 +20,57 @@ from s2d_plan.paths import attempt_file
 ARTIFACT_COLUMNS = ("run_id", "stage_id", "name", "uri", "sha256", "bytes", "attempt", "cache_key", "time")
 
 
-def prepare_dirs(output: Path, work: Path, clean: bool) -> None:
-    """Make ``work`` ready for a new attempt; never start on a COMPLETE-less output."""
+def prepare_dirs(output: Path, work: Path, clean: bool, aside: Path | None = None) -> Path | None:
+    """Make ``work`` ready for a new attempt; never start on a COMPLETE-less output.
+
+    A complete output being re-run (``--force``) is moved to ``aside`` rather than
+    deleted, so that ``settle_aside`` can put it back if the new attempt does not finish.
+    Returns where the old output went, or None."""
+    moved = None
+    if aside is not None and is_complete(output):
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(output, aside)
+        moved = aside
     if clean:
         shutil.rmtree(output, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
-        return
-    if output.exists() and not is_complete(output):
+    elif output.exists() and not is_complete(output):
         # renamed into place but never marked: give it back to the runner to finish
         if work.exists():
             shutil.rmtree(output)
         else:
             os.replace(output, work)
+    return moved
+
+
+def settle_aside(output: Path, aside: Path | None) -> bool:
+    """After a forced attempt: drop the old output if the new one completed, else put
+    the old one back. Returns True when the old output was restored."""
+    if aside is None or not aside.exists():
+        return False
+    if is_complete(output):
+        shutil.rmtree(aside, ignore_errors=True)
+        return False
+    shutil.rmtree(output, ignore_errors=True)
+    os.replace(aside, output)
+    return True
+
+
+def reclaim_aside(output: Path) -> bool:
+    """A forced attempt whose executor died leaves the old output set aside; when the
+    output itself is not complete, put the newest complete one back (same key: same
+    content). Returns whether ``output`` is complete afterwards."""
+    if is_complete(output):
+        return True
+    asides = sorted(output.parent.glob(f"{output.name}.replaced-*"))
+    for aside in reversed(asides):
+        if is_complete(aside):
+            shutil.rmtree(output, ignore_errors=True)
+            os.replace(aside, output)
+            break
+    for stale in output.parent.glob(f"{output.name}.replaced-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return is_complete(output)
 
 
 def _file_sha256(path: Path) -> str:

@@ -79,6 +79,7 @@ class StageState:
     spec_path: Path | None = None
     log_path: Path | None = None
     error: str | None = None
+    aside: Path | None = None  # a forced stage's previous output, until the new one completes
 
     def elapsed(self) -> float | None:
         if self.started is None:
@@ -220,7 +221,7 @@ class _Executor:
                                       "gpus": s.resources.gpus, "output_dir": str(st.output_dir)})
         _records.record_trials(self.db, self.run_id, g.meta.get("trials"))
         for st in self.states.values():
-            if not st.forced and is_complete(st.output_dir):
+            if not st.forced and _records.reclaim_aside(st.output_dir):
                 st.status = "CACHED"
                 # the attempt that produced the output (None if the history lost it)
                 st.attempt = self.db.query(
@@ -297,7 +298,8 @@ class _Executor:
                             [s.id, st.key])
         st.attempt = int(row[0][0]) + 1
         work = partial_dir(st.output_dir)
-        _records.prepare_dirs(st.output_dir, work, clean=st.forced or not runner_resumes(s.kind))
+        aside = st.output_dir.with_name(f"{st.output_dir.name}.replaced-{self.run_id}") if st.forced else None
+        st.aside = _records.prepare_dirs(st.output_dir, work, st.forced or not runner_resumes(s.kind), aside)
         st.spec_path = attempt_file(self.home, self.run_id, s.id, st.attempt, "spec.json")
         st.log_path = attempt_file(self.home, self.run_id, s.id, st.attempt, "log")
         metrics_path = attempt_file(self.home, self.run_id, s.id, st.attempt, "metrics.jsonl")
@@ -357,6 +359,9 @@ class _Executor:
 
     def _record_end(self, st: StageState, status: str, code: int | None, error: str | None) -> None:
         st.status, st.error = status, error
+        if _records.settle_aside(st.output_dir, st.aside):
+            error = (error or "") + "\n(the previous complete output was kept)"
+            st.error = error
         wall = st.elapsed() or 0.0
         self.db.update_stage(self.run_id, st.stage.id, status=status, end_time=utcnow(), wall_s=wall,
                              gpu_hours=wall / 3600 * st.stage.resources.gpus, exit_code=code, error=error)

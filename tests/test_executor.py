@@ -192,3 +192,33 @@ def test_a_run_that_still_looks_alive_is_not_taken_over(write_graph, s2d_home):
     stale_home = s2d_home.parent / "home3"
     _fake_running_run(stale_home, "another-host", 1, utcnow() - dt.timedelta(minutes=5))
     assert run(graph, stale_home).exit_code == 0
+
+
+def test_forced_rerun_replaces_the_output_only_when_it_completes(write_graph, s2d_home):
+    graph = write_graph([sim_stage("a", steps=3, fail_at_step=1, fail_attempts=[2]),
+                         sim_stage("b", ("a",), policy="@a", steps=1)])
+    assert run(graph, s2d_home).exit_code == 0
+    out = next(p for p in (s2d_home / "stages").iterdir() if p.name.startswith("a-"))
+    marker = (out / "COMPLETE").read_text()
+
+    failed = run(graph, s2d_home, force=["a"])  # attempt 2 fails
+    assert failed.stages == {"a": "FAILED", "b": "SKIPPED"}
+    assert (out / "COMPLETE").read_text() == marker  # the previous output is back, untouched
+    assert "previous complete output was kept" in rows(s2d_home, "SELECT error FROM stages WHERE run_id = ? "
+                                                       "AND stage_id = 'a'", [failed.run_id])[0][0]
+    assert run(graph, s2d_home).stages == {"a": "CACHED", "b": "CACHED"}
+
+    replaced = run(graph, s2d_home, force=["a"])  # attempt 3 completes and replaces it
+    assert replaced.stages == {"a": "FINISHED", "b": "FINISHED"}
+    assert (out / "COMPLETE").read_text() != marker
+    assert not list((s2d_home / "stages").glob("*.replaced-*"))
+
+
+def test_output_set_aside_by_a_dead_forced_run_is_reclaimed(write_graph, s2d_home):
+    graph = write_graph([sim_stage("a", steps=2)])
+    assert run(graph, s2d_home).exit_code == 0
+    out = next(p for p in (s2d_home / "stages").iterdir() if p.name.startswith("a-"))
+    out.rename(out.with_name(out.name + ".replaced-20990101-000000-dead"))  # as a kill -9 would leave it
+    out.mkdir()  # a half-written new output
+    assert run(graph, s2d_home).stages == {"a": "CACHED"}
+    assert (out / "COMPLETE").exists() and not list((s2d_home / "stages").glob("*.replaced-*"))
