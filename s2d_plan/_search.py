@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from s2d_plan._space import Context, LinearCost, Quantities, Structure, box, pipeline, quantities
@@ -181,25 +181,45 @@ def optuna_refine(ctx: Context, default: Structure, best_of: dict, record: list[
             "first_trial": {"structure": first.params.get("structure"), "enqueued": "rule-based default"}}
 
 
-def search_random(ctx: Context, allowed: list[Structure], n: int, seed: int = 1) -> Candidate:
-    """Uniform random search over the same space (structures x group x unit cube), no
-    projection: the benchmark's yardstick for the allocator."""
+def priced(ctx: Context, s: Structure, group: int) -> tuple[Structure, LinearCost, tuple | None]:
+    """(structure, its linear cost, the first stage that fits no memory strategy or None).
+    A token-level FKL bridge that does not fit becomes sequence-level: token-level keeps
+    the teacher resident for its logits, sequence-level trains on its text alone."""
+    lc = LinearCost(ctx, s, group)
+    bad = lc.infeasible_stage()
+    if bad and bad[0] == "student_fkl" and s.fkl_token and s.bridge == "fkl":
+        seq = replace(s, fkl_token=False)
+        lc_seq = LinearCost(ctx, seq, group)
+        if not lc_seq.infeasible_stage():
+            return seq, lc_seq, None
+    return s, lc, bad
+
+
+def search_random(ctx: Context, allowed: list[Structure], n: int, seed: int = 1, project: bool = False) -> Candidate:
+    """Uniform random search over the same space (structures x group x unit cube): the
+    benchmark's yardstick. ``project`` shrinks over-budget points onto the budget as the
+    allocator does, instead of discarding them (a stronger yardstick)."""
     rng = random.Random(seed)
-    cache: dict[tuple[Structure, int], _Search] = {}
+    cache: dict[tuple[Structure, int], _Search | None] = {}
     best = Candidate(Structure(), Quantities(), -1.0, 0.0, False)
     for _ in range(n):
         s = rng.choice(allowed)
         group = rng.choice(box(ctx, s).groups)
         if (s, group) not in cache:
-            cache[(s, group)] = _Search(ctx, s, group, LinearCost(ctx, s, group))
+            s2, lc, bad = priced(ctx, s, group)
+            cache[(s, group)] = None if bad else _Search(ctx, s2, group, lc)
         search = cache[(s, group)]
-        if search.lc.infeasible_stage():
+        if search is None:
             continue
-        q = search.raw(tuple(rng.random() for _ in range(5)))
-        cost = search.lc(q)
-        if cost > ctx.budget:
-            continue
-        value = predict(ctx.student, ctx.rates, pipeline(ctx, s, q, search.lc.memory)).value
-        if value > best.value:
-            best = Candidate(s, q, value, cost, True)
+        s = search.s
+        u = tuple(rng.random() for _ in range(5))
+        if project:
+            cand = search.score(u)
+        else:
+            q = search.raw(u)
+            cost = search.lc(q)
+            value = predict(ctx.student, ctx.rates, pipeline(ctx, s, q, search.lc.memory)).value
+            cand = Candidate(s, q, value, cost, cost <= ctx.budget)
+        if cand.feasible and cand.value > best.value:
+            best = cand
     return best

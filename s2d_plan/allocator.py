@@ -27,7 +27,7 @@ import random
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from s2d_plan._search import MIN_GAIN, Candidate, _Search, optuna_refine, search_random, trial_rows
+from s2d_plan._search import MIN_GAIN, Candidate, _Search, optuna_refine, priced, search_random, trial_rows
 from s2d_plan._space import (MIN_STEPS, Allocation, Context, LinearCost, Quantities, Scale, Structure, box,
                              evaluate, pipeline, stage_costs)
 from s2d_plan.errors import InfeasibleError
@@ -139,14 +139,7 @@ def allocate(ctx: Context, trials: int | None = None, seed: int | None = None) -
     n_random = 12 if len(allowed) > 6 else 24
     for s in allowed:
         for group in box(ctx, s).groups:
-            lc = LinearCost(ctx, s, group)
-            bad = lc.infeasible_stage()
-            if bad and bad[0] == "student_fkl" and s.fkl_token and s.bridge == "fkl":
-                # token-level FKL keeps the teacher resident; sequence-level (its text) does not
-                seq = replace(s, fkl_token=False)
-                lc_seq = LinearCost(ctx, seq, group)
-                if not lc_seq.infeasible_stage():
-                    s, lc, bad = seq, lc_seq, None
+            s, lc, bad = priced(ctx, s, group)
             if bad:
                 sid, est = bad
                 usable = ctx.gpu.memory_gb * ctx.c.mem_headroom
@@ -240,6 +233,6 @@ def _baseline(ctx: Context, rng: random.Random) -> Allocation | None:
     return _finalize(ctx, s, cand.quantities) if cand.feasible else None
 
 
-def random_search(ctx: Context, n: int, seed: int = 1) -> Candidate:
+def random_search(ctx: Context, n: int, seed: int = 1, project: bool = False) -> Candidate:
     """Uniform random search over the same space: the benchmark's yardstick."""
-    return search_random(ctx, structures(ctx), n, seed)
+    return search_random(ctx, structures(ctx), n, seed, project)

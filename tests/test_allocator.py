@@ -150,6 +150,10 @@ def test_search_is_seeded_and_beats_random_search():
     assert a.best.quantities == b.best.quantities
     rand = random_search(Context.from_spec(spec), 2000)
     assert a.best.prediction.value >= rand.value - 0.002
+    for name in ("tiny-budget", "small-gpu"):  # budget-bound and memory-bound spaces
+        ctx = Context.from_spec(load_plan(ROOT / f"tests/plans/{name}.yaml"))
+        best = allocate(ctx).best.prediction.value
+        assert best >= random_search(ctx, 1500, project=True).value - 0.002, name
 
 
 def test_tiny_cpu_plan_is_tiny():
