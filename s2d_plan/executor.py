@@ -497,10 +497,21 @@ def run_execute(target: Path, dry_run: bool = False, force: Sequence[str] = (), 
 
 
 def run_probe(plan: Path, home: Path | None = None) -> int:
-    """`s2d-plan probe PLAN`: run the plan's probe stages (built by the compiler)."""
-    from s2d_plan import compiler  # issue 3 builds the probe graph from a plan
+    """`s2d-plan probe PLAN`: run the plan's probe stages (one per model, built by the
+    compiler) and print the solve rates they measured; the next `recommend` uses them."""
+    from s2d_plan import compiler
 
     make = getattr(compiler, "compile_probe_graph", None)
     if make is None:
-        raise S2DError("probe: the compiler does not build probe graphs yet (compile_probe_graph)")
-    return execute_graph(make(plan), home).exit_code
+        raise S2DError("probe: this build's compiler cannot build probe graphs (compile_probe_graph)")
+    result = execute_graph(make(plan), home)
+    for line in result.failures:
+        print(line, file=sys.stderr)
+    if result.exit_code == 0:
+        from s2d_plan.history import query
+
+        _, rows = query(f"""SELECT model, source, count(*), sum(correct) / sum(samples)
+                            FROM evidence WHERE run_id = '{result.run_id}' GROUP BY ALL ORDER BY model""", home)
+        for model, source, prompts, rate in rows:
+            print(f"evidence: {model} on {source}: {prompts} prompts, solve rate {rate:.1%}")
+    return result.exit_code
