@@ -113,72 +113,8 @@ def _short(name: str) -> str:
 
 def rationale(ctx: Context, r: SearchResult) -> list[str]:
     """Plain-words reasons, each tied to the reward-density principle."""
-    best, s, q = r.best, r.best.structure, r.best.quantities
-    g = q.group_size
-    out: list[str] = []
-    ys = signal_yield(ctx.rates.mean, ctx.rates.kappa, g)
-    parts = best.prediction.parts
-    if s.teacher and s.teacher_rl:
-        tr = ctx.teachers[s.teacher][1]
-        yt = signal_yield(tr.mean, tr.kappa, g)
-        lift = f"{tr.mean:.1%} -> {parts.get('teacher', tr.mean):.1%}"
-        head = (f"Labels go to {_short(s.teacher)} first ({q.teacher_labels:,} of {ctx.labels:,}, GRPO with G={g}): ")
-        if yt >= ys:
-            body = (f"it gets signal (a group of {g} with mixed outcomes) from {yt:.0%} of prompts vs {ys:.0%} for "
-                    f"the student, and RL is predicted to lift it {lift}")
-        else:
-            body = (f"fewer of its groups of {g} are mixed ({yt:.0%} of prompts vs {ys:.0%} for the student), but "
-                    f"each signal-bearing label moves a stronger model further: predicted {lift}")
-        out.append(head + body + "; sparse reward goes where exploration is productive, and the bridge carries "
-                   "the result to the student densely.")
-    elif s.teacher:
-        why = "the plan has no labels" if ctx.labels == 0 else "GRPO on it does not fit or does not pay"
-        out.append(f"{_short(s.teacher)} is used raw ({why}): a teacher that RL has not reward-shaped is a weaker "
-                   "dense reward (the paper's raw-teacher ablation: -7.8 MATH points).")
-    if s.teacher:
-        name = {"fkl+opd": "forward-KL warmup on teacher rollouts, then on-policy distillation",
-                "opd": "on-policy distillation", "fkl": "forward-KL on teacher rollouts"}[s.bridge]
-        if s.bridge == "fkl" and not s.fkl_token:
-            name = f"sequence-level forward-KL on {_short(s.teacher)}'s text (tokenizers differ: no token-level transfer)"
-        out.append(f"Dense transfer to the student by {name}: predicted {ctx.rates.mean:.1%} -> "
-                   f"{parts.get('bridged', ctx.rates.mean):.1%} before any student RL.")
-        others = {a.structure.bridge: a for a in r.alternatives
-                  if a.structure.teacher == s.teacher and a.structure.teacher_rl == s.teacher_rl
-                  and a.structure.stage3 == s.stage3}
-        reasons = {"opd": ("OPD without the warmup", "the warmup brings the student close to the teacher (C2), "
-                           "so OPD's per-token reward is informative"),
-                   "fkl": ("FKL without OPD", "OPD corrects the student on its own rollouts with a dense "
-                           "per-token reward")}
-        for bridge, (label, why) in reasons.items():
-            if s.bridge == "fkl+opd" and bridge in others:
-                d = (best.prediction.value - others[bridge].prediction.value) * 100
-                out.append(f"{label} would be {d:.1f} points lower: {why}.")
-    if s.stage3:
-        after = best.prediction.value - parts.get("bridged", ctx.rates.mean)
-        cold = rl_gain(ctx.rates.mean, ctx.rates.kappa, ctx.student.params_b, q.student_labels, q.student_epochs, g)[0]
-        which = "The other" if not ctx.reuse else "All (reused, as the plan allows)"
-        out.append(f"{which} {q.student_labels:,} labels go to Stage 3 GRPO after the bridge, adding a predicted "
-                   f"{after * 100:+.1f} points, vs {cold * 100:+.1f} for the same labels on the cold student: "
-                   "the bridged student is ready for sparse reward.")
-    if s.direct:
-        why = ("no teacher is listed" if not ctx.teachers else
-               "no listed teacher can be used (see below)" if ctx.spec.pins.teacher != "none" else
-               "the plan pins teacher: none")
-        out.append(f"Labels go to GRPO on the student because {why}: a group of {g} has mixed outcomes on "
-                   f"{ys:.0%} of its prompts.")
-    if s.teacher is None and not s.direct:
-        if ctx.labels == 0:
-            out.append("With no labels there is no GRPO anywhere; distillation from an unshaped (raw) teacher is "
-                       "not predicted to beat the student as it is (the paper: raw-teacher transfer underperforms), "
-                       "so the plan only evaluates the student.")
-        else:
-            out.append("No training is predicted to improve the student within the budget; the plan only evaluates it.")
-    if r.baseline:
-        b = r.baseline.prediction
-        tail = (" It is not an option here: a usable teacher exists, so labels never go to the cold student."
-                if s.teacher or any(a.structure.teacher for a in r.alternatives) else "")
-        out.append(f"Direct GRPO on the student (the usual practice) is predicted at {b.value:.1%} "
-                   f"({(b.value - ctx.rates.mean) * 100:+.1f} points) with all {ctx.labels:,} labels.{tail}")
+    s = r.best.structure
+    out = _teacher_reasons(ctx, r) + _bridge_reasons(ctx, r) + _student_reasons(ctx, r)
     if s.probe:
         out.append("A probe first measures the student's per-prompt solve rates on the labels: the top choices are "
                    "within the prediction band, and its evidence sharpens the next recommend.")
@@ -189,7 +125,88 @@ def rationale(ctx: Context, r: SearchResult) -> list[str]:
         elif rates.source.startswith("probe"):
             out.append(f"{_short(model)}'s solve rates come from a probe in the history ({rates.source}), "
                        "not the registry prior.")
-    out.extend(r.notes)
+    return out + r.notes
+
+
+def _teacher_reasons(ctx: Context, r: SearchResult) -> list[str]:
+    s, q, parts = r.best.structure, r.best.quantities, r.best.prediction.parts
+    g = q.group_size
+    if s.teacher and s.teacher_rl:
+        tr = ctx.teachers[s.teacher][1]
+        yt, ys = signal_yield(tr.mean, tr.kappa, g), signal_yield(ctx.rates.mean, ctx.rates.kappa, g)
+        lift = f"{tr.mean:.1%} -> {parts.get('teacher', tr.mean):.1%}"
+        head = f"Labels go to {_short(s.teacher)} first ({q.teacher_labels:,} of {ctx.labels:,}, GRPO with G={g}): "
+        if yt >= ys:
+            body = (f"it gets signal (a group of {g} with mixed outcomes) from {yt:.0%} of prompts vs {ys:.0%} for "
+                    f"the student, and RL is predicted to lift it {lift}")
+        else:
+            body = (f"fewer of its groups of {g} are mixed ({yt:.0%} of prompts vs {ys:.0%} for the student), but "
+                    f"each signal-bearing label moves a stronger model further: predicted {lift}")
+        return [head + body + "; sparse reward goes where exploration is productive, and the bridge carries "
+                "the result to the student densely."]
+    if s.teacher:
+        why = "the plan has no labels" if ctx.labels == 0 else "GRPO on it does not fit or does not pay"
+        return [f"{_short(s.teacher)} is used raw ({why}): a teacher that RL has not reward-shaped is a weaker "
+                "dense reward (the paper's raw-teacher ablation: -7.8 MATH points)."]
+    return []
+
+
+def _bridge_reasons(ctx: Context, r: SearchResult) -> list[str]:
+    best, s = r.best, r.best.structure
+    if not s.teacher:
+        return []
+    name = {"fkl+opd": "forward-KL warmup on teacher rollouts, then on-policy distillation",
+            "opd": "on-policy distillation", "fkl": "forward-KL on teacher rollouts"}[s.bridge]
+    if s.bridge == "fkl" and not s.fkl_token:
+        name = f"sequence-level forward-KL on {_short(s.teacher)}'s text (no token-level transfer fits or applies)"
+    out = [f"Dense transfer to the student by {name}: predicted {ctx.rates.mean:.1%} -> "
+           f"{best.prediction.parts.get('bridged', ctx.rates.mean):.1%} before any student RL."]
+    others = {a.structure.bridge: a for a in r.alternatives
+              if a.structure.teacher == s.teacher and a.structure.teacher_rl == s.teacher_rl
+              and a.structure.stage3 == s.stage3}
+    reasons = {"opd": ("OPD without the warmup", "the warmup brings the student close to the teacher (C2), "
+                       "so OPD's per-token reward is informative"),
+               "fkl": ("FKL without OPD", "OPD corrects the student on its own rollouts with a dense "
+                       "per-token reward")}
+    for bridge, (label, why) in reasons.items():
+        if s.bridge == "fkl+opd" and bridge in others:
+            d = (best.prediction.value - others[bridge].prediction.value) * 100
+            out.append(f"{label} would be {d:.1f} points lower: {why}.")
+    return out
+
+
+def _student_reasons(ctx: Context, r: SearchResult) -> list[str]:
+    best, s, q = r.best, r.best.structure, r.best.quantities
+    out = []
+    if s.stage3:
+        after = best.prediction.value - best.prediction.parts.get("bridged", ctx.rates.mean)
+        cold = rl_gain(ctx.rates.mean, ctx.rates.kappa, ctx.student.params_b, q.student_labels, q.student_epochs,
+                       q.group_size)[0]
+        which = ("All" if not s.teacher_rl else "The other" if not ctx.reuse
+                 else "All (reused, as the plan allows)")
+        why = ("the bridged student is ready for sparse reward" if after > cold else
+               "a usable teacher exists, so student GRPO waits for a bridge; with an unshaped teacher that "
+               "bridge is kept minimal, since its dense reward is predicted to hurt")
+        out.append(f"{which} {q.student_labels:,} labels go to Stage 3 GRPO after the bridge, adding a predicted "
+                   f"{after * 100:+.1f} points, vs {cold * 100:+.1f} for the same labels on the cold student: {why}.")
+    if s.direct:
+        why = ("no teacher is listed" if not ctx.teachers else
+               "no listed teacher can be used (see below)" if ctx.spec.pins.teacher != "none" else
+               "the plan pins teacher: none")
+        ys = signal_yield(ctx.rates.mean, ctx.rates.kappa, q.group_size)
+        out.append(f"Labels go to GRPO on the student because {why}: a group of {q.group_size} has mixed "
+                   f"outcomes on {ys:.0%} of its prompts.")
+    if s.teacher is None and not s.direct:
+        out.append("With no labels there is no GRPO anywhere; distillation from an unshaped (raw) teacher is not "
+                   "predicted to beat the student as it is (the paper: raw-teacher transfer underperforms), so the "
+                   "plan only evaluates the student." if ctx.labels == 0 else
+                   "No training is predicted to improve the student within the budget; the plan only evaluates it.")
+    if r.baseline:
+        b = r.baseline.prediction
+        tail = (" It is not an option here: a usable teacher exists, so labels never go to the cold student."
+                if s.teacher or any(a.structure.teacher for a in r.alternatives) else "")
+        out.append(f"Direct GRPO on the student (the usual practice) is predicted at {b.value:.1%} "
+                   f"({(b.value - ctx.rates.mean) * 100:+.1f} points) with all {ctx.labels:,} labels.{tail}")
     return out
 
 
