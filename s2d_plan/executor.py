@@ -478,12 +478,7 @@ def run_execute(target: Path, dry_run: bool = False, force: Sequence[str] = (), 
     128+signal when stopped)."""
     target = Path(target)
     if target.suffix.lower() in (".yaml", ".yml"):
-        try:
-            from s2d_plan.recommend import recommend_graph
-        except ImportError as exc:
-            raise S2DError(f"cannot run a plan here: the recommender is not available ({exc}); "
-                           "run `s2d-plan recommend PLAN -o graph.json`, then execute the graph") from None
-        graph, summary = recommend_graph(target)
+        graph, summary = plan_graph(target, home)
         print(summary, flush=True)
     else:
         graph = load_graph(target)
@@ -494,6 +489,47 @@ def run_execute(target: Path, dry_run: bool = False, force: Sequence[str] = (), 
     for line in result.failures:
         print(line, file=sys.stderr)
     return result.exit_code
+
+
+def plan_graph(plan: Path, home: Path | None = None) -> tuple[StageGraph, str]:
+    """The graph to run for a plan file, and what was chosen, in one line.
+
+    If the newest run of this exact plan (same content hash) did not finish, its graph is
+    run again: a resumed plan must not be re-planned, or evidence that its own probe
+    recorded would change the allocation and with it the keys of stages already done.
+    Otherwise the recommender decides (``s2d_plan.recommend.recommend_graph``)."""
+    try:
+        from s2d_plan.recommend import recommend_graph
+        from s2d_plan.spec import load_plan
+    except ImportError as exc:
+        raise S2DError(f"cannot run a plan here: the recommender is not available ({exc}); "
+                       "run `s2d-plan recommend PLAN -o graph.json`, then execute the graph") from None
+    unfinished = _unfinished_run_of(load_plan(plan).hash(), home)
+    if unfinished is None:
+        return recommend_graph(plan)
+    run_id, status, graph = unfinished
+    p, meta = graph.predicted, graph.meta
+    chose = f"{meta.get('structure', graph.plan)}" + (f": predicted {p.eval} {p.value:.1%}" if p else "")
+    return graph, (f"resuming the graph of run {run_id} ({status}; the plan is unchanged): {chose}, "
+                   f"{graph.estimated.gpu_hours:.3g} GPU-hours")
+
+
+def _unfinished_run_of(plan_hash: str, home: Path | None) -> tuple[str, str, StageGraph] | None:
+    from s2d_plan.errors import HistoryError
+    from s2d_plan.graph import parse_graph
+    from s2d_plan.history import query
+
+    try:
+        _, rows = query("SELECT run_id, status, graph FROM runs WHERE plan_hash = ? "
+                        "ORDER BY start_time DESC LIMIT 1", home, [plan_hash])
+    except HistoryError:
+        return None  # no history yet
+    if not rows or rows[0][1] == "FINISHED" or not rows[0][2]:
+        return None
+    try:
+        return rows[0][0], rows[0][1], parse_graph(json.loads(rows[0][2]), source=f"run {rows[0][0]}")
+    except (GraphError, ValueError):
+        return None  # a graph this version cannot read: plan afresh
 
 
 def run_probe(plan: Path, home: Path | None = None) -> int:
@@ -510,8 +546,8 @@ def run_probe(plan: Path, home: Path | None = None) -> int:
     if result.exit_code == 0:
         from s2d_plan.history import query
 
-        _, rows = query(f"""SELECT model, source, count(*), sum(correct) / sum(samples)
-                            FROM evidence WHERE run_id = '{result.run_id}' GROUP BY ALL ORDER BY model""", home)
+        _, rows = query("""SELECT model, source, count(*), sum(correct) / sum(samples)
+                           FROM evidence WHERE run_id = ? GROUP BY ALL ORDER BY model""", home, [result.run_id])
         for model, source, prompts, rate in rows:
             print(f"evidence: {model} on {source}: {prompts} prompts, solve rate {rate:.1%}")
     return result.exit_code

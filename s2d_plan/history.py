@@ -302,7 +302,7 @@ def load_evidence(home: str | Path | None, model: str, source: str | None = None
 
 
 # -- the CLI: history, runs, show ------------------------------------------------------
-def query(sql: str, home: str | Path | None = None) -> tuple[list[str], list[tuple]]:
+def query(sql: str, home: str | Path | None = None, params: Sequence[Any] | None = None) -> tuple[list[str], list[tuple]]:
     """Run user SQL read-only; return (column names, rows). Errors become HistoryError.
 
         cols, rows = query("SELECT run_id, status FROM runs", home)
@@ -316,7 +316,7 @@ def query(sql: str, home: str | Path | None = None) -> tuple[list[str], list[tup
             if refused:
                 raise HistoryError(f"the history is read-only: {refused[0]} statements are refused; "
                                    "nothing was changed")
-            cur = con.execute(sql)
+            cur = con.execute(sql, params) if params else con.execute(sql)
             if cur.description is None:
                 return [], []
             cols = [d[0] for d in cur.description]

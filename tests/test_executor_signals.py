@@ -167,3 +167,23 @@ def test_execute_a_plan_says_what_it_chose_first(cli, s2d_home):
     assert "predicted" in first and "GPU-hours" in first  # the recommender's summary
     assert second.startswith("plan ") and "dry run" in second
     assert "estimated GPU-hours to run:" in proc.stdout and not s2d_home.exists()
+
+
+def test_an_unfinished_plan_resumes_its_own_graph(write_graph, s2d_home, cli):
+    from conftest import REPO
+
+    from s2d_plan._display import PlainDisplay
+    from s2d_plan.executor import execute_graph
+    from s2d_plan.graph import load_graph
+    from s2d_plan.spec import load_plan
+
+    plan = REPO / "plans" / "budget.yaml"
+    graph = write_graph([sim_stage("only_stage", steps=2, fail_at_step=1)], plan_hash=load_plan(plan).hash(),
+                        meta={"structure": "simulated structure"})
+    failed = execute_graph(load_graph(graph), s2d_home, display=PlainDisplay())
+    assert failed.status == "FAILED"
+    proc = cli("execute", str(plan), "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"resuming the graph of run {failed.run_id} (FAILED; the plan is unchanged): "
+                                  "simulated structure")
+    assert "1. only_stage [simulate]" in proc.stdout
