@@ -96,61 +96,69 @@ def compile_stages(ctx: Context, alloc: Allocation) -> list[Stage]:
     b = _Builder(ctx, alloc)
     s, q, sc = alloc.structure, alloc.quantities, ctx.scale
     student = resolve(ctx.spec, ctx.spec.student.model)
-    gen = {"max_new_tokens": sc.max_new, "seed": b.seed}
     first: list[str] = []
     if s.probe:
         n = min(sc.probe_prompts, ctx.labels)
         first = [b.add("probe", "probe", student, [], {"labeled": b.labeled(0, n, spend=False)},
-                       {"samples_per_prompt": sc.probe_samples, "num_prompts": n, "temperature": 1.0, **gen})]
+                       {"samples_per_prompt": sc.probe_samples, "num_prompts": n, "temperature": 1.0,
+                        "max_new_tokens": sc.max_new, "seed": b.seed})]
     last, last_needs = student, list(first)
-    grpo_common = {"num_generations": q.group_size, "prompts_per_step": sc.prompts_per_step, "beta": 0.0,
-                   "loss_type": "dapo", "max_completion_length": sc.max_new, "temperature": 1.0, "seed": b.seed}
     if s.teacher:
-        teacher_path = resolve(ctx.spec, s.teacher)
-        teacher = teacher_path
-        if s.teacher_rl:
-            steps = _steps(q.teacher_labels * q.teacher_epochs, sc.prompts_per_step)
-            teacher = "@" + b.add("teacher_grpo", "grpo", teacher_path, list(first),
-                                  {"labeled": b.labeled(0, q.teacher_labels)},
-                                  {"steps": steps, **grpo_common, "learning_rate": _lr(ctx, "grpo", b.lora("teacher_grpo")),
-                                   "lora": b.lora("teacher_grpo"), "save_steps": max(steps // 4, 1)})
-        t_needs = list(first)
-        if "fkl" in s.bridge:
-            per_prompt = max(1, math.ceil(q.fkl_rollouts / ctx.pool))
-            n_prompts = max(1, math.ceil(q.fkl_rollouts / per_prompt))
-            b.add("teacher_rollouts", "rollout", teacher, t_needs, {"prompts": b.prompts(n_prompts)},
-                  {"samples_per_prompt": per_prompt, "temperature": 0.7, **gen})
-            rollouts = n_prompts * per_prompt
-            last = "@" + b.add("student_fkl", "fkl", student, ["teacher_rollouts"],
-                               {"rollouts": "@teacher_rollouts"},
-                               {"mode": "token" if s.fkl_token else "sequence", "epochs": 1,
-                                "steps": _steps(rollouts, sc.fkl_batch), "learning_rate": _lr(ctx, "fkl", b.lora("student_fkl")),
-                                "max_length": sc.prompt_len + sc.max_new, "batch_size": sc.fkl_batch, "seed": b.seed},
-                               teacher=teacher)
-            last_needs = []
-        if "opd" in s.bridge:
-            steps = _steps(q.opd_rollouts, sc.prompts_per_step)
-            last = "@" + b.add("student_opd", "opd", last, list(first) if last == student else [],
-                               {"prompts": b.prompts(steps * sc.prompts_per_step)},
-                               {"steps": steps, "learning_rate": _lr(ctx, "opd", b.lora("student_opd")), "beta": 1.0,
-                                "max_completion_length": sc.max_new, "temperature": 1.0,
-                                "prompts_per_step": sc.prompts_per_step, "seed": b.seed},
-                               teacher=teacher)
-            last_needs = []
+        last, last_needs = _teacher_and_bridge(b, student, first)
     if s.stage3 or s.direct:
         sid = "student_grpo" if s.stage3 else "direct_grpo"
         offset = 0 if (ctx.reuse or not s.teacher_rl or s.direct) else q.teacher_labels
-        steps = _steps(q.student_labels * q.student_epochs, sc.prompts_per_step)
         last = "@" + b.add(sid, "grpo", last, last_needs, {"labeled": b.labeled(offset, q.student_labels)},
-                           {"steps": steps, **grpo_common, "learning_rate": _lr(ctx, "grpo", b.lora(sid)),
-                            "lora": b.lora(sid), "save_steps": max(steps // 4, 1)})
+                           _grpo_params(b, sid, q.student_labels * q.student_epochs))
         last_needs = []
     evals = [{"name": e.name, "source": resolve(ctx.spec, e.source), "problem_field": e.problem_field,
               "answer_field": e.answer_field, "size": e.size or sc.eval_default_size,
               **({"split": e.split} if e.split else {})} for e in ctx.spec.eval]
     b.add("final_eval", "eval", last, last_needs, {"eval": evals},
-          {"k": sc.eval_k, "temperature": 0.0 if sc.tiny else 0.6, "greedy": sc.tiny, **gen})
+          {"k": sc.eval_k, "temperature": 0.0 if sc.tiny else 0.6, "greedy": sc.tiny, "max_new_tokens": sc.max_new,
+           "seed": b.seed})
     return b.stages
+
+
+def _grpo_params(b: _Builder, sid: str, visits: float) -> dict[str, Any]:
+    sc, q = b.ctx.scale, b.a.quantities
+    steps = _steps(visits, sc.prompts_per_step)
+    return {"steps": steps, "num_generations": q.group_size, "prompts_per_step": sc.prompts_per_step, "beta": 0.0,
+            "loss_type": "dapo", "max_completion_length": sc.max_new, "temperature": 1.0, "seed": b.seed,
+            "learning_rate": _lr(b.ctx, "grpo", b.lora(sid)), "lora": b.lora(sid), "save_steps": max(steps // 4, 1)}
+
+
+def _teacher_and_bridge(b: _Builder, student: str, first: list[str]) -> tuple[str, list[str]]:
+    """Stage 1 (when the teacher is RL-improved) and the bridge; returns the student
+    checkpoint the bridge ends with and what a next stage must also need."""
+    ctx, s, q, sc = b.ctx, b.a.structure, b.a.quantities, b.ctx.scale
+    teacher = resolve(ctx.spec, s.teacher)
+    if s.teacher_rl:
+        teacher = "@" + b.add("teacher_grpo", "grpo", teacher, list(first),
+                              {"labeled": b.labeled(0, q.teacher_labels)},
+                              _grpo_params(b, "teacher_grpo", q.teacher_labels * q.teacher_epochs))
+    last, last_needs = student, list(first)
+    if "fkl" in s.bridge:
+        per_prompt = max(1, math.ceil(q.fkl_rollouts / ctx.pool))
+        n_prompts = max(1, math.ceil(q.fkl_rollouts / per_prompt))
+        b.add("teacher_rollouts", "rollout", teacher, list(first), {"prompts": b.prompts(n_prompts)},
+              {"samples_per_prompt": per_prompt, "temperature": 0.7, "max_new_tokens": sc.max_new, "seed": b.seed})
+        last = "@" + b.add("student_fkl", "fkl", student, ["teacher_rollouts"], {"rollouts": "@teacher_rollouts"},
+                           {"mode": "token" if s.fkl_token else "sequence", "epochs": 1,
+                            "steps": _steps(n_prompts * per_prompt, sc.fkl_batch),
+                            "learning_rate": _lr(ctx, "fkl", b.lora("student_fkl")),
+                            "max_length": sc.prompt_len + sc.max_new, "batch_size": sc.fkl_batch, "seed": b.seed},
+                           teacher=teacher)
+        last_needs = []
+    if "opd" in s.bridge:
+        steps = _steps(q.opd_rollouts, sc.prompts_per_step)
+        last = "@" + b.add("student_opd", "opd", last, last_needs, {"prompts": b.prompts(steps * sc.prompts_per_step)},
+                           {"steps": steps, "learning_rate": _lr(ctx, "opd", b.lora("student_opd")), "beta": 1.0,
+                            "max_completion_length": sc.max_new, "temperature": 1.0,
+                            "prompts_per_step": sc.prompts_per_step, "seed": b.seed},
+                           teacher=teacher)
+        last_needs = []
+    return last, last_needs
 
 
 def compile_graph(ctx: Context, result: SearchResult, meta: dict[str, Any] | None = None) -> StageGraph:
