@@ -35,6 +35,11 @@ def live_path(home: Path) -> Path:
     return home / "history.live.duckdb"
 
 
+def _lit(path: Path) -> str:
+    """A path as an SQL string literal (ATTACH takes no parameters)."""
+    return "'" + str(path).replace("'", "''") + "'"
+
+
 def _tmp_for(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
@@ -45,7 +50,7 @@ def publish_base(con: duckdb.DuckDBPyConnection, catalog: str, home: Path) -> st
     target = snapshot_path(home)
     tmp = _tmp_for(target)
     tmp.unlink(missing_ok=True)
-    con.execute(f"ATTACH '{tmp}' AS __base")
+    con.execute(f"ATTACH {_lit(tmp)} AS __base")
     try:
         con.execute(f'COPY FROM DATABASE "{catalog}" TO __base')
         con.execute(f"CREATE TABLE __base.{INFO_TABLE} AS SELECT ? AS base_id, NULL::VARCHAR AS run_id", [base_id])
@@ -60,7 +65,7 @@ def publish_live(con: duckdb.DuckDBPyConnection, home: Path, base_id: str, run_i
     target = live_path(home)
     tmp = _tmp_for(target)
     tmp.unlink(missing_ok=True)
-    con.execute(f"ATTACH '{tmp}' AS __live")
+    con.execute(f"ATTACH {_lit(tmp)} AS __live")
     try:
         for table in RUN_TABLES:
             con.execute(f"CREATE TABLE __live.{table} AS SELECT * FROM {table} WHERE run_id = ?", [run_id])
@@ -83,7 +88,7 @@ def open_composite(home: Path) -> duckdb.DuckDBPyConnection | None:
     con = duckdb.connect(":memory:")
     con.execute("SET enable_progress_bar = false")
     try:
-        con.execute(f"ATTACH '{base}' AS base (READ_ONLY)")
+        con.execute(f"ATTACH {_lit(base)} AS base (READ_ONLY)")
     except (duckdb.IOException, duckdb.InvalidInputException):
         con.close()
         return None  # replaced between the check and the open: the caller retries
@@ -92,7 +97,7 @@ def open_composite(home: Path) -> duckdb.DuckDBPyConnection | None:
     has_live = False
     if live.exists():
         try:
-            con.execute(f"ATTACH '{live}' AS live (READ_ONLY)")
+            con.execute(f"ATTACH {_lit(live)} AS live (READ_ONLY)")
             has_live = _info(con, "live") == base_id and base_id is not None
             if not has_live:
                 con.execute("DETACH live")
