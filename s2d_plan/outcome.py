@@ -85,7 +85,10 @@ LORA_KD = 0.85
 BAND_FLOOR = 0.01  # half-width of the band with no change predicted
 BAND_SLOPE = 0.15  # extra half-width per unit of predicted change (model error grows with extrapolation)
 BAND_ESTIMATED = 0.03  # extra when an accuracy is estimated rather than published
-DEFAULT_ACCURACY = 0.3  # last resort when no model anywhere has a figure for the eval
+DEFAULT_ACCURACY = 0.3  # last resort at STUDENT_REF_B when no model anywhere has a figure for the eval
+# Logit of accuracy gained per e-fold of parameters in that last resort: the slope of the
+# registry's Qwen3 MATH-500 figures (1.7B -> 14.8B) and Llama MATH figures (~0.5-0.6).
+SIZE_LOGIT_SLOPE = 0.55
 
 
 # ---------------------------------------------------------------- Beta closed forms
@@ -185,8 +188,10 @@ def estimate_accuracy(info: ModelInfo, eval_name: str) -> SolveRates:
         how = f"estimated: logit/log-size fit over {len(pool)} {'same-family ' if pool is family else ''}models"
     elif len(pool) == 1:
         value, how = pool[0][1], "estimated: the only model with a published figure"
-    else:
-        value, how = DEFAULT_ACCURACY, f"estimated: no published {eval_name} figure anywhere, default"
+    else:  # nothing to fit: a generic prior that still ranks larger models higher
+        z = _logit(DEFAULT_ACCURACY) + SIZE_LOGIT_SLOPE * math.log(info.params_b / STUDENT_REF_B)
+        value = 1 / (1 + math.exp(-z))
+        how = f"estimated: no published {eval_name} figure anywhere, a size prior"
     return SolveRates(min(max(value, 0.02), 0.97), source=how, estimated=True)
 
 
