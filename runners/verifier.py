@@ -29,8 +29,9 @@ may call reward functions from one) and cannot stop a hang inside C code. So eve
 parse/verify runs in a persistent worker *process* (``python -m runners.verifier
 --worker``), which sets its own alarm (soft timeout); the parent also holds a hard
 deadline per call and kills and restarts a worker that overruns it. Either way the pair
-scores 0 with status ``timeout``. Calls are safe from any thread. Overhead per call is one
-pipe round trip (tens of microseconds; see tests/test_verifier.py).
+scores 0 with status ``timeout``. Calls are safe from any thread. Requests are pipelined
+to the workers, so the overhead per pair is a JSON line each way (about 0.05 ms; see
+tests/test_verifier.py), not a round trip.
 
 Statuses: ``ok`` (scored 0 or 1), ``no_answer`` (nothing extracted from the completion),
 ``bad_gold``, ``timeout``, ``error``.
@@ -47,13 +48,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Sequence
 
 SOFT_TIMEOUT_S = 3.0  # the worker's own alarm per pair
 HARD_MARGIN_S = 2.0  # the parent's deadline = soft + margin (a hang the alarm cannot stop)
 MAX_SHOWN = 200  # characters of a parsed expression sent back (keeps pipe messages small)
+PIPELINE_DEPTH = 16  # requests in flight per worker
+PIPE_BUDGET = 48 * 1024  # bytes in flight per worker: below the 64 KiB pipe buffer
 
 
 @dataclass
@@ -183,6 +186,10 @@ def _worker_main(soft_timeout: float) -> None:
 
 
 class _Worker:
+    """One worker process and the requests it holds, oldest first. Requests are pipelined (the
+    worker never waits on a round trip); the oldest is the one being worked on, so its deadline
+    runs from the moment the previous answer came back."""
+
     def __init__(self, soft_timeout: float):
         env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
         self.proc = subprocess.Popen(
@@ -191,12 +198,21 @@ class _Worker:
         )
         self.buf = b""
         self.ready = False
-        self.busy: tuple[int, float] | None = None  # (request index, sent at)
+        self.inflight: deque[tuple[int, int]] = deque()  # (request index, bytes)
+        self.head_since = 0.0  # when the oldest request in flight started being worked on
 
-    def send(self, idx: int, gold: str, answer: str) -> None:
-        self.proc.stdin.write((json.dumps({"id": idx, "gold": gold, "answer": answer}) + "\n").encode())
+    def can_take(self, size: int) -> bool:
+        # Bound the bytes in flight below the pipe buffer: a write must never block while the
+        # worker hangs on an earlier request (the deadline could not be enforced).
+        return not self.inflight or (len(self.inflight) < PIPELINE_DEPTH and
+                                     sum(n for _, n in self.inflight) + size <= PIPE_BUDGET)
+
+    def send(self, idx: int, line: bytes) -> None:
+        if not self.inflight:
+            self.head_since = time.monotonic()
+        self.proc.stdin.write(line)
         self.proc.stdin.flush()
-        self.busy = (idx, time.monotonic())
+        self.inflight.append((idx, len(line)))
 
     def read_lines(self) -> list[dict]:
         chunk = os.read(self.proc.stdout.fileno(), 1 << 16)
@@ -261,67 +277,64 @@ class Verifier:
         finally:
             sel.close()
 
-    def _replace(self, i: int) -> None:
-        self._workers[i].kill()
+    def _replace(self, i: int, pending: deque) -> None:
+        """Kill worker i and start another; what it still held goes back to the queue."""
+        w = self._workers[i]
+        for idx, _ in reversed(w.inflight):
+            pending.appendleft(idx)
+        w.kill()
         self._workers[i] = _Worker(self.soft_timeout)
         self.restarts += 1
+        self._await_ready(self._workers[i])
 
     def _run(self, golds: list[str], answers: list[str]) -> list[Verdict]:
         results: list[Verdict | None] = [None] * len(golds)
         for w in self._workers:
             if not w.ready:
                 self._await_ready(w)
-        pending = iter(range(len(golds)))
+        lines = [(json.dumps({"id": i, "gold": g, "answer": a}) + "\n").encode()
+                 for i, (g, a) in enumerate(zip(golds, answers))]
+        pending: deque[int] = deque(range(len(golds)))
         todo = len(golds)
-
-        def feed(w: _Worker) -> None:
-            idx = next(pending, None)
-            if idx is not None:
-                w.send(idx, golds[idx], answers[idx])
-
-        for w in self._workers:
-            feed(w)
         sel = selectors.DefaultSelector()
         try:
             while todo:
-                sel_map = {}
-                for i, w in enumerate(self._workers):
-                    if w.busy:
-                        sel.register(w.proc.stdout, selectors.EVENT_READ, i)
-                        sel_map[i] = w
+                for w in self._workers:  # fill every worker's pipeline
+                    while pending and w.can_take(len(lines[pending[0]])):
+                        idx = pending.popleft()
+                        w.send(idx, lines[idx])
+                busy = [(i, w) for i, w in enumerate(self._workers) if w.inflight]
+                for i, w in busy:
+                    sel.register(w.proc.stdout, selectors.EVENT_READ, i)
                 now = time.monotonic()
-                wait = min(w.busy[1] + self.hard_timeout - now for w in sel_map.values())
-                events = sel.select(max(0.0, wait))
+                events = sel.select(max(0.0, min(w.head_since + self.hard_timeout - now for _, w in busy)))
                 for key in list(sel.get_map().values()):
                     sel.unregister(key.fileobj)
                 for key, _ in events:
                     i = key.data
                     w = self._workers[i]
                     try:
-                        lines = w.read_lines()
-                    except EOFError:  # the worker died: the pair in flight errs, the worker restarts
-                        idx = w.busy[0]
+                        got = w.read_lines()
+                    except EOFError:  # the worker died: the request it was on errs, the rest retry
+                        idx, _ = w.inflight.popleft()
                         results[idx] = Verdict(0.0, "error", detail="verifier worker died")
                         todo -= 1
-                        self._replace(i)
-                        self._await_ready(self._workers[i])
-                        feed(self._workers[i])
+                        self._replace(i, pending)
                         continue
-                    for res in lines:
+                    for res in got:
                         idx = res.pop("id")
+                        if w.inflight and w.inflight[0][0] == idx:
+                            w.inflight.popleft()
                         results[idx] = Verdict(**res)
                         todo -= 1
-                        w.busy = None
-                        feed(w)
+                        w.head_since = time.monotonic()
                 now = time.monotonic()
                 for i, w in enumerate(self._workers):
-                    if w.busy and now - w.busy[1] > self.hard_timeout:
-                        idx = w.busy[0]
+                    if w.inflight and now - w.head_since > self.hard_timeout:
+                        idx, _ = w.inflight.popleft()
                         results[idx] = Verdict(0.0, "timeout", detail=f"over {self.hard_timeout:g}s (worker killed)")
                         todo -= 1
-                        self._replace(i)
-                        self._await_ready(self._workers[i])
-                        feed(self._workers[i])
+                        self._replace(i, pending)
         finally:
             sel.close()
         return results  # type: ignore[return-value]
@@ -341,7 +354,8 @@ def shared_verifier(workers: int | None = None) -> Verifier:
     global _shared
     with _shared_lock:
         if _shared is None:
-            n = workers or max(1, min(4, (os.cpu_count() or 2) // 2))
+            # the trainer waits while rewards are computed, so the workers may use every core
+            n = workers or max(1, min(4, os.cpu_count() or 1))
             _shared = Verifier(workers=n)
         return _shared
 

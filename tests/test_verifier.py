@@ -140,3 +140,11 @@ def test_reward_check_bad_line(tmp_path):
     f.write_text('{"gold": "1", "answer": "1"}\nnot json\n')
     r = _cli("--file", str(f))
     assert r.returncode == 2 and "p.jsonl:2" in r.stderr
+
+
+def test_long_completions_do_not_block_the_pipe(verifier):
+    """Requests bigger than the pipe buffer still flow (the parent never blocks on a write
+    while a worker is busy, or the deadline could not be enforced)."""
+    long = "We add. " * 12_000 + "\\boxed{5}"  # about 96 KB
+    out = verifier.score_many(["5"] * 3 + ["6"], [long] * 3 + ["\\boxed{6}"])
+    assert [v.score for v in out] == [1.0] * 4
