@@ -87,34 +87,33 @@ def test_signal_stops_the_stage_records_killed_and_flushes_metrics(sig, write_gr
 def test_readers_query_while_a_run_goes_on(write_graph, s2d_home, cli, start_cli):
     earlier = cli("execute", str(write_graph([sim_stage("quick", steps=3)], name="quick.json")))
     assert earlier.returncode == 0
-    graph = write_graph([sim_stage("long", steps=80, sleep_s=0.04)])
+    graph = write_graph([sim_stage("long", steps=250, sleep_s=0.04)])
     executor = start_cli("execute", str(graph))
-    metrics = wait_for(lambda: metrics_file(s2d_home, "long"))
+    wait_for(lambda: metrics_file(s2d_home, "long"))
     # mid-run, a reader sees the earlier run and this one (its rows a few seconds old at most)
     sql = "SELECT s.stage_id, s.status FROM runs r JOIN stages s USING (run_id) ORDER BY r.start_time"
-    seen = wait_for(lambda: [tuple(r.values()) for r in json.loads(cli("history", sql, "--json").stdout)]
-                    == [("quick", "FINISHED"), ("long", "RUNNING")], timeout=10)
-    assert seen
-    counts = []
-    while executor.poll() is None and len(counts) < 6:
-        q = cli("history", "SELECT count(*) AS n FROM metrics", "--json")
+    assert wait_for(lambda: [tuple(r.values()) for r in json.loads(cli("history", sql, "--json").stdout)]
+                    == [("quick", "FINISHED"), ("long", "RUNNING")], timeout=15)
+
+    def count() -> int:
+        q = cli("history", "SELECT count(*) AS n FROM metrics WHERE stage_id = 'long'", "--json")
         assert q.returncode == 0, q.stderr
-        counts.append(json.loads(q.stdout)[0]["n"])
+        return json.loads(q.stdout)[0]["n"]
+
+    with open_reader(s2d_home) as held:  # a reader keeps the history open the whole time ...
+        first = held.execute("SELECT count(*) FROM metrics").fetchall()[0][0]
         assert load_evidence(s2d_home, "any/model") == []  # the allocator's read works mid-run
-        if len(counts) == 2:  # a reader holding the history open does not hold up the run
-            before = lines_in(metrics)
-            with open_reader(s2d_home) as con:
-                con.execute("SELECT count(*) FROM stages").fetchall()
-                time.sleep(0.6)
-                assert lines_in(metrics) > before
-        time.sleep(0.2)
+        counts = [count()]
+        # ... and other readers still see the run move on: it is neither blocked nor failed
+        wait_for(lambda: counts.append(count()) or counts[-1] > counts[0], timeout=20)
+        assert held.execute("SELECT count(*) FROM metrics").fetchall()[0][0] >= first
+    assert executor.poll() is None, "the run should still be going"
     bad = cli("history", "DELETE FROM metrics")
     assert bad.returncode == 2 and "read-only" in bad.stderr and "Traceback" not in bad.stderr
     out, err = executor.communicate(timeout=60)
     assert executor.returncode == 0, err
-    assert counts == sorted(counts) and counts[-1] > 6  # fresh, and never going back
-    final = cli("history", "SELECT count(*) AS n FROM metrics WHERE stage_id = 'long'", "--json")
-    assert json.loads(final.stdout)[0]["n"] == 160
+    assert counts == sorted(counts)  # never going back
+    assert count() == 500
 
 
 BAD_GRAPHS = {
