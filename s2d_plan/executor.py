@@ -164,7 +164,7 @@ class _Executor:
             self._record_start()
             try:
                 self._loop()
-            except BaseException as exc:  # a bug or a third signal: leave no runner behind
+            except BaseException as exc:  # a bug, or the history failing: leave no runner behind
                 self._abandon(exc)
                 raise
             return self._finish(time.monotonic() - started)
