@@ -78,7 +78,8 @@ class _Search:
 
     def score(self, u: tuple[float, ...]) -> Candidate:
         q, cost, ok = self.project(u)
-        value = predict(self.ctx.student, self.ctx.rates, pipeline(self.ctx, self.s, q, self.lc.memory)).value
+        ctx = self.ctx
+        value = predict(ctx.student, ctx.rates, pipeline(ctx, self.s, q, self.lc.memory), ctx.k).value
         return Candidate(self.s, q, value if ok else -1.0, cost, ok)
 
     def local(self, rng: random.Random, n_random: int, record: list[Candidate]) -> tuple[tuple[float, ...], Candidate]:
@@ -169,7 +170,7 @@ def optuna_refine(ctx: Context, default: Structure, best_of: dict, record: list[
         search = searches[key]
         q = search.raw(u)
         cost = search.lc(q)
-        value = predict(ctx.student, ctx.rates, pipeline(ctx, s, q, search.lc.memory)).value
+        value = predict(ctx.student, ctx.rates, pipeline(ctx, s, q, search.lc.memory), ctx.k).value
         trial.set_constraint("gpu_hours_over_budget", cost - ctx.budget)
         study.tell(trial, value)
         feasible = cost <= ctx.budget
@@ -218,7 +219,7 @@ def search_random(ctx: Context, allowed: list[Structure], n: int, seed: int = 1,
         else:
             q = search.raw(u)
             cost = search.lc(q)
-            value = predict(ctx.student, ctx.rates, pipeline(ctx, s, q, search.lc.memory)).value
+            value = predict(ctx.student, ctx.rates, pipeline(ctx, s, q, search.lc.memory), ctx.k).value
             cand = Candidate(s, q, value, cost, cost <= ctx.budget)
         if cand.feasible and cand.value > best.value:
             best = cand

@@ -13,7 +13,8 @@ from typing import Any
 
 from s2d_plan import costs
 from s2d_plan.costs import CostConstants, Estimate
-from s2d_plan.outcome import Pipeline, Prediction, SolveRates, estimate_accuracy, predict
+from s2d_plan.outcome import (DEFAULT_OUTCOME, OutcomeConstants, Pipeline, Prediction, SolveRates, estimate_accuracy,
+                              predict)
 from s2d_plan.registry import GPUInfo, ModelInfo
 
 GROUPS = (4, 8, 16)
@@ -114,11 +115,13 @@ class Context:
     reuse: bool
     scale: Scale
     c: CostConstants = costs.DEFAULT_CONSTANTS
+    k: OutcomeConstants = DEFAULT_OUTCOME
     notes: list[str] = field(default_factory=list)
 
     @staticmethod
     def from_spec(spec: Any, evidence: dict[str, SolveRates] | None = None,
-                  constants: CostConstants = costs.DEFAULT_CONSTANTS) -> "Context":
+                  constants: CostConstants = costs.DEFAULT_CONSTANTS,
+                  outcome: OutcomeConstants = DEFAULT_OUTCOME) -> "Context":
         evidence = evidence or {}
         objective = spec.objective.eval
         student = spec.student.info
@@ -129,7 +132,7 @@ class Context:
         return Context(spec, student, evidence.get(spec.student.model) or estimate_accuracy(student, objective),
                        teachers, spec.compute.gpu_info, gpus, spec.compute.gpu_hours, spec.data.labeled.size,
                        max(pool, 1), spec.data.reuse_labels, Scale.for_plan(spec.compute.gpu_info, student),
-                       constants)
+                       constants, outcome)
 
     def eval_problems(self) -> int:
         return sum(e.size or self.scale.eval_default_size for e in self.spec.eval)
@@ -182,7 +185,7 @@ def pipeline(ctx: Context, s: Structure, q: Quantities, costs_: dict[str, Estima
 
 def evaluate(ctx: Context, s: Structure, q: Quantities) -> Allocation:
     est = stage_costs(ctx, s, q)
-    pred = predict(ctx.student, ctx.rates, pipeline(ctx, s, q, est))
+    pred = predict(ctx.student, ctx.rates, pipeline(ctx, s, q, est), ctx.k)
     return Allocation(s, q, pred, est, sum(e.gpu_hours for e in est.values()))
 
 

@@ -34,8 +34,10 @@ How a pipeline turns into accuracy (accuracies are fractions; N = parameters):
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 
 from s2d_plan.registry import ModelInfo, known_models, model_info
 
@@ -89,6 +91,56 @@ DEFAULT_ACCURACY = 0.3  # last resort at STUDENT_REF_B when no model anywhere ha
 # Logit of accuracy gained per e-fold of parameters in that last resort: the slope of the
 # registry's Qwen3 MATH-500 figures (1.7B -> 14.8B) and Llama MATH figures (~0.5-0.6).
 SIZE_LOGIT_SLOPE = 0.55
+
+
+@dataclass(frozen=True)
+class OutcomeConstants:
+    """The constants above as one value, so ``s2d-plan calibrate`` can refit some of them
+    (``<home>/calibration.json``, key ``"outcome"``, names in lower case)."""
+
+    k_cap: float = K_CAP
+    student_ref_b: float = STUDENT_REF_B
+    eta_rl: float = ETA_RL
+    eta_size_exp: float = ETA_SIZE_EXP
+    l_rl: float = L_RL
+    l_shape: float = L_SHAPE
+    delta_unshaped: float = DELTA_UNSHAPED
+    ratio_ref: float = RATIO_REF
+    rho_ref: float = RHO_REF
+    rho_exp: float = RHO_EXP
+    tau_bridge: float = TAU_BRIDGE
+    f_max: float = F_MAX
+    o_max: float = O_MAX
+    k_c: float = K_C
+    seq_kd_efficiency: float = SEQ_KD_EFFICIENCY
+    repeat_value: float = REPEAT_VALUE
+    replay_value: float = REPLAY_VALUE
+    r_boost: float = R_BOOST
+    lora_rl: float = LORA_RL
+    lora_kd: float = LORA_KD
+    band_floor: float = BAND_FLOOR
+    band_slope: float = BAND_SLOPE
+    band_estimated: float = BAND_ESTIMATED
+
+
+DEFAULT_OUTCOME = OutcomeConstants()
+
+
+def load_outcome_constants(home: str | Path | None) -> OutcomeConstants:
+    """Defaults, overridden by ``<home>/calibration.json`` {"outcome": {...}} when present.
+
+    >>> load_outcome_constants("/nonexistent").eta_rl == ETA_RL
+    True
+    """
+    if home is None:
+        return DEFAULT_OUTCOME
+    try:
+        raw = json.loads((Path(home) / "calibration.json").read_text()).get("outcome", {})
+    except (OSError, ValueError, AttributeError):
+        return DEFAULT_OUTCOME
+    known = {f.name for f in fields(OutcomeConstants)}
+    picked = {k: float(v) for k, v in raw.items() if k in known and isinstance(v, (int, float))}
+    return replace(DEFAULT_OUTCOME, **picked)
 
 
 # ---------------------------------------------------------------- Beta closed forms
@@ -232,31 +284,31 @@ def epoch_gain(epochs: float) -> float:
 
 
 def rl_gain(mu: float, kappa: float, params_b: float, labels: float, epochs: float, group: int,
-            readiness: float = 1.0) -> tuple[float, float]:
+            readiness: float = 1.0, k: OutcomeConstants = DEFAULT_OUTCOME) -> tuple[float, float]:
     """(accuracy gain, signal-bearing labels) of GRPO on a model at accuracy ``mu``."""
     if labels <= 0 or epochs <= 0:
         return 0.0, 0.0
     signal = labels * signal_yield(mu, kappa, group) * epoch_gain(epochs)
-    eta = min(1.0, ETA_RL * (params_b / STUDENT_REF_B) ** ETA_SIZE_EXP * readiness)
-    headroom = max(pass_at_k(mu, kappa, K_CAP) - mu, 0.0)
-    return eta * headroom * (1 - math.exp(-signal / L_RL)), signal
+    eta = min(1.0, k.eta_rl * (params_b / k.student_ref_b) ** k.eta_size_exp * readiness)
+    headroom = max(pass_at_k(mu, kappa, k.k_cap) - mu, 0.0)
+    return eta * headroom * (1 - math.exp(-signal / k.l_rl)), signal
 
 
-def _sat(x: float) -> float:
-    return 1 - math.exp(-max(x, 0.0) / TAU_BRIDGE)
+def _sat(x: float, k: OutcomeConstants) -> float:
+    return 1 - math.exp(-max(x, 0.0) / k.tau_bridge)
 
 
-def _distinct(rollouts: float, pool: int) -> float:
+def _distinct(rollouts: float, pool: int, k: OutcomeConstants) -> float:
     seen = min(rollouts, max(pool, 1))
-    return seen + REPEAT_VALUE * (rollouts - seen)
+    return seen + k.repeat_value * (rollouts - seen)
 
 
-def capacity_fraction(student: ModelInfo, teacher: ModelInfo) -> float:
+def capacity_fraction(student: ModelInfo, teacher: ModelInfo, k: OutcomeConstants = DEFAULT_OUTCOME) -> float:
     ratio = student.params_b / teacher.params_b
-    return min(0.95, RHO_REF * (ratio / RATIO_REF) ** RHO_EXP)
+    return min(0.95, k.rho_ref * (ratio / k.ratio_ref) ** k.rho_exp)
 
 
-def predict(student: ModelInfo, rates: SolveRates, p: Pipeline) -> Prediction:
+def predict(student: ModelInfo, rates: SolveRates, p: Pipeline, k: OutcomeConstants = DEFAULT_OUTCOME) -> Prediction:
     """Predicted objective accuracy of the final student, with a band.
 
     >>> from s2d_plan.registry import model_info
@@ -271,36 +323,37 @@ def predict(student: ModelInfo, rates: SolveRates, p: Pipeline) -> Prediction:
     if bridged:
         t = p.teacher
         tr = p.teacher_rates or SolveRates(0.5)
-        gain, signal = rl_gain(tr.mean, tr.kappa, t.params_b, p.teacher_labels, p.teacher_epochs, p.group_size)
-        gain *= LORA_RL if p.lora_teacher else 1.0
-        shaped = 1 - math.exp(-signal / L_SHAPE)
+        gain, signal = rl_gain(tr.mean, tr.kappa, t.params_b, p.teacher_labels, p.teacher_epochs, p.group_size, k=k)
+        gain *= k.lora_rl if p.lora_teacher else 1.0
+        shaped = 1 - math.exp(-signal / k.l_shape)
         teacher_acc = min(tr.mean + gain, 0.995)
-        target = teacher_acc - DELTA_UNSHAPED * (1 - shaped)
-        reach = capacity_fraction(student, t) * (target - s0)
-        kd = LORA_KD if p.lora_student else 1.0
+        target = teacher_acc - k.delta_unshaped * (1 - shaped)
+        reach = capacity_fraction(student, t, k) * (target - s0)
+        kd = k.lora_kd if p.lora_student else 1.0
         x_f = 0.0
         if p.fkl_rollouts > 0:
-            x_f = F_MAX * kd * (1.0 if p.fkl_token_level else SEQ_KD_EFFICIENCY) * _sat(_distinct(p.fkl_rollouts, p.pool))
+            level = 1.0 if p.fkl_token_level else k.seq_kd_efficiency
+            x_f = k.f_max * kd * level * _sat(_distinct(p.fkl_rollouts, p.pool, k), k)
         x_o = 0.0
         if p.opd_rollouts > 0 or p.replay_rollouts > 0:
-            cold = min(1.0, max(0.3, 1 - K_C * math.log(t.params_b / student.params_b)))
-            closeness = cold + (1 - cold) * (x_f / F_MAX)
-            amount = _distinct(p.opd_rollouts, p.pool) + REPLAY_VALUE * p.replay_rollouts
-            x_o = O_MAX * kd * closeness * _sat(amount)
+            cold = min(1.0, max(0.3, 1 - k.k_c * math.log(t.params_b / student.params_b)))
+            closeness = cold + (1 - cold) * (x_f / k.f_max)
+            amount = _distinct(p.opd_rollouts, p.pool, k) + k.replay_value * p.replay_rollouts
+            x_o = k.o_max * kd * closeness * _sat(amount, k)
         phi = 1 - (1 - x_f) * (1 - x_o)
         acc = s0 + phi * reach
         progress = phi * shaped
         parts.update(teacher=teacher_acc, teacher_signal=signal, shaped=shaped, bridged=acc)
     if p.student_labels > 0 and p.student_epochs > 0:
-        readiness = 1 + R_BOOST * progress
+        readiness = 1 + k.r_boost * progress
         gain, signal = rl_gain(acc, kappa, student.params_b, p.student_labels, p.student_epochs,
-                               p.group_size, readiness)
-        acc += gain * (LORA_RL if p.lora_student else 1.0)
+                               p.group_size, readiness, k)
+        acc += gain * (k.lora_rl if p.lora_student else 1.0)
         parts.update(student_signal=signal)
     acc = min(max(acc, 0.0), 1.0)
-    half = BAND_FLOOR + BAND_SLOPE * abs(acc - s0)
+    half = k.band_floor + k.band_slope * abs(acc - s0)
     if rates.estimated or (p.teacher_rates is not None and p.teacher_rates.estimated and bridged):
-        half += BAND_ESTIMATED
+        half += k.band_estimated
     if rates.source.startswith("probe"):
         half *= 0.6
     return Prediction(acc, max(acc - half, 0.0), min(acc + half, 1.0), parts)

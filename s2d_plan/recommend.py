@@ -19,7 +19,7 @@ from s2d_plan import costs
 from s2d_plan.allocator import Allocation, Context, SearchResult, allocate
 from s2d_plan.compiler import compile_graph, resolve
 from s2d_plan.graph import StageGraph
-from s2d_plan.outcome import SolveRates, rates_from_evidence, rl_gain, signal_yield
+from s2d_plan.outcome import SolveRates, load_outcome_constants, rates_from_evidence, rl_gain, signal_yield
 from s2d_plan.spec import PlanSpec, load_plan
 
 
@@ -54,7 +54,8 @@ def load_evidence(spec: PlanSpec, home: Path) -> dict[str, SolveRates]:
 
 def plan_and_search(spec: PlanSpec, trials: int | None = None) -> tuple[Context, SearchResult]:
     home = _home()
-    ctx = Context.from_spec(spec, load_evidence(spec, home), costs.load_constants(home))
+    ctx = Context.from_spec(spec, load_evidence(spec, home), costs.load_constants(home),
+                           load_outcome_constants(home))
     return ctx, allocate(ctx, trials)
 
 
@@ -181,7 +182,7 @@ def _student_reasons(ctx: Context, r: SearchResult) -> list[str]:
     if s.stage3:
         after = best.prediction.value - best.prediction.parts.get("bridged", ctx.rates.mean)
         cold = rl_gain(ctx.rates.mean, ctx.rates.kappa, ctx.student.params_b, q.student_labels, q.student_epochs,
-                       q.group_size)[0]
+                       q.group_size, k=ctx.k)[0]
         which = ("All" if not s.teacher_rl else "The other" if not ctx.reuse
                  else "All (reused, as the plan allows)")
         why = ("the bridged student is ready for sparse reward" if after > cold else

@@ -88,3 +88,14 @@ def test_probe_evidence_recovers_the_beta():
     assert fit.mean == pytest.approx(0.6, abs=0.04) and 0.8 < fit.kappa < 3
     assert fit.source.startswith("probe")
     assert o.rates_from_evidence(rows[:3]) is None
+
+
+def test_calibration_file_overrides_outcome_constants(tmp_path):
+    import json
+
+    assert o.load_outcome_constants(tmp_path) == o.DEFAULT_OUTCOME
+    (tmp_path / "calibration.json").write_text(json.dumps({"outcome": {"eta_rl": 0.3, "nonsense": 2}}))
+    k = o.load_outcome_constants(tmp_path)
+    assert k.eta_rl == 0.3 and k.f_max == o.F_MAX
+    pipe = o.Pipeline(student_labels=7500, student_epochs=2)
+    assert o.predict(STUDENT, o.SolveRates(0.73), pipe, k).value > o.predict(STUDENT, o.SolveRates(0.73), pipe).value
