@@ -11,7 +11,6 @@ prints the recommendation (or only the graph JSON with ``--json``).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,9 @@ from s2d_plan.spec import PlanSpec, load_plan
 
 
 def _home() -> Path:
-    return Path(os.environ.get("S2D_HOME") or "./.s2d")
+    from s2d_plan.paths import resolve_home  # --home / S2D_HOME / ./.s2d, as everywhere
+
+    return resolve_home(None)
 
 
 def load_evidence(spec: PlanSpec, home: Path) -> dict[str, SolveRates]:
