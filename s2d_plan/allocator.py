@@ -58,6 +58,8 @@ def structures(ctx: Context) -> list[Structure]:
     pins = ctx.spec.pins
     usable, notes = usable_teachers(ctx)
     ctx.notes.extend(notes)
+    for sid in sorted(set(pins.steps) & {"probe", "teacher_rollouts", "final_eval"}):
+        ctx.notes.append(f"pins.steps.{sid} is ignored: {sid} samples, it has no optimizer steps")
     if pins.teacher == "none":
         usable = []
     elif pins.teacher:
