@@ -252,6 +252,7 @@ def quantities(ctx: Context, s: Structure, b: Box, u: tuple[float, ...], group: 
     frac = lin(b.teacher_frac, u[0])
     t_labels = int(round(ctx.labels * frac)) if s.teacher_rl else 0
     if s.teacher_rl and s.stage3 and not ctx.reuse:
+        t_labels = min(max(t_labels, 1), ctx.labels - 1)  # both stages keep at least one label
         s_labels = ctx.labels - t_labels
     else:
         s_labels = ctx.labels if (s.stage3 or s.direct) else 0

@@ -70,14 +70,22 @@ def structures(ctx: Context) -> list[Structure]:
         bridges = ["fkl+opd", "opd", "fkl"] if shared else ["fkl"]
         if pins.bridge:
             bridges = [b for b in bridges if b == pins.bridge]
-        for rl in ([True, False] if ctx.labels > 0 else [False]):
+        labels_left = ctx.labels - (pins.teacher_labels if pins.teacher_labels is not None else 1)
+        # pinned Stage 1 labels mean a Stage 1: no raw-teacher variants then
+        rls = [False] if ctx.labels == 0 else [True] if pins.teacher_labels else [True, False]
+        for rl in rls:
             for bridge in bridges:
                 for stage3 in (False, True):
                     if stage3 and (ctx.labels == 0 or pins.stage3 is False):
                         continue
                     if not stage3 and pins.stage3 is True:
                         continue
-                    if rl and stage3 and not ctx.reuse and ctx.labels < 2:
+                    if rl and stage3 and not ctx.reuse and labels_left < 1:
+                        if pins.stage3:
+                            raise InfeasibleError(
+                                f"labels are short: Stage 3 is pinned on, but Stage 1 takes "
+                                f"{ctx.labels - labels_left:,} of the {ctx.labels:,} labels and reuse_labels is "
+                                f"off (short by at least 1 label; lower pins.teacher_labels or allow reuse)")
                         continue
                     out.append(Structure(name, rl, bridge, shared, stage3))
     if ctx.labels > 0 and not usable and pins.stage3 is not True:

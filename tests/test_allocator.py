@@ -183,3 +183,17 @@ def test_conflicting_pins_are_explained():
     spec = parse_plan(doc, source=str(path), base_dir=path.parent)
     with pytest.raises(InfeasibleError, match="tokenizer"):
         allocate(Context.from_spec(spec))
+
+
+def test_short_labels_are_named():
+    path = ROOT / "plans/budget.yaml"
+    doc = read_yaml(path)
+    doc.data["pins"] = {"teacher_labels": 7500, "stage3": True}
+    spec = parse_plan(doc, source=str(path), base_dir=path.parent)
+    with pytest.raises(InfeasibleError, match="labels are short"):
+        allocate(Context.from_spec(spec))
+    doc.data["pins"] = {"teacher_labels": 7500}
+    spec = parse_plan(doc, source=str(path), base_dir=path.parent)
+    ctx = Context.from_spec(spec)
+    graph = compile_graph(ctx, allocate(ctx))
+    assert rule_problems(spec, graph) == [] and "student_grpo" not in [s.id for s in graph.stages]
