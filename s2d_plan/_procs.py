@@ -100,11 +100,26 @@ def cmdline_mentions(pid: int, needle: str) -> bool:
 
 
 def kill_stale(pid: int | None, spec_path: str | None) -> bool:
-    """Kill the process group of a runner left by a dead executor, if it still runs."""
-    if pid and spec_path and pid_alive(pid) and cmdline_mentions(pid, spec_path):
-        signal_group(pid, signal.SIGKILL)
-        return True
-    return False
+    """Kill what is left of a runner whose executor died: every process of its process
+    group (the runner started it as session leader) that still runs our stage spec, so
+    torchrun/accelerate workers orphaned by their launcher's death go too."""
+    if not pid or not spec_path:
+        return False
+    killed = False
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            other = int(proc.name)
+            with open(proc / "stat") as f:
+                pgrp = int(f.read().rsplit(")", 1)[1].split()[2])
+        except (OSError, ValueError, IndexError):
+            continue
+        if pgrp == pid and cmdline_mentions(other, spec_path):
+            try:
+                os.kill(other, signal.SIGKILL)
+                killed = True
+            except (ProcessLookupError, PermissionError):
+                pass
+    return killed
 
 
 def log_tail(path: Path, lines: int = 20, max_bytes: int = 16384) -> str:

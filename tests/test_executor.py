@@ -222,3 +222,32 @@ def test_output_set_aside_by_a_dead_forced_run_is_reclaimed(write_graph, s2d_hom
     out.mkdir()  # a half-written new output
     assert run(graph, s2d_home).stages == {"a": "CACHED"}
     assert (out / "COMPLETE").exists() and not list((s2d_home / "stages").glob("*.replaced-*"))
+
+
+def test_orphaned_workers_of_a_dead_runner_are_killed(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from s2d_plan._procs import kill_stale, pid_alive
+
+    spec = str(tmp_path / "stage.1.spec.json")
+    # a launcher (session leader) whose worker outlives it, as torchrun's would
+    code = ("import subprocess, sys, time; "
+            f"subprocess.Popen([sys.executable, '-c', 'print(1, flush=True); import time; time.sleep(60)', {spec!r}]);"
+            " time.sleep(60)")
+    leader = subprocess.Popen([sys.executable, "-c", code, spec], start_new_session=True,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert leader.stdout.readline().strip() == "1"  # the worker is up
+        os.kill(leader.pid, signal.SIGKILL)
+        leader.wait()
+        assert kill_stale(leader.pid, spec)  # the worker, orphaned, still in the group
+        assert not kill_stale(leader.pid, spec)  # nothing left
+        assert not pid_alive(leader.pid)
+    finally:
+        try:
+            os.killpg(leader.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
