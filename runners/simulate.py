@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 import zlib
@@ -88,6 +89,8 @@ def run(spec: StageSpec, metrics: MetricWriter) -> dict:
         for i in range(4):
             f.write(json.dumps({"prompt": f"{spec.stage_id} prompt {i}", "completion": str(i)}) + "\n")
     (work / "inputs.json").write_text(json.dumps(spec.inputs, sort_keys=True))
+    (work / "device.json").write_text(json.dumps({"device": spec.device,
+                                                  "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES")}))
     evidence = p.get("evidence")
     if evidence:
         _write_evidence(work, spec.stage_id, evidence)

@@ -326,7 +326,9 @@ class _Executor:
                              pid=st.proc.pid, heartbeat=utcnow(), log_path=str(st.log_path),
                              metrics_path=str(metrics_path), metrics_offset=0, error=None)
         self.db.publish(force=True)
-        self.display.event(f"{s.id}: RUNNING attempt {st.attempt} (pid {st.proc.pid}): {shlex.join(argv)}")
+        short = (f" on {len(gpu_ids)} of the {s.resources.gpus} GPUs it asks for"
+                 if self.gpus and len(gpu_ids) < s.resources.gpus else "")
+        self.display.event(f"{s.id}: RUNNING attempt {st.attempt} (pid {st.proc.pid}){short}: {shlex.join(argv)}")
 
     def _poll(self, st: StageState) -> None:
         code = st.proc.poll()

@@ -251,3 +251,15 @@ def test_orphaned_workers_of_a_dead_runner_are_killed(tmp_path):
             os.killpg(leader.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def test_gpus_are_shared_out_and_never_oversubscribed(write_graph, s2d_home):
+    graph = write_graph([sim_stage(f"s{i}", steps=4, sleep_s=0.1) for i in range(3)]
+                        + [sim_stage("wide", ("s0", "s1", "s2"), steps=1, resources={"gpus": 4})])
+    assert run(graph, s2d_home, gpus=2).exit_code == 0
+    spans = rows(s2d_home, "SELECT stage_id, start_time, end_time, output_dir FROM stages ORDER BY start_time")
+    devices = {sid: json.loads((Path(out) / "device.json").read_text()) for sid, _, _, out in spans}
+    assert {devices[f"s{i}"]["CUDA_VISIBLE_DEVICES"] for i in range(3)} == {"0", "1"}
+    assert devices["wide"] == {"device": "cuda", "CUDA_VISIBLE_DEVICES": "0,1"}  # capped at what exists
+    for _, start, _, _ in spans:  # at no start time do more than two 1-GPU stages overlap
+        assert sum(1 for sid, s, e, _ in spans if sid != "wide" and s <= start < e) <= 2
