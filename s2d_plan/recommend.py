@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from s2d_plan import costs
+from s2d_plan._space import MAX_EPOCHS, MAX_PASSES
 from s2d_plan.allocator import Allocation, Context, SearchResult, allocate
 from s2d_plan.compiler import compile_graph, resolve
 from s2d_plan.graph import StageGraph
@@ -117,6 +118,10 @@ def rationale(ctx: Context, r: SearchResult) -> list[str]:
     """Plain-words reasons, each tied to the reward-density principle."""
     s = r.best.structure
     out = _teacher_reasons(ctx, r) + _bridge_reasons(ctx, r) + _student_reasons(ctx, r)
+    if r.best.gpu_hours < 0.5 * ctx.budget and (s.teacher or s.direct):
+        out.append(f"Only {r.best.gpu_hours:.3g} of {ctx.budget:.3g} GPU-hours are planned: past this point every "
+                   f"stage is at its search bound ({MAX_EPOCHS:g} epochs, {MAX_PASSES:g} passes over the prompts) or "
+                   "saturated, so labels, not compute, are the binding budget.")
     if s.probe:
         out.append("A probe first measures the student's per-prompt solve rates on the labels: the top choices are "
                    "within the prediction band, and its evidence sharpens the next recommend.")
