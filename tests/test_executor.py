@@ -7,7 +7,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import sim_stage
+from conftest import sim_stage, wait_for
 
 from s2d_plan._display import PlainDisplay
 from s2d_plan.executor import cache_keys, execute_graph
@@ -244,7 +244,7 @@ def test_orphaned_workers_of_a_dead_runner_are_killed(tmp_path):
         os.kill(leader.pid, signal.SIGKILL)
         leader.wait()
         assert kill_stale(leader.pid, spec)  # the worker, orphaned, still in the group
-        assert not kill_stale(leader.pid, spec)  # nothing left
+        wait_for(lambda: not kill_stale(leader.pid, spec), timeout=10)  # nothing left once it is gone
         assert not pid_alive(leader.pid)
     finally:
         try:
