@@ -344,6 +344,10 @@ def run_list_runs(home: str | Path | None = None) -> None:
     """`s2d-plan runs`: every run, newest first, with stage counts and GPU-hours."""
     from s2d_plan._output import print_rows
 
+    home = resolve_home(home)
+    if not db_path(home).exists():
+        print(f"no runs yet (no history at {db_path(home)})")
+        return
     cols, rows = query("""
         SELECT r.run_id, r.plan, r.status, strftime(r.start_time, '%Y-%m-%d %H:%M:%S') AS started,
                round(epoch(coalesce(r.end_time, now()::TIMESTAMP) - r.start_time), 1) AS seconds,

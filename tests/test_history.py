@@ -71,6 +71,8 @@ def test_runs_and_show(finished_run, cli):
 def test_no_history_is_a_clear_error(cli, s2d_home):
     proc = cli("history", "SELECT 1")
     assert proc.returncode == 2 and "no history at" in proc.stderr
+    runs = cli("runs")
+    assert runs.returncode == 0 and runs.stdout.startswith("no runs yet")
     assert load_evidence(s2d_home, "any/model") == []
 
 
