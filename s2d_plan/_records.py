@@ -139,10 +139,10 @@ def recover_stale(db: HistoryWriter, home: Path, new_run: str) -> list[str]:
     report = []
     stale = db.query("""
         SELECT s.run_id, s.stage_id, s.attempt, s.cache_key, s.pid, s.heartbeat, s.metrics_path,
-               coalesce(s.metrics_offset, 0), s.log_path, s.start_time, s.gpus, r.pid, r.host
+               coalesce(s.metrics_offset, 0), s.log_path, s.start_time, s.gpus, r.pid, r.host, s.output_dir
         FROM stages s JOIN runs r USING (run_id) WHERE s.status = 'RUNNING'""")
     for (run_id, stage_id, attempt, key, pid, heartbeat, metrics_path, offset, log_path, start, gpus,
-         executor_pid, host) in stale:
+         executor_pid, host, output_dir) in stale:
         _refuse_if_alive(run_id, executor_pid, host, heartbeat)
         killed = _procs.kill_stale(pid, str(attempt_file(home, run_id, stage_id, attempt or 0, "spec.json")))
         if metrics_path:  # what the runner wrote after the last flush is still on disk
@@ -155,10 +155,12 @@ def recover_stale(db: HistoryWriter, home: Path, new_run: str) -> list[str]:
                                [run_id, stage_id, attempt])[0][0]
         end = max([t for t in (heartbeat, last_metric) if t is not None], default=utcnow())
         wall = (end - start).total_seconds() if start else None  # up to the last sign of life
-        db.update_stage(run_id, stage_id, status="FAILED", end_time=end, wall_s=wall,
+        # the runner may have completed its output just before its executor died
+        status = "FINISHED" if output_dir and is_complete(output_dir) else "FAILED"
+        db.update_stage(run_id, stage_id, status=status, end_time=end, wall_s=wall,
                         gpu_hours=None if wall is None else wall / 3600 * (gpus or 0),
-                        error=why + ("\n--- log tail ---\n" + log if log else ""))
-        report.append(f"{stage_id}: left RUNNING by run {run_id}, marked FAILED ({why})")
+                        error=None if status == "FINISHED" else why + ("\n--- log tail ---\n" + log if log else ""))
+        report.append(f"{stage_id}: left RUNNING by run {run_id}, marked {status} ({why})")
     for (run_id,) in db.query("SELECT run_id FROM runs WHERE status IN ('RUNNING', 'SCHEDULED')"):
         db.execute("UPDATE stages SET status = 'SKIPPED', error = 'not started: the executor died' "
                    "WHERE run_id = ? AND status = 'PENDING'", [run_id])
