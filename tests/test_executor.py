@@ -263,3 +263,21 @@ def test_gpus_are_shared_out_and_never_oversubscribed(write_graph, s2d_home):
     assert devices["wide"] == {"device": "cuda", "CUDA_VISIBLE_DEVICES": "0,1"}  # capped at what exists
     for _, start, _, _ in spans:  # at no start time do more than two 1-GPU stages overlap
         assert sum(1 for sid, s, e, _ in spans if sid != "wide" and s <= start < e) <= 2
+
+
+def test_stage_that_completed_as_its_executor_died_is_finished(write_graph, s2d_home):
+    import datetime as dt
+
+    from s2d_plan.history import HistoryWriter, utcnow
+
+    graph = write_graph([sim_stage("a", steps=2)])
+    first = run(graph, s2d_home)
+    db = HistoryWriter(s2d_home)  # rewind the history to "RUNNING" as a kill -9 would leave it
+    try:
+        db.update_stage(first.run_id, "a", status="RUNNING", heartbeat=utcnow() - dt.timedelta(minutes=5))
+        db.update_run(first.run_id, status="RUNNING", host="elsewhere")
+    finally:
+        db.close()
+    second = run(graph, s2d_home)
+    assert second.stages == {"a": "CACHED"}
+    assert rows(s2d_home, "SELECT status, error FROM stages WHERE run_id = ?", [first.run_id]) == [("FINISHED", None)]
