@@ -107,6 +107,7 @@ class HistoryWriter:
         self._last_snapshot = 0.0
         self._snapshot_cost = 0.0
         self._base_id: str | None = None
+        self._publish_failed = False
         self.live_run: str | None = None
         _WRITERS[self.path] = self
 
@@ -181,10 +182,17 @@ class HistoryWriter:
         if not force and (not self._dirty or now - self._last_snapshot < max(SNAPSHOT_EVERY_S, 3 * self._snapshot_cost)):
             return False
         started = time.monotonic()
-        if self.live_run and self._base_id:
-            _snapshots.publish_live(self.con, self.home, self._base_id, self.live_run)
-        else:
-            self._base_id = _snapshots.publish_base(self.con, self._catalog, self.home)
+        try:
+            if self.live_run and self._base_id:
+                _snapshots.publish_live(self.con, self.home, self._base_id, self.live_run)
+            else:
+                self._base_id = _snapshots.publish_base(self.con, self._catalog, self.home)
+        except (duckdb.Error, OSError) as exc:  # readers get staler; the run must not fail
+            if not self._publish_failed:
+                print(f"warning: could not publish the history snapshot: {exc}", file=sys.stderr)
+            self._publish_failed = True
+            self._last_snapshot = time.monotonic()
+            return False
         self._snapshot_cost = time.monotonic() - started
         self._last_snapshot = time.monotonic()
         self._dirty = False
