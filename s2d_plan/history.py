@@ -170,7 +170,8 @@ class HistoryWriter:
     # -- snapshots (see s2d_plan._snapshots) -----------------------------------------
     def begin_live(self, run_id: str) -> None:
         """Publish the whole history once; from now on publish only ``run_id``'s rows."""
-        self._base_id = _snapshots.publish_base(self.con, self._catalog, self.home)
+        self.live_run = None
+        self.publish(force=True)  # the whole history as the base (guarded: never fails the run)
         _snapshots.drop_live(self.home)
         self.live_run = run_id
         self._dirty = True
