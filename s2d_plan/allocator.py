@@ -30,12 +30,14 @@ from typing import Any
 from s2d_plan._search import MIN_GAIN, Candidate, _Search, optuna_refine, priced, search_random, trial_rows
 from s2d_plan._space import (MIN_STEPS, Allocation, Context, LinearCost, Quantities, Scale, Structure, box,
                              evaluate, pipeline, stage_costs)
+from s2d_plan import costs
 from s2d_plan.errors import InfeasibleError
 
 __all__ = ["MIN_STEPS", "Allocation", "Context", "Quantities", "Scale", "SearchResult", "Structure", "allocate",
            "default_structure", "evaluate", "pipeline", "random_search", "stage_costs", "structures"]
 
 PROBE_BUDGET_FRACTION = 0.02  # a probe is worth at most this share of the GPU-hours
+TOP_STRUCTURES = 4  # structures whose other group sizes are searched too
 
 
 # ---------------------------------------------------------------- structures
@@ -73,8 +75,10 @@ def structures(ctx: Context) -> list[Structure]:
         if pins.bridge:
             bridges = [b for b in bridges if b == pins.bridge]
         labels_left = ctx.labels - (pins.teacher_labels if pins.teacher_labels is not None else 1)
-        # pinned Stage 1 labels mean a Stage 1: no raw-teacher variants then
-        rls = [False] if ctx.labels == 0 else [True] if pins.teacher_labels else [True, False]
+        # A raw teacher only where Stage 1 cannot happen (no labels, or GRPO on it fits no
+        # GPU memory): otherwise a token raw bridge would only be a way to spend labels on
+        # an essentially cold student.
+        rls = [False] if ctx.labels == 0 else [True] if (pins.teacher_labels or _rl_fits(ctx, name)) else [False]
         for rl in rls:
             for bridge in bridges:
                 for stage3 in (False, True):
@@ -97,6 +101,12 @@ def structures(ctx: Context) -> list[Structure]:
     if ctx.labels == 0 or not out:
         out.append(Structure())  # nothing worth training: evaluate the student as is
     return out
+
+
+def _rl_fits(ctx: Context, name: str) -> bool:
+    sc = ctx.scale
+    return costs.grpo_cost(ctx.teachers[name][0], ctx.gpu, ctx.gpus, sc.prompts_per_step, 8, sc.prompt_len,
+                           sc.max_new, sc.prompts_per_step, c=ctx.c).fits
 
 
 def _pin_conflict(ctx: Context, notes: list[str]) -> str:
@@ -149,28 +159,16 @@ def allocate(ctx: Context, trials: int | None = None, seed: int | None = None) -
     infeasible: dict[str, str] = {}
     shortfalls: list[tuple[str, float, str]] = []  # (budget, short by, sentence)
     n_random = 12 if len(allowed) > 6 else 24
+    state = _LocalState(rng, n_random, record, best_of, infeasible, shortfalls)
+    # every structure at the usual group size, then the other group sizes for the best few
     for s in allowed:
+        groups = box(ctx, s).groups
+        _search_structure(ctx, s, 8 if 8 in groups else groups[0], state)
+    leaders = sorted(best_of, key=lambda x: -best_of[x][0].value)[:TOP_STRUCTURES]
+    for s in leaders:
         for group in box(ctx, s).groups:
-            s, lc, bad = priced(ctx, s, group)
-            if bad:
-                sid, est = bad
-                usable = ctx.gpu.memory_gb * ctx.c.mem_headroom
-                infeasible[s.label] = (f"stage {sid} needs {est.need_gb:.1f} GB per GPU with its leanest strategy; "
-                                       f"a {ctx.gpu.name} gives {usable:.1f} GB")
-                shortfalls.append(("GPU memory", est.need_gb - usable, f"{s.label}: {infeasible[s.label]}"))
-                break
-            search = _Search(ctx, s, group, lc)
-            u, cand = search.local(rng, n_random, record)
-            if not cand.feasible:
-                floor = lc(search.raw((u[0], 0, 0, 0, 0)))
-                infeasible.setdefault(s.label, f"needs at least {floor:.3g} GPU-hours at minimum steps")
-                shortfalls.append(("GPU-hours", floor - ctx.budget,
-                                   f"the cheapest allocation ({s.label}) needs {floor:.3g} GPU-hours at minimum "
-                                   f"steps; the plan has {ctx.budget:.3g}"))
-                continue
-            infeasible.pop(s.label, None)
-            if s not in best_of or cand.value > best_of[s][0].value:
-                best_of[s] = (cand, search, u)
+            if group != best_of[s][1].group:
+                _search_structure(ctx, s, group, state)
     if not best_of:
         raise InfeasibleError(_shortfall_message(ctx, shortfalls))
     n_local = len(record)
@@ -186,11 +184,45 @@ def allocate(ctx: Context, trials: int | None = None, seed: int | None = None) -
     finals.sort(key=lambda a: -a.prediction.value)
     top = finals[0].prediction.value
     # where structures tie (the outcome model is flat), the paper's recipe wins the tie
-    finals.sort(key=lambda a: (a.prediction.value < top - MIN_GAIN, a.structure != default, -a.prediction.value))
+    lead = next((a for a in finals if a.structure == default and a.prediction.value >= top - MIN_GAIN), finals[0])
+    finals = [lead] + [a for a in finals if a is not lead]
     best = _maybe_probe(ctx, finals)
     base = _baseline(ctx, rng)
     info = {"structures": len(allowed), "local_evaluations": n_local, "optuna": optuna_info}
     return SearchResult(best, finals[1:], base, infeasible, trial_rows(record), list(dict.fromkeys(ctx.notes)), info)
+
+
+@dataclass
+class _LocalState:
+    rng: random.Random
+    n_random: int
+    record: list[Candidate]
+    best_of: dict[Structure, tuple[Candidate, _Search, tuple]]
+    infeasible: dict[str, str]
+    shortfalls: list[tuple[str, float, str]]  # (budget, short by, sentence)
+
+
+def _search_structure(ctx: Context, s: Structure, group: int, st: _LocalState) -> None:
+    """Local search of one structure at one group size; record why it cannot run if so."""
+    s, lc, bad = priced(ctx, s, group)
+    if bad:
+        sid, est = bad
+        usable = ctx.gpu.memory_gb * ctx.c.mem_headroom
+        st.infeasible[s.label] = (f"stage {sid} needs {est.need_gb:.1f} GB per GPU with its leanest strategy; "
+                                  f"a {ctx.gpu.name} gives {usable:.1f} GB")
+        st.shortfalls.append(("GPU memory", est.need_gb - usable, f"{s.label}: {st.infeasible[s.label]}"))
+        return
+    search = _Search(ctx, s, group, lc)
+    u, cand = search.local(st.rng, st.n_random, st.record)
+    if not cand.feasible:
+        floor = lc(search.raw((u[0], 0, 0, 0, 0)))
+        st.infeasible.setdefault(s.label, f"needs at least {floor:.3g} GPU-hours at minimum steps")
+        st.shortfalls.append(("GPU-hours", floor - ctx.budget, f"the cheapest allocation ({s.label}) needs "
+                              f"{floor:.3g} GPU-hours at minimum steps; the plan has {ctx.budget:.3g}"))
+        return
+    st.infeasible.pop(s.label, None)
+    if s not in st.best_of or cand.value > st.best_of[s][0].value:
+        st.best_of[s] = (cand, search, u)
 
 
 def _shortfall_message(ctx: Context, shortfalls: list[tuple[str, float, str]]) -> str:
