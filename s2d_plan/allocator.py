@@ -164,7 +164,10 @@ def allocate(ctx: Context, trials: int | None = None, seed: int | None = None) -
     for s in allowed:
         groups = box(ctx, s).groups
         _search_structure(ctx, s, 8 if 8 in groups else groups[0], state)
-    leaders = sorted(best_of, key=lambda x: -best_of[x][0].value)[:TOP_STRUCTURES]
+    ranked = sorted(best_of, key=lambda x: -best_of[x][0].value)
+    # the leaders, and every variant of the leader's teacher (the rationale compares them)
+    leaders = ranked[:TOP_STRUCTURES] + [x for x in ranked[TOP_STRUCTURES:] if ranked and
+                                         (x.teacher, x.teacher_rl) == (ranked[0].teacher, ranked[0].teacher_rl)]
     for s in leaders:
         for group in box(ctx, s).groups:
             if group != best_of[s][1].group:
