@@ -128,6 +128,9 @@ def build(out_dir: str | Path, seed: int = 0, teacher_steps: int = 300, student_
     out = Path(out_dir)
     if (out / "BUILT").exists():
         return out
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     torch.set_num_threads(min(2, torch.get_num_threads()))
     t0 = time.time()
     rng = random.Random(seed)

@@ -244,3 +244,72 @@ def test_every_kind_through_the_executor(tiny, tmp_path):
                                 ("teacher_rollouts", "rollout/samples", 0)]:
         assert have.get((stage_id, key)) == step, (stage_id, key)
     assert evidence == (4, 16)
+
+
+# --------------------------------------------------------------------------- data, watchdog, estimators (no models)
+
+
+def test_data_formats_and_field_mapping(tmp_path):
+    import csv
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets import Dataset
+
+    from runners.data import DataError, load_labeled, load_prompts
+
+    rows = [{"q": f"What is {i} + 1?", "a": str(i + 1)} for i in range(10)]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
+    with open(tmp_path / "d.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, ["q", "a"])
+        w.writeheader()
+        w.writerows(rows)
+    Dataset.from_list(rows).save_to_disk(str(tmp_path / "d_disk"))
+    for src in ("d.jsonl", "d.parquet", "d.csv", "d_disk"):
+        got = load_labeled({"source": str(tmp_path / src), "problem_field": "q", "answer_field": "a",
+                            "offset": 2, "count": 3})
+        assert got == [{"problem": rows[i]["q"], "answer": rows[i]["a"], "index": i} for i in (2, 3, 4)], src
+    assert load_prompts({"source": str(tmp_path / "d.jsonl"), "prompt_field": "q", "count": 1})[0]["index"] == 0
+    with pytest.raises(DataError, match="no problem field 'problem'"):
+        load_labeled({"source": str(tmp_path / "d.jsonl"), "problem_field": "problem", "answer_field": "a"})
+    with pytest.raises(DataError, match=r"slice \[8, 13\) is outside its 10 rows"):
+        load_labeled({"source": str(tmp_path / "d.jsonl"), "problem_field": "q", "answer_field": "a",
+                      "offset": 8, "count": 5})
+
+
+def test_hub_id_without_network_is_a_clear_error(monkeypatch):
+    from runners.data import DataError, load_rows
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataError, match="(?s)hub cannot be reached.*save_to_disk"):
+        load_rows("HuggingFaceH4/MATH-500")
+
+
+def test_zero_reward_watchdog_warns(capsys, tmp_path):
+    from runners._train import ZeroRewardWatchdog
+    from runners.common import MetricWriter
+    from runners.verifier import Verdict
+
+    writer = MetricWriter(tmp_path / "m.jsonl")
+    dog = ZeroRewardWatchdog(writer, patience=3)
+    zero = [Verdict(0.0, "no_answer")] * 4
+    assert not dog.update(1, zero, ["text"] * 4) and not dog.update(2, zero, ["text"] * 4)
+    assert not dog.update(3, zero, [""] * 4)  # empty completions are a different problem: the run resets
+    for step in (4, 5):
+        dog.update(step, zero, ["text"] * 4)
+    assert dog.update(6, zero, ["text"] * 4)
+    writer.close()
+    assert "scored every completion 0 for 3 batches" in capsys.readouterr().err
+    assert "verifier/zero_reward_alarm" in (tmp_path / "m.jsonl").read_text()
+
+
+def test_signal_yield_estimators():
+    from runners._train import signal_yield as batch_yield
+    from runners.probe import signal_yield
+
+    assert signal_yield(0, 8) == 0 and signal_yield(8, 8) == 0
+    assert signal_yield(4, 8) == 1.0  # all 8 samples drawn: 4 right, 4 wrong, always mixed
+    assert signal_yield(4, 16) == pytest.approx(1 - 495 / 12870)  # C(4,8)=0, C(12,8)=495, C(16,8)=12870
+    assert signal_yield(1, 2) == pytest.approx(1 - 2 * 0.5 ** 8)  # fewer samples than G: plug-in
+    assert batch_yield([0, 0, 1, 1, 2, 2], [1, 0, 1, 1, 0, 0]) == pytest.approx(1 / 3)
