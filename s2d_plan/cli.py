@@ -141,7 +141,9 @@ def calibrate(
     home: Optional[Path] = typer.Option(None, "--home", envvar="S2D_HOME", help="Where history lives (default ./.s2d)."),
 ) -> None:
     """Fit the outcome and cost models' constants to the runs in the history."""
-    raise S2DError("calibrate is not built yet (issue 6: tinyworld and calibration)")
+    from s2d_plan.calibrate import run_calibrate
+
+    run_calibrate(home)
 
 
 @app.command("reward-check")

@@ -87,6 +87,11 @@ def run_recommend(plan: Path, json_out: bool = False, output: Path | None = None
         print(text)
         return
     print(render(ctx, result, graph))
+    from s2d_plan.calibrate import describe
+
+    calibrated = describe(_home())
+    if calibrated:
+        print("\n" + calibrated)
     if output is not None:
         print(f"\nstage graph written to {output} (run it: s2d-plan execute {output})")
     if plot is not None:
@@ -107,7 +112,15 @@ def _meta(ctx: Context, r: SearchResult) -> dict[str, Any]:
             "rationale": rationale(ctx, r), "alternatives": [row(a) for a in r.alternatives],
             "baseline": row(r.baseline) if r.baseline else None, "infeasible": r.infeasible, "notes": r.notes,
             "solve_rates": {k: {"mean": round(v.mean, 4), "kappa": v.kappa, "source": v.source} for k, v in rates.items()},
-            "budget_gpu_hours": ctx.budget, "search": r.search, "trials": r.trials}
+            "budget_gpu_hours": ctx.budget, "search": r.search, "trials": r.trials,
+            "outcome_inputs": _outcome_inputs(ctx, r.best)}  # what `calibrate` refits against
+
+
+def _outcome_inputs(ctx: Context, a: Allocation) -> dict[str, Any]:
+    from s2d_plan._space import pipeline
+    from s2d_plan.calibrate import outcome_inputs
+
+    return outcome_inputs(ctx.student, ctx.rates, pipeline(ctx, a.structure, a.quantities, a.costs))
 
 
 def _short(name: str) -> str:

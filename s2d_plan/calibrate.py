@@ -1,0 +1,329 @@
+"""`s2d-plan calibrate`: refit the outcome model (and the cost model's speed) to finished runs.
+
+Every graph the planner compiles records the exact inputs of its prediction in
+``meta["outcome_inputs"]`` (student size and solve rates, teacher, and the ``Pipeline``
+quantities: labels, epochs, rollouts, replay); the benchmark's hand-built graphs record
+the same. A finished run pairs those inputs with what its final eval measured
+(``eval/<objective>/avg@k`` of the graph's last eval stage, read from ``metrics_latest``
+through the stage's cache key, so a CACHED eval counts once, for the run that computed
+it). The fit is bounded least squares (scipy) on the prediction error in accuracy points:
+
+- only constants the observed runs are sensitive to are freed (a finite-difference
+  Jacobian at the current constants; the most sensitive first, at most one fewer than
+  the distinct runs, at most ``MAX_FREE``), the rest keep their values;
+- a weak pull toward the current values (``PRIOR``, in log-ratio units) keeps constants
+  that the data barely identify where they were instead of letting them wander;
+- amounts (rollouts and labels at which effects saturate) are fitted on a log scale.
+
+Costs: the measured GPU-hours of every stage that ran (not CACHED) over its estimate give
+one time factor, applied to every speed constant of the cost model at once (so every
+estimate scales by it); the per-kind ratios are stored beside it for inspection.
+
+The fit goes to ``<home>/calibration.json`` (keys ``"outcome"`` and ``"costs"``, read by
+``load_outcome_constants`` / ``costs.load_constants``; ``"fit"`` says how it was made).
+
+    >>> report = calibrate(".s2d")          # doctest: +SKIP
+    >>> report["fit"]["rmse_after"] < report["fit"]["rmse_before"]   # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from s2d_plan import costs
+from s2d_plan.errors import S2DError
+from s2d_plan.outcome import OutcomeConstants, Pipeline, SolveRates, load_outcome_constants, predict
+from s2d_plan.registry import ModelInfo
+
+MIN_RUNS = 3  # distinct finished runs (with outcome inputs and a measured eval) needed to fit anything
+MAX_FREE = 6
+PRIOR = 0.02  # weight of the pull toward current values, per unit of log-ratio (in accuracy units)
+# constant -> (lower, upper, log scale): what calibrate may move, and within which bounds
+FITTABLE: dict[str, tuple[float, float, bool]] = {
+    "eta_rl": (1e-3, 1.0, True),
+    "l_rl": (1.0, 1e6, True),
+    "delta_unshaped": (0.0, 0.6, False),
+    "l_shape": (1.0, 1e6, True),
+    "rho_ref": (0.02, 0.95, False),
+    "tau_bridge": (10.0, 1e7, True),
+    "f_max": (0.01, 1.0, False),
+    "o_max": (0.01, 1.0, False),
+    "k_c": (0.0, 0.7, False),
+    "replay_value": (0.0, 1.0, False),
+    "r_boost": (0.0, 10.0, False),
+}
+_COST_SPEED_UP = ("mfu_train", "gen_bandwidth_eff", "gen_compute_eff", "load_gbs")  # divide by the factor
+_COST_SLOW_DOWN = ("decode_step_s", "stage_startup_s")  # multiply by it
+
+
+# ---------------------------------------------------------------- what a graph predicted from
+
+
+def outcome_inputs(student: ModelInfo, rates: SolveRates, p: Pipeline) -> dict[str, Any]:
+    """The inputs of one ``predict`` call as JSON (a graph's ``meta["outcome_inputs"]``)."""
+    pipe = {f.name: getattr(p, f.name) for f in dataclasses.fields(Pipeline)
+            if f.name not in ("teacher", "teacher_rates")}
+    out: dict[str, Any] = {"student": _model(student), "rates": _rates(rates), "pipeline": pipe,
+                           "teacher": _model(p.teacher) if p.teacher else None,
+                           "teacher_rates": _rates(p.teacher_rates) if p.teacher_rates else None}
+    return out
+
+
+def _model(m: ModelInfo) -> dict[str, Any]:
+    return m.model_dump(mode="json", exclude={"accuracy"})
+
+
+def _rates(r: SolveRates) -> dict[str, Any]:
+    return {"mean": r.mean, "kappa": r.kappa, "source": r.source, "estimated": r.estimated}
+
+
+def inputs_from_meta(d: dict[str, Any]) -> tuple[ModelInfo, SolveRates, Pipeline]:
+    teacher = ModelInfo(**d["teacher"]) if d.get("teacher") else None
+    trates = SolveRates(**d["teacher_rates"]) if d.get("teacher_rates") else None
+    return ModelInfo(**d["student"]), SolveRates(**d["rates"]), Pipeline(teacher=teacher, teacher_rates=trates,
+                                                                          **d["pipeline"])
+
+
+@dataclass(frozen=True)
+class Observation:
+    run_id: str
+    key: str  # the outcome inputs as canonical JSON (runs with equal keys are one configuration)
+    label: str  # the run's structure (meta["structure"] or its plan name)
+    metric: str  # e.g. eval/tinyworld/avg@8
+    measured: float
+    student: ModelInfo
+    rates: SolveRates
+    pipeline: Pipeline
+
+    def predicted(self, k: OutcomeConstants) -> float:
+        return predict(self.student, self.rates, self.pipeline, k).value
+
+
+def observations(home: str | Path) -> tuple[list[Observation], dict[str, int]]:
+    """Finished runs with outcome inputs and a measured final eval; counts of runs skipped, by reason."""
+    from s2d_plan.history import query
+    from s2d_plan.paths import db_path, resolve_home
+
+    home = resolve_home(home)
+    if not db_path(home).exists():
+        return [], {}
+    _, runs = query("SELECT run_id, graph FROM runs WHERE status = 'FINISHED' ORDER BY start_time", home)
+    # the last step of each eval metric of every stage, through cache keys (CACHED stages included)
+    _, evals = query("""SELECT s.run_id, s.stage_id, s.cache_key, m.key, arg_max(m.value, m.step) FROM stages s
+                        JOIN metrics_latest m ON m.stage_id = s.stage_id AND m.cache_key = s.cache_key
+                        WHERE s.status IN ('FINISHED', 'CACHED') AND m.key LIKE 'eval/%/avg@%'
+                        GROUP BY ALL""", home)
+    by_run: dict[str, dict[str, list[tuple[str, str, float]]]] = {}
+    for run_id, stage_id, key_, metric, value in evals:
+        if value is not None:
+            by_run.setdefault(run_id, {}).setdefault(stage_id, []).append((metric, key_, float(value)))
+    out: list[Observation] = []
+    skipped: dict[str, int] = {}
+    seen: set[str] = set()
+
+    def skip(why: str) -> None:
+        skipped[why] = skipped.get(why, 0) + 1
+
+    for run_id, text in runs:
+        try:
+            graph = json.loads(text) if text else {}
+        except ValueError:
+            skip("graph not readable")
+            continue
+        meta = graph.get("meta") or {}
+        if not meta.get("outcome_inputs"):
+            skip("no outcome inputs in its graph (not compiled by recommend or the benchmark)")
+            continue
+        objective = (graph.get("predicted") or {}).get("eval") or meta.get("objective")
+        measured = by_run.get(run_id, {})
+        # the objective's avg@k from the last stage (graph order) that measured it
+        found = None
+        for st in graph.get("stages", []):
+            k = (st.get("params") or {}).get("k")
+            for metric, key_, value in measured.get(st.get("id"), []):
+                if metric.startswith(f"eval/{objective}/avg@") and (k is None or metric.endswith(f"@{k}")):
+                    found = (key_, value, metric)
+        if not objective or found is None:
+            skip(f"no eval/{objective}/avg@k measured")
+            continue
+        if found[0] in seen:
+            skip("its final eval was already counted (a cached rerun)")
+            continue
+        seen.add(found[0])
+        student, rates, pipe = inputs_from_meta(meta["outcome_inputs"])
+        out.append(Observation(run_id, json.dumps(meta["outcome_inputs"], sort_keys=True),
+                               str(meta.get("structure") or graph.get("plan")), found[2], found[1], student, rates, pipe))
+    return out, skipped
+
+
+# ---------------------------------------------------------------- the fit
+
+
+def _to_x(name: str, value: float) -> float:
+    lo, hi, log = FITTABLE[name]
+    v = min(max(value, lo), hi)
+    return math.log(v) if log else v
+
+
+def _from_x(name: str, x: float) -> float:
+    return math.exp(x) if FITTABLE[name][2] else x
+
+
+def _bounds(name: str) -> tuple[float, float]:
+    lo, hi, log = FITTABLE[name]
+    return (math.log(lo), math.log(hi)) if log else (lo, hi)
+
+
+def rmse(obs: list[Observation], k: OutcomeConstants) -> float:
+    return math.sqrt(sum((o.predicted(k) - o.measured) ** 2 for o in obs) / max(len(obs), 1))
+
+
+def sensitive_constants(obs: list[Observation], k: OutcomeConstants) -> list[tuple[str, float]]:
+    """(name, norm of d prediction / d x over the runs), most sensitive first, zeros dropped."""
+    out = []
+    base = [o.predicted(k) for o in obs]
+    for name in FITTABLE:
+        x = _to_x(name, getattr(k, name))
+        lo, hi = _bounds(name)
+        h = 0.05 * (hi - lo) if not FITTABLE[name][2] else 0.1
+        x2 = x + h if x + h <= hi else x - h
+        moved = replace(k, **{name: _from_x(name, x2)})
+        norm = math.sqrt(sum(((o.predicted(moved) - b) / h) ** 2 for o, b in zip(obs, base)))
+        if norm > 1e-4:
+            out.append((name, norm))
+    return sorted(out, key=lambda t: -t[1])
+
+
+def fit_outcome(obs: list[Observation], start: OutcomeConstants) -> tuple[OutcomeConstants, list[str]]:
+    """Bounded least squares of the freed constants; returns (constants, names freed)."""
+    from scipy.optimize import least_squares
+
+    distinct = len({o.key for o in obs})
+    names = [n for n, _ in sensitive_constants(obs, start)][:max(0, min(MAX_FREE, distinct - 1))]
+    if not names:
+        return start, []
+    x0 = [_to_x(n, getattr(start, n)) for n in names]
+    lo, hi = zip(*[_bounds(n) for n in names])
+    scale = [1.0 if FITTABLE[n][2] else max(abs(v), 0.05) for n, v in zip(names, x0)]
+
+    def constants(x) -> OutcomeConstants:
+        return replace(start, **{n: _from_x(n, float(v)) for n, v in zip(names, x)})
+
+    def residuals(x):
+        k = constants(x)
+        fit = [o.predicted(k) - o.measured for o in obs]
+        pull = [PRIOR * (v - v0) / s for v, v0, s in zip(x, x0, scale)]
+        return fit + pull
+
+    res = least_squares(residuals, x0, bounds=(lo, hi), method="trf", x_scale="jac", max_nfev=400)
+    return constants(res.x), names
+
+
+def fit_costs(home: Path) -> dict[str, Any] | None:
+    """One time factor (measured / estimated GPU-hours over stages that ran) and per-kind ratios."""
+    from s2d_plan.history import query
+
+    _, rows = query("""SELECT kind, sum(gpu_hours), sum(est_gpu_hours), count(*) FROM stages
+                       WHERE status = 'FINISHED' AND gpu_hours > 0 AND est_gpu_hours > 0 GROUP BY kind""", home)
+    if not rows:
+        return None
+    actual, est = sum(r[1] for r in rows), sum(r[2] for r in rows)
+    return {"factor": actual / est, "stages": int(sum(r[3] for r in rows)),
+            "by_kind": {r[0]: round(r[1] / r[2], 4) for r in rows}}
+
+
+def calibrate(home: str | Path | None = None, min_runs: int = MIN_RUNS) -> dict[str, Any]:
+    """Fit, write ``<home>/calibration.json``, and return what was written plus a per-run table."""
+    from s2d_plan.paths import resolve_home
+
+    home = resolve_home(home)
+    obs, skipped = observations(home)
+    if len(obs) < min_runs:
+        why = "; ".join(f"{n} run(s): {w}" for w, n in skipped.items())
+        raise S2DError(f"calibrate needs at least {min_runs} finished runs with a measured final eval and the "
+                       f"outcome inputs of their prediction; the history in {home} has {len(obs)}"
+                       + (f" (skipped {why})" if why else "")
+                       + ". Execute graphs compiled by `s2d-plan recommend` (or benchmarks/tinyworld.py) first.")
+    current = load_outcome_constants(home)
+    fitted, names = fit_outcome(obs, current)
+    before, after = rmse(obs, current), rmse(obs, fitted)
+    if after > before:  # never store a fit worse than what is in use
+        fitted, names, after = current, [], before
+    table = [{"run_id": o.run_id, "structure": o.label, "measured": o.measured, "before": o.predicted(current),
+              "after": o.predicted(fitted)} for o in obs]
+    path = home / "calibration.json"
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        old = {}
+    outcome = dict(old.get("outcome", {}))
+    outcome.update({n: getattr(fitted, n) for n in names})
+    cost_fit = fit_costs(home)
+    cost_out = dict(old.get("costs", {}))
+    if cost_fit:
+        c0 = costs.load_constants(home)
+        f = cost_fit["factor"]
+        cost_out.update({n: getattr(c0, n) / f for n in _COST_SPEED_UP})
+        cost_out.update({n: getattr(c0, n) * f for n in _COST_SLOW_DOWN})
+    fit = {"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "runs": len(obs),
+           "metrics": sorted({o.metric for o in obs}), "fitted": names,
+           "rmse_before": before, "rmse_after": after, "skipped": skipped,
+           "costs": cost_fit}
+    doc = {"outcome": outcome, "costs": cost_out, "fit": fit}
+    home.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.replace(path)
+    return {**doc, "table": table, "path": str(path)}
+
+
+def describe(home: str | Path | None) -> str | None:
+    """One line for ``recommend`` when a calibration is in use, else None."""
+    from s2d_plan.paths import resolve_home
+
+    path = resolve_home(home) / "calibration.json"
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    fit = doc.get("fit") or {}
+    keys = sorted(doc.get("outcome", {})) + sorted(doc.get("costs", {}))
+    if not keys:
+        return None
+    if fit.get("runs"):
+        return (f"Calibrated from {fit['runs']} run(s) in the history ({path}, {fit.get('time', '?')}): "
+                f"outcome error {fit['rmse_before'] * 100:.1f} -> {fit['rmse_after'] * 100:.1f} points RMSE; "
+                f"fitted {', '.join(fit.get('fitted') or ['no outcome constant'])}"
+                + (f"; cost time factor {fit['costs']['factor']:.3g}" if fit.get("costs") else "") + ".")
+    return f"Constants overridden by {path}: {', '.join(keys)}."
+
+
+def run_calibrate(home: Path | None = None) -> None:
+    """The CLI body: fit, store, print the per-run error before and after."""
+    report = calibrate(home)
+    fit = report["fit"]
+    print(f"calibrated from {fit['runs']} finished run(s) ({', '.join(fit['metrics'])})")
+    width = max(len(r["structure"]) for r in report["table"])
+    print(f"  {'structure'.ljust(width)}  measured  before   after")
+    for r in report["table"]:
+        print(f"  {r['structure'].ljust(width)}  {r['measured']:7.1%}  {r['before']:6.1%}  {r['after']:6.1%}")
+    print(f"prediction error (RMSE, points): before {fit['rmse_before'] * 100:.2f}, after {fit['rmse_after'] * 100:.2f}")
+    if fit["fitted"]:
+        print("fitted: " + ", ".join(f"{n}={report['outcome'][n]:.4g}" for n in fit["fitted"]))
+    else:
+        print("no outcome constant changed (none identifiable, or no fit beat the constants in use)")
+    if fit["costs"]:
+        c = fit["costs"]
+        print(f"costs: measured/estimated time over {c['stages']} stage(s) = {c['factor']:.3g} "
+              f"(by kind: {', '.join(f'{k} {v:.3g}' for k, v in sorted(c['by_kind'].items()))}); "
+              "speed constants scaled by it")
+    for why, n in fit["skipped"].items():
+        print(f"skipped {n} run(s): {why}")
+    print(f"written to {report['path']} (recommend uses it from now on)")
