@@ -92,10 +92,13 @@ def latest_checkpoint(spec: StageSpec) -> str | None:
             step = int(d.name.split("-")[-1])
         except ValueError:
             continue
-        # trainer_state.json is written last by the HF Trainer; without it the save was cut short
-        weights = any(d.glob("*.safetensors")) or any(d.glob("adapter_*"))
-        if (d / "trainer_state.json").is_file() and weights:
-            done.append((step, d))
+        # The HF Trainer writes trainer_state.json after the model, optimizer and RNG states:
+        # without it the save was cut short. (FSDP checkpoints keep weights in sub-folders.)
+        try:
+            json.loads((d / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        done.append((step, d))
     return str(max(done)[1]) if done else None
 
 

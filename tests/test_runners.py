@@ -313,3 +313,17 @@ def test_signal_yield_estimators():
     assert signal_yield(4, 16) == pytest.approx(1 - 495 / 12870)  # C(4,8)=0, C(12,8)=495, C(16,8)=12870
     assert signal_yield(1, 2) == pytest.approx(1 - 2 * 0.5 ** 8)  # fewer samples than G: plug-in
     assert batch_yield([0, 0, 1, 1, 2, 2], [1, 0, 1, 1, 0, 0]) == pytest.approx(1 / 3)
+
+
+def test_latest_checkpoint_skips_a_half_written_one(tmp_path):
+    from runners._train import latest_checkpoint
+    from runners.common import StageSpec
+
+    spec = StageSpec("r", 1, {"id": "s"}, {}, tmp_path / "out", tmp_path / "work", tmp_path / "m.jsonl")
+    assert latest_checkpoint(spec) is None
+    for step, state in ((2, "{}"), (10, "{}"), (11, '{"trunc'), (12, None)):
+        d = tmp_path / "work" / "checkpoints" / f"checkpoint-{step}"
+        d.mkdir(parents=True)
+        if state is not None:
+            (d / "trainer_state.json").write_text(state)
+    assert latest_checkpoint(spec).endswith("checkpoint-10")  # numeric order, complete ones only
