@@ -21,10 +21,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[train,dev]'
 	touch $(STAMP)
 
-tiny-models/.complete: $(STAMP)
+tiny-models/BUILT: $(STAMP)
 	$(BIN)/python -m runners.tiny tiny-models
 
-quickstart: $(STAMP) tiny-models/.complete
+quickstart: $(STAMP) tiny-models/BUILT
 	$(BIN)/s2d-plan recommend plans/budget.yaml
 	$(BIN)/s2d-plan execute plans/tiny-cpu.yaml
 	$(BIN)/s2d-plan history "SELECT stage_id, kind, status, round(gpu_hours * 3600, 1) AS seconds FROM stages WHERE run_id = (SELECT run_id FROM runs ORDER BY start_time DESC LIMIT 1) ORDER BY start_time"

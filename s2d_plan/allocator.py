@@ -233,7 +233,7 @@ def _shortfall_message(ctx: Context, shortfalls: list[tuple[str, float, str]]) -
         return "no allocation is possible for this plan"
     kind, short, sentence = min(shortfalls, key=lambda x: (x[0] != "GPU-hours", x[1]))
     unit = "GB per GPU" if kind == "GPU memory" else "GPU-hours"
-    return f"no allocation fits: {kind} is short by {short:.3g} {unit}. {sentence}"
+    return f"no allocation fits: {kind} is short by {short:.3g} {unit}. {sentence[:1].upper()}{sentence[1:]}"
 
 
 def _finalize(ctx: Context, s: Structure, q: Quantities) -> Allocation | None:
