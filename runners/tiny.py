@@ -14,17 +14,20 @@ builds, in well under a minute on two CPU cores and with no network:
 
 Teacher and student share one byte-level BPE tokenizer with a Qwen-style chat template
 (``{% generation %}`` markers, so assistant-only losses work). The build is
-deterministic under ``--seed`` and skipped when ``OUT_DIR/BUILT`` exists.
+deterministic under ``--seed`` and skipped when ``OUT_DIR/BUILT`` names this recipe
+and seed (an older build is replaced).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import time
 from pathlib import Path
 
+RECIPE = 2  # bump when the models or data change: an older build is then rebuilt
 VOCAB = 512  # model vocab_size (the tokenizer may use fewer; Qwen3 pads its vocab the same way)
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # Qwen-style; {% generation %} marks what an assistant-only loss trains on.
@@ -130,40 +133,55 @@ def build_model(tokenizer, layers: int, hidden: int, seed: int, train_rows: list
 
 
 def build(out_dir: str | Path, seed: int = 0, teacher_steps: int = 300, student_steps: int = 60) -> Path:
-    """Build everything under ``out_dir`` (idempotent: skipped when already built)."""
-    import torch
+    """Build everything under ``out_dir``; skipped when a build of this recipe and seed is there.
+
+    The build happens in a sibling temporary directory that replaces ``out_dir`` only once
+    complete, so a reader never sees half-built models and an interrupted build leaves no
+    ``BUILT`` marker behind."""
+    import shutil
 
     out = Path(out_dir)
-    if (out / "BUILT").exists():
-        return out
+    want = {"recipe": RECIPE, "seed": seed}
+    marker = out / "BUILT"
+    if marker.exists():
+        try:
+            have = json.loads(marker.read_text())
+        except ValueError:
+            have = {}
+        if {k: have.get(k) for k in want} == want:
+            return out
+    import torch
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     torch.set_num_threads(min(2, torch.get_num_threads()))
     t0 = time.time()
+    tmp = out.parent / f".{out.name}.building-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
     rng = random.Random(seed)
     rows = [make_problem(rng) for _ in range(2400)]
     train, labeled, prompts, evals = rows[:1600], rows[1600:1856], rows[1856:2112], rows[2112:2176]
-    (out / "data").mkdir(parents=True, exist_ok=True)
+    (tmp / "data").mkdir(parents=True, exist_ok=True)
     for name, part in (("labeled", labeled), ("prompts", prompts), ("eval", evals)):
-        with open(out / "data" / f"{name}.jsonl", "w") as f:
+        with open(tmp / "data" / f"{name}.jsonl", "w") as f:
             for r in part:
                 f.write(json.dumps(r) + "\n")
 
-    from transformers import PreTrainedTokenizerFast  # noqa: F401  (fail early if missing)
-
-    probe = build_tokenizer(["x"], 300, out / "_tmp_tok")  # template rendering needs a tokenizer
+    probe = build_tokenizer(["x"], 300, tmp / "_tmp_tok")  # template rendering needs a tokenizer
     texts = [probe.apply_chat_template(chat_text(r), tokenize=False) for r in rows[:800]]
-    tok = build_tokenizer(texts, VOCAB, out / "tokenizer")
-    build_model(tok, layers=4, hidden=128, seed=seed, train_rows=train, steps=teacher_steps, out=out / "teacher")
-    build_model(tok, layers=2, hidden=64, seed=seed + 1, train_rows=train, steps=student_steps, out=out / "student")
-    other = build_tokenizer(texts[:200], 320, out / "other_tokenizer")
-    build_model(other, layers=2, hidden=64, seed=seed + 2, train_rows=train, steps=0, out=out / "other_teacher",
+    tok = build_tokenizer(texts, VOCAB, tmp / "tokenizer")
+    build_model(tok, layers=4, hidden=128, seed=seed, train_rows=train, steps=teacher_steps, out=tmp / "teacher")
+    build_model(tok, layers=2, hidden=64, seed=seed + 1, train_rows=train, steps=student_steps, out=tmp / "student")
+    other = build_tokenizer(texts[:200], 320, tmp / "other_tokenizer")
+    build_model(other, layers=2, hidden=64, seed=seed + 2, train_rows=train, steps=0, out=tmp / "other_teacher",
                 vocab_size=320)
-    import shutil
-
-    shutil.rmtree(out / "_tmp_tok", ignore_errors=True)
-    (out / "BUILT").write_text(json.dumps({"seed": seed, "seconds": round(time.time() - t0, 1)}))
+    shutil.rmtree(tmp / "_tmp_tok", ignore_errors=True)
+    (tmp / "BUILT").write_text(json.dumps({**want, "seconds": round(time.time() - t0, 1)}))
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
     return out
 
 
