@@ -57,21 +57,25 @@ class Sizes:
     held_out: int = 256  # Stage 3 labels (the next rows)
     group: int = 8
     prompts_per_step: int = 8
-    grpo_steps: int = 64
+    # Sized so three seeds of every arm fit ~45 minutes on two shared CPU cores (the
+    # feasibility probe used 64 GRPO steps and 300 OPD steps; TRL on CPU with a process per
+    # stage is several times slower than its hand-written loop).
+    grpo_steps: int = 20
+    matched_steps: int = 60  # a-matched: 3x (a)'s steps, toward (c)'s CPU time (the table has both)
     grpo_lr: float = 1e-4
-    rollouts: int = 2048  # teacher rollouts (one per prompt of the pool's first half)
+    rollouts: int = 512  # teacher rollouts (one per prompt of the pool's first part)
     fkl_lr: float = 3e-4
     fkl_batch: int = 16
-    opd_steps: int = 300
+    opd_steps: int = 64
     opd_lr: float = 3e-4
-    opd_prompts: int = 2048  # OPD's fresh prompts (the pool's second half)
-    eval_size: int = 500
-    eval_k: int = 8
-    max_new: int = 40
+    opd_prompts: int = 2048  # OPD's fresh prompts (the pool after the rollouts' prompts)
+    eval_size: int = 200
+    eval_k: int = 4
+    max_new: int = 40  # replaced by the world's (world.json max_new_tokens)
 
 
-QUICK = Sizes(labels=64, held_out=64, grpo_steps=8, rollouts=256, opd_steps=24, opd_prompts=256, eval_size=100,
-              eval_k=4)
+QUICK = Sizes(labels=64, held_out=64, grpo_steps=6, matched_steps=12, rollouts=128, opd_steps=12, opd_prompts=128,
+              eval_size=64, eval_k=2)
 
 
 # ---------------------------------------------------------------- stages
@@ -133,31 +137,31 @@ class Arms:
         sz, n = self.sz, self.sz.labels
         tg = self.grpo("teacher_grpo", self.teacher, 0, n, sz.grpo_steps)
         rl = "@teacher_grpo"
-        matched = sz.opd_steps
+        matched = sz.matched_steps
         s3 = self.grpo("student_grpo", "@student_opd", n, sz.held_out, sz.grpo_steps)
         replay_steps = replay_steps or sz.grpo_steps * sz.group  # default: as many completions as Stage 3
         replay = self.opd("student_replay", "@student_opd", rl, sz.rollouts, replay_steps)
         t_epochs = sz.grpo_steps * sz.prompts_per_step / n
         bridge_q = dict(fkl_rollouts=sz.rollouts, opd_rollouts=sz.opd_steps * sz.prompts_per_step)
         pool = sz.rollouts + sz.opd_prompts
-        arms = {
+        arms = {  # in the order they run: the key comparisons first
             "base": ([], 0, 0, {}),
             "a": ([self.grpo("direct_grpo", self.student, 0, n, sz.grpo_steps)], n, 0,
                   dict(student_labels=n, student_epochs=t_epochs)),
-            "a-matched": ([self.grpo("direct_grpo", self.student, 0, n, matched)], n, 0,
-                          dict(student_labels=n, student_epochs=matched * sz.prompts_per_step / n)),
-            "b": (self.bridge(self.teacher), 0, pool, dict(teacher=True, **bridge_q)),
             "c": ([tg] + self.bridge(rl), n, pool, dict(teacher=True, teacher_labels=n, **bridge_q)),
-            "d": ([tg] + self.bridge(rl, opd=False), n, sz.rollouts,
-                  dict(teacher=True, teacher_labels=n, fkl_rollouts=sz.rollouts)),
-            "e": ([tg] + self.bridge(rl, fkl=False), n, sz.opd_prompts,
-                  dict(teacher=True, teacher_labels=n, opd_rollouts=bridge_q["opd_rollouts"])),
+            "b": (self.bridge(self.teacher), 0, pool, dict(teacher=True, **bridge_q)),
             "f": ([tg] + self.bridge(rl) + [s3], n + sz.held_out, pool,
                   dict(teacher=True, teacher_labels=n, student_labels=sz.held_out, student_epochs=t_epochs,
                        **bridge_q)),
             "g": ([tg] + self.bridge(rl) + [replay], n, pool,
                   dict(teacher=True, teacher_labels=n, replay_rollouts=replay_steps * sz.prompts_per_step,
                        **bridge_q)),
+            "d": ([tg] + self.bridge(rl, opd=False), n, sz.rollouts,
+                  dict(teacher=True, teacher_labels=n, fkl_rollouts=sz.rollouts)),
+            "e": ([tg] + self.bridge(rl, fkl=False), n, sz.opd_prompts,
+                  dict(teacher=True, teacher_labels=n, opd_rollouts=bridge_q["opd_rollouts"])),
+            "a-matched": ([self.grpo("direct_grpo", self.student, 0, n, matched)], n, 0,
+                          dict(student_labels=n, student_epochs=matched * sz.prompts_per_step / n)),
         }
         out = {}
         for arm, (stages, labels, prompts, q) in arms.items():
@@ -408,6 +412,34 @@ def plot(rows: list[tuple], cols: list[str], path: Path, title: str) -> None:
 # ---------------------------------------------------------------- main
 
 
+def run_seed(world: Path, sz: Sizes, seed: int, models, home: Path, wanted: list[str]) -> None:
+    arms = Arms(world, sz, seed)
+    for arm, (stages, res) in arms.all().items():
+        if arm in wanted and arm != "g":
+            execute(graph_of(arm, seed, stages, res, models, sz), home)
+    if "g" in wanted:
+        stages, res = arms.all(replay_steps(home, seed, sz))["g"]
+        execute(graph_of("g", seed, stages, res, models, sz), home)
+
+
+def run_allocator(world: Path, sz: Sizes, seed: int, models, home: Path) -> dict[str, Any]:
+    """(h): the allocator's plan with the shipped constants, then after `calibrate`."""
+    plan = plan_for(world, models, home, sz)
+    cal = home / "calibration.json"
+    if cal.exists():
+        cal.rename(home / "calibration.previous.json")  # "before" means the shipped constants
+    execute(recommended(plan, home, seed, Arms(world, sz, seed), "before"), home)
+    report = calibrate(home)
+    fit = report["fit"]
+    print(f"calibrate: {fit['runs']} runs, RMSE {fit['rmse_before'] * 100:.1f} -> {fit['rmse_after'] * 100:.1f} "
+          f"points; fitted {', '.join(n + '=' + format(report['outcome'][n], '.4g') for n in fit['fitted'])}")
+    for r in report["table"]:
+        print(f"    {r['structure']:<58} measured {r['measured']:6.1%}  before {r['before']:6.1%}  "
+              f"after {r['after']:6.1%}")
+    execute(recommended(plan, home, seed, Arms(world, sz, seed), "after"), home)
+    return {k: fit[k] for k in ("runs", "rmse_before", "rmse_after", "fitted")}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -417,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--home", help="history home (default tinyworld-cache/runs-d<difficulty>[-quick])")
     ap.add_argument("--out", help="where the table and plot go (default benchmarks/results)")
     ap.add_argument("--arms", nargs="+", help="only these arms (default: all, then h before/after calibrate)")
+    ap.add_argument("--report-only", action="store_true", help="run nothing: the table and plot from the history")
     a = ap.parse_args(argv)
     sz = QUICK if a.quick else Sizes()
     seeds = a.seeds if not (a.quick and a.seeds == [0, 1, 2]) else [0]
@@ -434,30 +467,17 @@ def main(argv: list[str] | None = None) -> int:
         print("  WARNING: the teacher is not clearly better than the student; teacher arms are not to be trusted")
     t0 = time.time()
     wanted = a.arms or ["base", "a", "a-matched", "b", "c", "d", "e", "f", "g", "h"]
-    for seed in seeds:
-        arms = Arms(world, sz, seed)
-        for arm, (stages, res) in arms.all().items():
-            if arm in wanted and arm != "g":
-                execute(graph_of(arm, seed, stages, res, models, sz), home)
-        if "g" in wanted:
-            steps = replay_steps(home, seed, sz)
-            stages, res = arms.all(steps)["g"]
-            execute(graph_of("g", seed, stages, res, models, sz), home)
     regret: dict[str, Any] = {}
-    if "h" in wanted:
-        plan = plan_for(world, models, home, sz)
-        cal = home / "calibration.json"
-        if cal.exists():
-            cal.rename(home / "calibration.previous.json")  # "before" means the shipped constants
-        for seed in seeds:
-            execute(recommended(plan, home, seed, Arms(world, sz, seed), "before"), home)
-        report = calibrate(home)
-        fit = report["fit"]
-        print(f"calibrate: {fit['runs']} runs, RMSE {fit['rmse_before'] * 100:.1f} -> {fit['rmse_after'] * 100:.1f} "
-              f"points; fitted {', '.join(n + '=' + format(report['outcome'][n], '.4g') for n in fit['fitted'])}")
-        regret["calibration"] = {k: fit[k] for k in ("runs", "rmse_before", "rmse_after", "fitted")}
-        for seed in seeds:
-            execute(recommended(plan, home, seed, Arms(world, sz, seed), "after"), home)
+    if not a.report_only:
+        for i, seed in enumerate(seeds):
+            run_seed(world, sz, seed, models, home, wanted)
+            if i == 0 and "h" in wanted:  # the allocator, before and after calibrating on this seed's arms
+                regret["calibration"] = run_allocator(world, sz, seed, models, home)
+        if len(seeds) > 1:
+            fit = calibrate(home)["fit"]
+            regret["calibration (all seeds)"] = {k: fit[k] for k in ("runs", "rmse_before", "rmse_after", "fitted")}
+            print(f"calibrate on every run: {fit['runs']} runs, RMSE {fit['rmse_before'] * 100:.1f} -> "
+                  f"{fit['rmse_after'] * 100:.1f} points")
     cols, rows = results(home)
     print("\nresults (SQL over the history):\n" + RESULTS_SQL.strip() + "\n")
     text = table_text(cols, rows)
@@ -468,16 +488,19 @@ def main(argv: list[str] | None = None) -> int:
     for x, y in comparisons:
         if x in seeds_of and y in seeds_of:
             lines.append(f"- ({x}) - ({y}): {paired(seeds_of[x], seeds_of[y])}")
-    ix = {c: i for i, c in enumerate(cols)}
-    measured = {r[ix["arm"]]: r[ix["sampled_avg"]] for r in rows if not r[ix["arm"]].startswith("h") and r[ix["arm"]] != "base"}
-    if measured:
-        best = max(measured, key=measured.get)
-        for h in ("h-before", "h-after"):
-            hv = next((r[ix["sampled_avg"]] for r in rows if r[ix["arm"]] == h), None)
-            if hv is not None:
-                regret[h] = round(measured[best] - hv, 1)
-                lines.append(f"- regret of {h}: best measured arm ({best}) {measured[best]:.1f} - {hv:.1f} = "
-                             f"{measured[best] - hv:.1f} points")
+    for h in ("h-before", "h-after"):  # regret on the seeds the allocator's arm ran
+        if h not in seeds_of:
+            continue
+        hs = sorted(seeds_of[h])
+        arms_there = {arm: statistics.mean(100 * v[s] for s in hs) for arm, v in seeds_of.items()
+                      if arm[0] in "abcdefg" and all(s in v for s in hs)}
+        if arms_there:
+            best = max(arms_there, key=arms_there.get)
+            hv = statistics.mean(100 * seeds_of[h][s] for s in hs)
+            regret[h] = {"seeds": hs, "best_arm": best, "best": round(arms_there[best], 1), "h": round(hv, 1),
+                         "regret": round(arms_there[best] - hv, 1)}
+            lines.append(f"- regret of {h} (seeds {hs}): best measured arm ({best}) {arms_there[best]:.1f} - "
+                         f"{hv:.1f} = {arms_there[best] - hv:.1f} points")
     print("\n" + "\n".join(lines))
     png = out / f"tinyworld-{tag}.png"
     plot(rows, cols, png, f"tinyworld {tag}: held-out accuracy, mean ± std over seeds {seeds}")
