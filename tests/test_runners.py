@@ -160,6 +160,12 @@ def test_opd_refuses_other_tokenizer_before_loading_weights(tiny, tmp_path):
     assert "IncompatibleModelsError" in r.stderr and "vocab_size differs" in r.stderr
     assert "Traceback" not in r.stderr  # a user error is a message
 
+    fkl = {"id": "fkl_token", "policy": str(tiny / "student"), "teacher": str(teacher),
+           "data": {"rollouts": "@ro"}, "params": {"mode": "token", "steps": 2}}
+    r, _ = run_stage(tmp_path, "fkl", fkl, {"policy": str(tiny / "student"), "teacher": str(teacher),
+                                            "data.rollouts": str(tmp_path / "no-rollouts-needed")})
+    assert r.returncode == 1 and "IncompatibleModelsError" in r.stderr and "mode: sequence" in r.stderr
+
 
 def test_unknown_param_is_an_error(tiny, tmp_path):
     stage, inputs = grpo_stage(tiny, num_generation=4)
