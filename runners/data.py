@@ -1,8 +1,10 @@
 """Reading a stage's data: local files, `datasets` saved to disk, hub ids where a network exists.
 
-    >>> rows = load_labeled({"source": "tiny/data/labeled.jsonl", "offset": 0, "count": 8})  # doctest: +SKIP
-    >>> rows[0]
-    {'problem': 'What is 3 + 4?', 'answer': '7', 'index': 0}
+    >>> detect_format("tiny-models/data/labeled.jsonl"), detect_format("HuggingFaceH4/MATH-500")
+    ('jsonl', 'hub')
+
+``load_labeled({"source": "tiny-models/data/labeled.jsonl", "offset": 0, "count": 8})``
+gives rows like ``{"problem": "What is 3 + 4?", "answer": "7", "index": 0}``.
 
 Sources: ``.jsonl`` / ``.json``, ``.parquet``, ``.csv``, a directory written by
 ``Dataset.save_to_disk`` (a ``DatasetDict`` uses its ``train`` split), or a hub id such as
