@@ -6,8 +6,8 @@ One GPU (or the CPU): ``python -m runners.<kind> SPEC.json``. Several (``resourc
 many CPU processes on gloo under ``torchrun``, which is how the multi-process path is tested on a laptop.
 Only rank 0 writes metrics and finalizes (runners/common.run_main).
 
-Kinds that only sample (rollout, eval, probe) run as one process whatever ``gpus`` says:
-generation is split by vLLM's own tensor parallelism where installed, not by accelerate.
+Kinds that only sample (rollout, eval, probe) run as one process whatever ``gpus`` says,
+on one GPU (vLLM where installed); spreading their sampling over GPUs is not done yet.
 """
 
 from __future__ import annotations
