@@ -143,10 +143,11 @@ class _Checker:
             return asdict(Verdict(0.0, "error", detail="gold and answer must be strings"))
         g = self.parse_gold(gold)
         if not g:
-            return asdict(Verdict(0.0, "bad_gold", [], [], f"gold {gold[:80]!r} does not parse"))
+            return asdict(Verdict(0.0, "bad_gold", [], [], f"gold '{gold[:80]}' does not parse"))
         a = self.parse_answer(answer)
         if not a:
-            return asdict(Verdict(0.0, "no_answer", _show(g), []))
+            return asdict(Verdict(0.0, "no_answer", _show(g), [],
+                                  "no \\boxed{}, no 'answer is ...', and not a bare expression"))
         ok = self.verify(g, a, timeout_seconds=None)
         return asdict(Verdict(1.0 if ok else 0.0, "ok", _show(g), _show(a)))
 

@@ -53,8 +53,11 @@ def _pairs(gold: str | None, answer: str | None, file: Path | None) -> list[tupl
 
 
 def _short(text: str, width: int = 70) -> str:
-    r = repr(text)
-    return r if len(r) <= width else r[: width - 3] + "..."
+    """The text as the user typed it (no doubled backslashes), on one line, cut to width."""
+    one = text.replace("\n", "\\n")
+    if len(one) > width:
+        one = one[: width // 2 - 2] + " ... " + one[-(width // 2 - 3):]  # keep the end: the answer is there
+    return f"'{one}'"
 
 
 def run_reward_check(gold: str | None = None, answer: str | None = None, file: Path | None = None,
