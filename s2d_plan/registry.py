@@ -123,27 +123,29 @@ def resolve_model(name: str, overrides: dict[str, Any]) -> tuple[ModelInfo | Non
     """Registry entry for ``name`` with ``overrides`` applied.
 
     Returns (info, missing): ``missing`` lists the required fields an unknown model did
-    not give (then info is None).
+    not give (then info is None). The plan's spelling of the name is kept.
     """
     base = model_info(name)
-    fields: dict[str, Any] = base.model_dump() if base else {"name": name}
-    fields.update({k: v for k, v in overrides.items() if v is not None})
-    if base is None:
-        missing = [f for f in REQUIRED_MODEL_FIELDS if f not in fields]
-        if missing:
-            return None, missing
-    fields["name"] = name
+    fields, missing = _merge(base, name, overrides, REQUIRED_MODEL_FIELDS)
+    if missing:
+        return None, missing
     fields["known"] = base is not None
     return ModelInfo.model_validate(fields), []
 
 
 def resolve_gpu(name: str, overrides: dict[str, Any]) -> tuple[GPUInfo | None, list[str]]:
+    """Like ``resolve_model`` for accelerators; a known type keeps its registry name."""
     base = gpu_info(name)
-    fields: dict[str, Any] = base.model_dump() if base else {"name": name}
-    fields.update({k: v for k, v in overrides.items() if v is not None})
-    if base is None:
-        missing = [f for f in REQUIRED_GPU_FIELDS if f not in fields]
-        if missing:
-            return None, missing
-    fields["name"] = base.name if base else name
+    fields, missing = _merge(base, base.name if base else name, overrides, REQUIRED_GPU_FIELDS)
+    if missing:
+        return None, missing
     return GPUInfo.model_validate(fields), []
+
+
+def _merge(base: BaseModel | None, name: str, overrides: dict[str, Any],
+           required: tuple[str, ...]) -> tuple[dict[str, Any], list[str]]:
+    fields: dict[str, Any] = base.model_dump() if base else {}
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    fields["name"] = name
+    missing = [] if base else [f for f in required if f not in fields]
+    return fields, missing
