@@ -1,6 +1,6 @@
 """tinyworld: the reward-density principle reproduced end to end on a CPU (issue 6).
 
-    python benchmarks/tinyworld.py                 # 3 seeds, the full arms (~25 min on 2 cores)
+    python benchmarks/tinyworld.py                 # 3 seeds, the full arms (~20 min on 2 idle cores)
     python benchmarks/tinyworld.py --quick         # a 1-seed smoke run (~3 min once the world is built)
     python benchmarks/tinyworld.py --seeds 0 1 2 3 --difficulty 2
 
@@ -57,20 +57,19 @@ class Sizes:
     held_out: int = 256  # Stage 3 labels (the next rows)
     group: int = 8
     prompts_per_step: int = 8
-    # Sized so three seeds of every arm fit ~45 minutes on two shared CPU cores (the
-    # feasibility probe used 64 GRPO steps and 300 OPD steps; TRL on CPU with a process per
-    # stage is several times slower than its hand-written loop).
-    grpo_steps: int = 20
-    matched_steps: int = 60  # a-matched: 3x (a)'s steps, toward (c)'s CPU time (the table has both)
+    # The feasibility probe's sizes (issue 6). Three seeds of every arm take ~20 minutes on
+    # two otherwise idle cores; several times that when other jobs oversubscribe them.
+    grpo_steps: int = 64
+    matched_steps: int = 300  # a-matched: as many steps as the bridge's OPD (the probe's compute match)
     grpo_lr: float = 1e-4
-    rollouts: int = 512  # teacher rollouts (one per prompt of the pool's first part)
+    rollouts: int = 2048  # teacher rollouts (one per prompt of the pool's first half)
     fkl_lr: float = 3e-4
     fkl_batch: int = 16
-    opd_steps: int = 64
+    opd_steps: int = 300
     opd_lr: float = 3e-4
-    opd_prompts: int = 2048  # OPD's fresh prompts (the pool after the rollouts' prompts)
-    eval_size: int = 200
-    eval_k: int = 4
+    opd_prompts: int = 2048  # OPD's fresh prompts (the pool's second half)
+    eval_size: int = 500
+    eval_k: int = 8
     max_new: int = 40  # replaced by the world's (world.json max_new_tokens)
 
 
