@@ -154,7 +154,7 @@ def build(out_dir: str | Path, seed: int = 0, teacher_steps: int = 300, student_
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    torch.set_num_threads(1)  # tiny matrices: a second thread buys little and thrashes on a busy box
     t0 = time.time()
     tmp = out.parent / f".{out.name}.building-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
