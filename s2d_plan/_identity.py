@@ -2,7 +2,8 @@
 
 A stage's key hashes what decides its output: kind, policy/teacher (a model name, or the
 key of the ``@stage`` it reads), data (``@stage`` refs by key), params, and the runner's
-code version (the source of ``runners/<kind>.py`` + ``runners/common.py``). Resources and
+code version (the source of ``runners/<kind>.py`` + every shared runner module). A local
+model or data path counts by its files' sizes and modification times. Resources and
 estimates are left out, so moving a stage to more GPUs reuses it. Chaining the keys of
 the stages it reads means a changed parameter changes that stage's key and its
 dependants' keys, nothing else.
@@ -22,28 +23,61 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from s2d_plan.graph import Stage, StageGraph
+from s2d_plan.graph import STAGE_KINDS, Stage, StageGraph
 
 RUNNERS_DIR = Path(__file__).resolve().parent.parent / "runners"
 
 
 @lru_cache(maxsize=None)
-def _runner_source(kind: str) -> str:
-    parts = []
-    for name in (f"{kind}.py", "common.py"):
-        path = RUNNERS_DIR / name
-        parts.append(path.read_text(encoding="utf-8") if path.exists() else f"<missing {name}>")
-    return "\n".join(parts)
+def _source(name: str) -> str:
+    path = RUNNERS_DIR / name
+    return path.read_text(encoding="utf-8") if path.exists() else f"<missing {name}>"
 
 
+def _shared_runner_modules() -> list[str]:
+    """Every runners/*.py that is not itself a stage kind (common, data, verifier, ...):
+    a change in any of them can change what every runner produces."""
+    return sorted(p.name for p in RUNNERS_DIR.glob("*.py") if p.stem not in STAGE_KINDS)
+
+
+@lru_cache(maxsize=None)
 def runner_version(kind: str) -> str:
-    """A hash of the runner module's source and the shared runner helpers."""
-    return hashlib.sha256(_runner_source(kind).encode()).hexdigest()[:16]
+    """A hash of the runner module's source and every shared runner module's source."""
+    text = "\n".join(_source(name) for name in [f"{kind}.py", *_shared_runner_modules()])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def runner_resumes(kind: str) -> bool:
     """Whether ``runners/<kind>.py`` declares ``RESUMABLE = True`` (keep its work dir)."""
-    return re.search(r"^RESUMABLE\s*=\s*True\b", _runner_source(kind), re.M) is not None
+    return re.search(r"^RESUMABLE\s*=\s*True\b", _source(f"{kind}.py"), re.M) is not None
+
+
+def _fingerprint(value: Any) -> Any:
+    """A local model or data path stands for its contents: rebuilding the tiny models or
+    editing a JSONL file must not reuse stages computed from the old ones. Hub ids and
+    missing paths stay as given (their revision is the user's to pin)."""
+    if not isinstance(value, str) or not value or value.startswith("@"):
+        return value
+    path = Path(value)
+    try:
+        if path.is_file():
+            st = path.stat()
+            return {"path": value, "files": [["", st.st_size, st.st_mtime_ns]]}
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file())[:2000]
+            return {"path": value, "files": [[str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns]
+                                             for p in files]}
+    except OSError:
+        pass
+    return value
+
+
+def _data_identity(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: (_fingerprint(v) if k == "source" else _data_identity(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_data_identity(v) for v in value]
+    return value
 
 
 def cache_keys(graph: StageGraph) -> dict[str, str]:
@@ -56,8 +90,8 @@ def cache_keys(graph: StageGraph) -> dict[str, str]:
         return value
 
     for s in graph.topological_order():
-        ident = {"kind": s.kind, "policy": ref(s.policy), "teacher": ref(s.teacher),
-                 "data": {k: ref(v) for k, v in sorted(s.data.items())}, "params": s.params,
+        ident = {"kind": s.kind, "policy": _fingerprint(ref(s.policy)), "teacher": _fingerprint(ref(s.teacher)),
+                 "data": {k: _data_identity(ref(v)) for k, v in sorted(s.data.items())}, "params": s.params,
                  "runner": runner_version(s.kind)}
         text = json.dumps(ident, sort_keys=True, default=str)
         keys[s.id] = hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -281,3 +281,21 @@ def test_stage_that_completed_as_its_executor_died_is_finished(write_graph, s2d_
     second = run(graph, s2d_home)
     assert second.stages == {"a": "CACHED"}
     assert rows(s2d_home, "SELECT status, error FROM stages WHERE run_id = ?", [first.run_id]) == [("FINISHED", None)]
+
+
+def test_a_changed_local_model_or_data_file_is_not_reused(write_graph, s2d_home, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative model path, as a plan gives it
+    model = Path("student")
+    model.mkdir()
+    (model / "config.json").write_text('{"layers": 2}')
+    data = tmp_path / "labeled.jsonl"
+    data.write_text('{"problem": "1+1", "answer": "2"}\n')
+    stages = [sim_stage("a", policy="student", steps=1, data={"labeled": {"source": str(data), "count": 1}}),
+              sim_stage("b", steps=1)]
+    assert set(run(write_graph(stages), s2d_home).stages.values()) == {"FINISHED"}
+    assert set(run(write_graph(stages), s2d_home).stages.values()) == {"CACHED"}
+
+    data.write_text('{"problem": "1+2", "answer": "3"}\n')
+    assert run(write_graph(stages), s2d_home).stages == {"a": "FINISHED", "b": "CACHED"}
+    (model / "config.json").write_text('{"layers": 3}')
+    assert run(write_graph(stages), s2d_home).stages == {"a": "FINISHED", "b": "CACHED"}
