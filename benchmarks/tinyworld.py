@@ -16,6 +16,7 @@ Arms, at equal labeled data (256 labels; Stage 3 adds 256 held-out labels):
     g           (c), then a replay control: OPD continued on the bridge's prompts for as many
                 sampled completions as Stage 3 generates (its compute)
     h           what `s2d-plan recommend plans/tinyworld.yaml` plans (before and after calibrate)
+    teacher, teacher-rl   references: the teacher before and after Stage 1, evaluated the same way
 
 Every arm of every seed is one run through the executor into one DuckDB history
 (``--home``); stages shared between arms (the teacher's GRPO, its rollouts, the bridge
@@ -41,6 +42,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+# Runners inherit this: OpenMP threads that spin while waiting made GRPO steps 40x slower
+# (0.2 s -> 8-19 s) when another job shared the two cores; passive waiting avoids it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from s2d_plan.calibrate import calibrate, outcome_inputs  # noqa: E402
 from s2d_plan.graph import StageGraph  # noqa: E402
@@ -162,9 +166,16 @@ class Arms:
             "a-matched": ([self.grpo("direct_grpo", self.student, 0, n, matched)], n, 0,
                           dict(student_labels=n, student_epochs=matched * sz.prompts_per_step / n)),
         }
+        # references, not arms: the teacher before and after Stage 1 (condition C1, and that the
+        # teacher is clearly better than the student); no outcome inputs, so calibrate skips them
+        arms["teacher"] = ([], 0, 0, None)
+        arms["teacher-rl"] = ([tg], n, 0, None)
         out = {}
         for arm, (stages, labels, prompts, q) in arms.items():
-            last = "@" + stages[-1]["id"] if stages else self.student
+            last = "@" + stages[-1]["id"] if stages else self.teacher if arm == "teacher" else self.student
+            if q is None:
+                out[arm] = (stages + [self.evaluation(last)], {"labels": labels, "prompts": prompts, "pipeline": None})
+                continue
             if q.get("teacher") and q.get("teacher_labels"):
                 q = dict(q, teacher_epochs=t_epochs)
             out[arm] = (stages + [self.evaluation(last)], {"labels": labels, "prompts": prompts, "pipeline": q})
@@ -217,6 +228,11 @@ def ensure_world(difficulty: int, quick: bool, world: str | None) -> Path:
 
 def graph_of(arm: str, seed: int, stages: list[dict], res: dict, models, sz: Sizes) -> StageGraph:
     student, teacher, rs, rt = models
+    if res["pipeline"] is None:  # a reference evaluation, not a student pipeline
+        return StageGraph.model_validate({
+            "plan": PLAN, "stages": stages,
+            "meta": {"arm": arm, "seed": seed, "structure": f"reference {arm}", "labels": res["labels"],
+                     "prompts": res["prompts"]}})
     q = dict(res["pipeline"])
     use_teacher = q.pop("teacher", False)
     pipe = Pipeline(teacher=teacher if use_teacher else None, teacher_rates=rt if use_teacher else None,
@@ -465,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     if models[3].mean < models[2].mean + 0.1:
         print("  WARNING: the teacher is not clearly better than the student; teacher arms are not to be trusted")
     t0 = time.time()
-    wanted = a.arms or ["base", "a", "a-matched", "b", "c", "d", "e", "f", "g", "h"]
+    wanted = a.arms or ["base", "a", "a-matched", "b", "c", "d", "e", "f", "g", "h", "teacher", "teacher-rl"]
     regret: dict[str, Any] = {}
     if not a.report_only:
         for i, seed in enumerate(seeds):
