@@ -8,9 +8,9 @@ the same. A finished run pairs those inputs with what its final eval measured
 through the stage's cache key, so a CACHED eval counts once, for the run that computed
 it). The fit is bounded least squares (scipy) on the prediction error in accuracy points:
 
-- only constants the observed runs are sensitive to are freed (a finite-difference
-  Jacobian at the current constants; the most sensitive first, at most one fewer than
-  the distinct runs, at most ``MAX_FREE``), the rest keep their values;
+- only constants that move the observed runs' predictions are freed (each moved alone to
+  its bounds, and the GRPO efficiency constants also together; the most influential first, at most one fewer than the distinct runs, at
+  most ``MAX_FREE``), the rest keep their values;
 - a weak pull toward the current values (``PRIOR``, in log-ratio units) keeps constants
   that the data barely identify where they were instead of letting them wander;
 - amounts (rollouts and labels at which effects saturate) are fitted on a log scale.
@@ -43,11 +43,12 @@ from s2d_plan.outcome import OutcomeConstants, Pipeline, SolveRates, load_outcom
 from s2d_plan.registry import ModelInfo
 
 MIN_RUNS = 3  # distinct finished runs (with outcome inputs and a measured eval) needed to fit anything
-MAX_FREE = 6
+MAX_FREE = 8
 PRIOR = 0.02  # weight of the pull toward current values, per unit of log-ratio (in accuracy units)
 # constant -> (lower, upper, log scale): what calibrate may move, and within which bounds
 FITTABLE: dict[str, tuple[float, float, bool]] = {
     "eta_rl": (1e-3, 1.0, True),
+    "eta_size_exp": (0.0, 1.0, False),
     "l_rl": (1.0, 1e6, True),
     "delta_unshaped": (0.0, 0.6, False),
     "l_shape": (1.0, 1e6, True),
@@ -59,6 +60,10 @@ FITTABLE: dict[str, tuple[float, float, bool]] = {
     "replay_value": (0.0, 1.0, False),
     "r_boost": (0.0, 10.0, False),
 }
+# Constants that are flat one at a time but not together, probed jointly at these values:
+# GRPO's efficiency shrinks with size from a 1.7B reference, so on a tiny model eta_rl,
+# its size exponent and l_rl each alone move nothing.
+GROUPS = ({"eta_rl": 1.0, "eta_size_exp": 0.0, "l_rl": 1.0},)
 _COST_SPEED_UP = ("mfu_train", "gen_bandwidth_eff", "gen_compute_eff", "load_gbs")  # divide by the factor
 _COST_SLOW_DOWN = ("decode_step_s", "stage_startup_s")  # multiply by it
 
@@ -186,19 +191,22 @@ def rmse(obs: list[Observation], k: OutcomeConstants) -> float:
 
 
 def sensitive_constants(obs: list[Observation], k: OutcomeConstants) -> list[tuple[str, float]]:
-    """(name, norm of d prediction / d x over the runs), most sensitive first, zeros dropped."""
-    out = []
+    """(name, reach), most influential first: reach is the RMS change of the runs' predictions
+    when the constant alone moves to either bound. A global probe, not a gradient: at the
+    shipped constants GRPO gains on a model far below the reference size are ~0 and flat in
+    every GRPO constant, yet a joint move can open them up."""
     base = [o.predicted(k) for o in obs]
-    for name in FITTABLE:
-        x = _to_x(name, getattr(k, name))
-        lo, hi = _bounds(name)
-        h = 0.05 * (hi - lo) if not FITTABLE[name][2] else 0.1
-        x2 = x + h if x + h <= hi else x - h
-        moved = replace(k, **{name: _from_x(name, x2)})
-        norm = math.sqrt(sum(((o.predicted(moved) - b) / h) ** 2 for o, b in zip(obs, base)))
-        if norm > 1e-4:
-            out.append((name, norm))
-    return sorted(out, key=lambda t: -t[1])
+
+    def moved_by(**values: float) -> float:
+        moved = replace(k, **values)
+        return math.sqrt(sum((o.predicted(moved) - b) ** 2 for o, b in zip(obs, base)) / len(obs))
+
+    reach = {name: max(moved_by(**{name: bound}) for bound in FITTABLE[name][:2]) for name in FITTABLE}
+    for group in GROUPS:
+        joint = moved_by(**group)
+        for name in group:
+            reach[name] = max(reach[name], joint)
+    return sorted(((n, r) for n, r in reach.items() if r > 1e-3), key=lambda t: -t[1])
 
 
 def fit_outcome(obs: list[Observation], start: OutcomeConstants) -> tuple[OutcomeConstants, list[str]]:
