@@ -27,7 +27,8 @@ tiny-models/BUILT: $(STAMP)
 quickstart: $(STAMP) tiny-models/BUILT
 	$(BIN)/s2d-plan recommend plans/budget.yaml
 	$(BIN)/s2d-plan execute plans/tiny-cpu.yaml
-	$(BIN)/s2d-plan history "SELECT stage_id, kind, status, round(gpu_hours * 3600, 1) AS seconds FROM stages WHERE run_id = (SELECT run_id FROM runs ORDER BY start_time DESC LIMIT 1) ORDER BY start_time"
+	$(BIN)/s2d-plan history --table "SELECT stage_id, kind, status, round(gpu_hours * 3600, 1) AS seconds FROM stages WHERE run_id = (SELECT max(run_id) FROM runs) ORDER BY start_time"
+	$(BIN)/s2d-plan history --table "SELECT stage_id, key, round(value, 3) AS value FROM metrics_latest WHERE key LIKE 'eval/%' OR key LIKE 'probe/%' ORDER BY time"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
