@@ -1,6 +1,6 @@
 """tinyworld: the reward-density principle reproduced end to end on a CPU (issue 6).
 
-    python benchmarks/tinyworld.py                 # 3 seeds, the full arms (~20 min on 2 idle cores)
+    python benchmarks/tinyworld.py                 # 3 seeds, every arm (~40 min here, cores shared)
     python benchmarks/tinyworld.py --quick         # a 1-seed smoke run (~3 min once the world is built)
     python benchmarks/tinyworld.py --seeds 0 1 2 3 --difficulty 2
 
@@ -61,8 +61,9 @@ class Sizes:
     held_out: int = 256  # Stage 3 labels (the next rows)
     group: int = 8
     prompts_per_step: int = 8
-    # The feasibility probe's sizes (issue 6). Three seeds of every arm take ~20 minutes on
-    # two otherwise idle cores; several times that when other jobs oversubscribe them.
+    # The feasibility probe's sizes (issue 6). Three seeds of every arm took 31 minutes here
+    # (plus 8 for the teacher references and a second allocator run) on two cores shared
+    # with other jobs; a GRPO step is ~0.2 s on idle cores.
     grpo_steps: int = 64
     matched_steps: int = 300  # a-matched: as many steps as the bridge's OPD (the probe's compute match)
     grpo_lr: float = 1e-4
