@@ -8,7 +8,7 @@ group size, bridge rollouts). ``stage_costs`` prices a candidate with the cost m
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from s2d_plan import costs
@@ -38,10 +38,12 @@ class Scale:
     probe_samples: int
 
     @staticmethod
-    def for_plan(gpu: GPUInfo, student: ModelInfo) -> "Scale":
+    def for_plan(gpu: GPUInfo, student: ModelInfo, completion_tokens: int | None = None) -> "Scale":
         if gpu.name == "cpu" or student.params_b < 0.05:
-            return Scale(True, 24, 40, 4, 8, 1, 32, 16, 4)
-        return Scale(False, 256, 1024, 64, 32, 4, 500, 512, 8)
+            scale = Scale(True, 24, 40, 4, 8, 1, 32, 16, 4)
+        else:
+            scale = Scale(False, 256, 1024, 64, 32, 4, 500, 512, 8)
+        return replace(scale, max_new=completion_tokens) if completion_tokens else scale
 
 
 @dataclass(frozen=True)
@@ -131,7 +133,7 @@ class Context:
         pool = spec.data.prompts.size if spec.data.prompts and spec.data.prompts.size else spec.data.labeled.size
         return Context(spec, student, evidence.get(spec.student.model) or estimate_accuracy(student, objective),
                        teachers, spec.compute.gpu_info, gpus, spec.compute.gpu_hours, spec.data.labeled.size,
-                       max(pool, 1), spec.data.reuse_labels, Scale.for_plan(spec.compute.gpu_info, student),
+                       max(pool, 1), spec.data.reuse_labels, Scale.for_plan(spec.compute.gpu_info, student, spec.data.completion_tokens),
                        constants, outcome)
 
     def eval_problems(self) -> int:

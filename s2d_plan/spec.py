@@ -103,6 +103,9 @@ class Data(_Spec):
     labeled: LabeledData
     prompts: PromptPool | None = None
     reuse_labels: bool = False  # may a label be spent twice (teacher and Stage 3)?
+    # Tokens a model needs to write a full solution; sets every stage's generation length
+    # (default: 1024 on GPUs, 40 for tiny CPU plans). Too short truncates answers to 0 reward.
+    completion_tokens: int | None = Field(default=None, gt=0)
 
 
 class Compute(_Spec):

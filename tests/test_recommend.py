@@ -117,3 +117,18 @@ def test_probe_graph_probes_every_model_without_spending_labels():
     assert [s.policy for s in graph.stages] == ["Qwen/Qwen3-1.7B", "Qwen/Qwen3-8B", "Qwen/Qwen3-14B"]
     assert graph.labels_spent() == 0 and all(s.kind == "probe" for s in graph.stages)
     assert parse_graph(json.loads(graph.to_json())).stages == graph.stages
+
+
+def test_completion_tokens_sets_every_generation_length(tmp_path):
+    from s2d_plan.recommend import recommend_graph
+
+    text = (ROOT / "plans" / "tiny-cpu.yaml").read_text().replace(
+        "  prompts: {source: ../tiny-models/data/prompts.jsonl, size: 256}",
+        "  prompts: {source: ../tiny-models/data/prompts.jsonl, size: 256}\n  completion_tokens: 72")
+    assert "completion_tokens: 72" in text
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(text)
+    graph, _ = recommend_graph(plan)
+    lengths = [v for s in graph.stages for k, v in s.params.items()
+               if k in ("max_new_tokens", "max_completion_length")]
+    assert lengths and set(lengths) == {72}
