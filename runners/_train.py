@@ -124,6 +124,18 @@ def metrics_callback(writer: MetricWriter, prefix: str = ""):
     return _Forward()
 
 
+def train_and_save(trainer, spec: StageSpec) -> dict:
+    """Train (resuming from the newest whole checkpoint, if any), save the final model, and
+    return the summary every training runner reports."""
+    resume = latest_checkpoint(spec)
+    if resume:
+        print(f"{spec.stage['kind']}: resuming from {resume}", flush=True)
+    result = trainer.train(resume_from_checkpoint=resume)
+    save_final(trainer, spec)
+    return {"steps": int(trainer.state.global_step), "train_loss": float(result.training_loss),
+            "resumed_from": resume, "processes": world_size()}
+
+
 def save_final(trainer, spec: StageSpec) -> Path:
     """Save the trained model and tokenizer to ``work_dir/model``; drop the checkpoints."""
     import shutil

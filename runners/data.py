@@ -145,13 +145,17 @@ def _check_keys(spec: dict, where: str) -> None:
                                  f"{', '.join(sorted(SLICE_KEYS))})")
 
 
-def load_labeled(spec: dict, where: str = "data.labeled") -> list[dict[str, Any]]:
-    """Rows ``{"problem", "answer", "index"}`` of a labeled slice."""
+def _source_rows(spec: dict, where: str) -> tuple[str, list[dict[str, Any]]]:
     _check_keys(spec, where)
     if "source" not in spec:
         raise ConfigurationError(f"{where}: needs a source")
     source = str(spec["source"])
-    rows = load_rows(source, spec.get("format"), spec.get("split", "train"))
+    return source, load_rows(source, spec.get("format"), spec.get("split", "train"))
+
+
+def load_labeled(spec: dict, where: str = "data.labeled") -> list[dict[str, Any]]:
+    """Rows ``{"problem", "answer", "index"}`` of a labeled slice."""
+    source, rows = _source_rows(spec, where)
     pf = _field(rows, spec.get("problem_field"), ("problem", "question", "prompt"), source, "problem")
     af = _field(rows, spec.get("answer_field"), ("answer", "solution", "gold"), source, "answer")
     offset, part = _slice(rows, spec, source)
@@ -160,11 +164,7 @@ def load_labeled(spec: dict, where: str = "data.labeled") -> list[dict[str, Any]
 
 def load_prompts(spec: dict, where: str = "data.prompts") -> list[dict[str, Any]]:
     """Rows ``{"problem", "index"}`` of a prompt slice (a labeled slice's answers are dropped)."""
-    _check_keys(spec, where)
-    if "source" not in spec:
-        raise ConfigurationError(f"{where}: needs a source")
-    source = str(spec["source"])
-    rows = load_rows(source, spec.get("format"), spec.get("split", "train"))
+    source, rows = _source_rows(spec, where)
     pf = _field(rows, spec.get("prompt_field") or spec.get("problem_field"), ("prompt", "problem", "question"),
                 source, "prompt")
     offset, part = _slice(rows, spec, source)

@@ -83,12 +83,9 @@ def run(spec: StageSpec, writer: MetricWriter) -> dict:
                         teacher_model_init_kwargs=common["model_init_kwargs"])
         trainer = GKDTrainer(model=student, teacher_model=teacher, args=cfg, train_dataset=Dataset.from_list(messages),
                              processing_class=AutoTokenizer.from_pretrained(student), callbacks=[_train.metrics_callback(writer)])
-    resume = _train.latest_checkpoint(spec)
-    result = trainer.train(resume_from_checkpoint=resume)
-    _train.save_final(trainer, spec)
+    summary = _train.train_and_save(trainer, spec)
     (spec.work_dir / "fkl.json").write_text(json.dumps({"mode": p["mode"], "rows": len(rows)}))
-    return {"mode": p["mode"], "rows": len(rows), "steps": int(trainer.state.global_step),
-            "train_loss": float(result.training_loss), "resumed_from": resume}
+    return {"mode": p["mode"], "rows": len(rows), **summary}
 
 
 if __name__ == "__main__":

@@ -125,13 +125,7 @@ def run(spec: StageSpec, writer: MetricWriter) -> dict:
         callbacks=[_train.metrics_callback(writer)],
         peft_config=lora_config(bool(p["lora"])),
     )
-    resume = _train.latest_checkpoint(spec)
-    if resume:
-        print(f"grpo: resuming from {resume}", flush=True)
-    result = trainer.train(resume_from_checkpoint=resume)
-    _train.save_final(trainer, spec)
-    return {"steps": int(trainer.state.global_step), "train_loss": float(result.training_loss),
-            "resumed_from": resume, "labels_used": len(rows), "processes": _train.world_size()}
+    return {**_train.train_and_save(trainer, spec), "labels_used": len(rows)}
 
 
 if __name__ == "__main__":

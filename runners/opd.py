@@ -56,11 +56,7 @@ def run(spec: StageSpec, writer: MetricWriter) -> dict:
     ds = Dataset.from_list([{"prompt": as_chat(r["problem"])} for r in rows])
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=cfg, train_dataset=ds,
                                   callbacks=[_train.metrics_callback(writer)])
-    resume = _train.latest_checkpoint(spec)
-    result = trainer.train(resume_from_checkpoint=resume)
-    _train.save_final(trainer, spec)
-    return {"steps": int(trainer.state.global_step), "train_loss": float(result.training_loss),
-            "resumed_from": resume, "prompts": len(rows), "processes": _train.world_size()}
+    return {**_train.train_and_save(trainer, spec), "prompts": len(rows)}
 
 
 if __name__ == "__main__":
