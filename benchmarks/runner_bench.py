@@ -152,7 +152,7 @@ def main() -> None:
     ap.add_argument("-L", type=int, default=32)
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="s2d-bench-"))
-    tiny = Path(a.tiny or work / "tiny")
+    tiny = Path(a.tiny or work / "tiny").resolve()  # the plain script runs in another directory
     subprocess.run([sys.executable, "-m", "runners.tiny", str(tiny)], cwd=REPO, check=True, capture_output=True)
     print(f"tiny models: {tiny}; {a.steps} steps, G={a.G}, prompts/step={a.P}, completion<={a.L} tokens, "
           f"{a.reps} alternating reps, CPU, {os.cpu_count()} cores")
