@@ -141,7 +141,14 @@ def save_final(trainer, spec: StageSpec) -> Path:
     import shutil
 
     out = spec.work_dir / MODEL_SUBDIR
-    trainer.save_model(str(out))
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if hasattr(model, "merge_and_unload"):
+        # a LoRA adapter: merge it so later stages (and vLLM) load model/ like any checkpoint
+        # (single process only: merging FSDP-sharded weights would need a full state dict)
+        if trainer.accelerator.is_main_process:
+            model.merge_and_unload().save_pretrained(str(out))
+    else:
+        trainer.save_model(str(out))
     trainer.accelerator.wait_for_everyone()
     if trainer.accelerator.is_main_process:
         trainer.processing_class.save_pretrained(str(out))

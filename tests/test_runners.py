@@ -333,3 +333,11 @@ def test_latest_checkpoint_skips_a_half_written_one(tmp_path):
         if state is not None:
             (d / "trainer_state.json").write_text(state)
     assert latest_checkpoint(spec).endswith("checkpoint-10")  # numeric order, complete ones only
+
+
+def test_grpo_with_lora_saves_a_plain_model_later_stages_can_load(tiny, tmp_path):
+    r, d = run_stage(tmp_path, "grpo", *grpo_stage(tiny, lora=True, beta=0.0))
+    out = ok(r, d)
+    # the adapter is merged: downstream stages load model/ like any checkpoint
+    assert (out / "model" / "model.safetensors").is_file() and not (out / "model" / "adapter_config.json").exists()
+    assert json.loads((out / "COMPLETE").read_text())["summary"]["steps"] == 2
