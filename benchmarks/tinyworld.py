@@ -42,8 +42,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-# Runners inherit this: OpenMP threads that spin while waiting made GRPO steps 40x slower
-# (0.2 s -> 8-19 s) when another job shared the two cores; passive waiting avoids it.
+# The world build inherits this (runners get it from the executor): OpenMP threads that
+# spin while waiting made GRPO steps 40x slower (0.2 s -> 8-19 s) on shared cores.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from s2d_plan.calibrate import calibrate, outcome_inputs  # noqa: E402
@@ -301,10 +301,9 @@ def plan_for(world: Path, models, home: Path, sz: Sizes) -> Path:
 def recommended(plan: Path, home: Path, seed: int, arms: Arms, tag: str) -> StageGraph:
     """The allocator's graph for the plan, its seeds set to ``seed`` and its eval replaced by the
     benchmark's (the allocator decides the training; every arm is measured the same way)."""
-    os.environ["S2D_HOME"] = str(home)  # recommend reads calibration.json from the home
     from s2d_plan.recommend import recommend_graph
 
-    graph, summary = recommend_graph(plan)
+    graph, summary = recommend_graph(plan, home=home)  # with this history's calibration.json
     print(f"  h ({tag}), seed {seed}: {summary}", flush=True)
     stages = []
     for st in graph.stages:

@@ -41,6 +41,8 @@ def friendly(fn: Callable) -> Callable:
 
 
 PLAN_ARG = typer.Argument(..., help="Plan YAML file.", show_default=False)
+HOME_OPT = typer.Option(None, "--home", envvar="S2D_HOME",
+                        help="Where the history, stage outputs and calibration live (default ./.s2d).")
 
 
 @app.command()
@@ -61,11 +63,12 @@ def recommend(
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the stage graph to this file."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a Pareto plot (accuracy vs GPU-hours) PNG."),
     trials: Optional[int] = typer.Option(None, "--trials", help="Search trials (overrides the plan's search.trials)."),
+    home: Optional[Path] = HOME_OPT,
 ) -> None:
     """Recommend where labels and GPU-hours go; print the pipeline, prediction and rationale."""
     from s2d_plan.recommend import run_recommend
 
-    run_recommend(plan, json_out=json_out, output=output, plot=plot, trials=trials)
+    run_recommend(plan, json_out=json_out, output=output, plot=plot, trials=trials, home=home)
 
 
 @app.command()
@@ -74,7 +77,7 @@ def execute(
     target: Path = typer.Argument(..., help="A stage graph (.json) or a plan (.yaml) to recommend then run."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print order, commands and estimates; run nothing."),
     force: list[str] = typer.Option([], "--force", help="Re-run this stage and its dependants (repeatable)."),
-    home: Optional[Path] = typer.Option(None, "--home", envvar="S2D_HOME", help="Where history and outputs live (default ./.s2d)."),
+    home: Optional[Path] = HOME_OPT,
 ) -> None:
     """Run a stage graph (or a plan): resumable, cached by content, logged to DuckDB."""
     from s2d_plan.executor import run_execute
@@ -90,7 +93,7 @@ def history(
     table: bool = typer.Option(False, "--table", help="Aligned table (default on a terminal)."),
     csv: bool = typer.Option(False, "--csv", help="CSV with a header row."),
     json_out: bool = typer.Option(False, "--json", help="A JSON array, one object per row."),
-    home: Optional[Path] = typer.Option(None, "--home", envvar="S2D_HOME", help="Where history lives (default ./.s2d)."),
+    home: Optional[Path] = HOME_OPT,
 ) -> None:
     """Query past runs with SQL (read-only): runs, stages, metrics, artifacts, evidence, trials."""
     from s2d_plan.history import run_history_query
@@ -103,7 +106,7 @@ def history(
 @app.command()
 @friendly
 def runs(
-    home: Optional[Path] = typer.Option(None, "--home", envvar="S2D_HOME", help="Where history lives (default ./.s2d)."),
+    home: Optional[Path] = HOME_OPT,
 ) -> None:
     """List past runs, newest first."""
     from s2d_plan.history import run_list_runs
@@ -115,7 +118,7 @@ def runs(
 @friendly
 def show(
     run: str = typer.Argument(..., help="Run id (a unique prefix is enough)."),
-    home: Optional[Path] = typer.Option(None, "--home", envvar="S2D_HOME", help="Where history lives (default ./.s2d)."),
+    home: Optional[Path] = HOME_OPT,
 ) -> None:
     """Show one run: stages, statuses, estimated vs actual GPU-hours, final metrics."""
     from s2d_plan.history import run_show
@@ -127,7 +130,7 @@ def show(
 @friendly
 def probe(
     plan: Path = PLAN_ARG,
-    home: Optional[Path] = typer.Option(None, "--home", envvar="S2D_HOME", help="Where history lives (default ./.s2d)."),
+    home: Optional[Path] = HOME_OPT,
 ) -> None:
     """Measure per-prompt solve rates of the plan's models on its labeled data (evidence for recommend)."""
     from s2d_plan.executor import run_probe
@@ -138,7 +141,7 @@ def probe(
 @app.command()
 @friendly
 def calibrate(
-    home: Optional[Path] = typer.Option(None, "--home", envvar="S2D_HOME", help="Where history lives (default ./.s2d)."),
+    home: Optional[Path] = HOME_OPT,
 ) -> None:
     """Fit the outcome and cost models' constants to the runs in the history."""
     from s2d_plan.calibrate import run_calibrate

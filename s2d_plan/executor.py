@@ -54,7 +54,7 @@ from s2d_plan._identity import cache_keys, resolve_inputs, runner_resumes, runne
 from s2d_plan.errors import GraphError, S2DError
 from s2d_plan.graph import Stage, StageGraph, load_graph
 from s2d_plan.history import HistoryWriter, graph_json, utcnow
-from s2d_plan.paths import HOME_ENV, attempt_file, partial_dir, resolve_home, stage_dir
+from s2d_plan.paths import attempt_file, partial_dir, resolve_home, stage_dir
 
 DONE = ("FINISHED", "CACHED")
 STOP_GRACE_S = 10.0  # how long a stopped runner gets to exit after SIGINT
@@ -511,16 +511,7 @@ def plan_graph(plan: Path, home: Path | None = None) -> tuple[StageGraph, str]:
                        "run `s2d-plan recommend PLAN -o graph.json`, then execute the graph") from None
     unfinished = _unfinished_run_of(load_plan(plan).hash(), home)
     if unfinished is None:
-        # the recommender reads evidence from S2D_HOME: make it the home this run uses
-        saved = os.environ.get(HOME_ENV)
-        os.environ[HOME_ENV] = str(resolve_home(home))
-        try:
-            return recommend_graph(plan)
-        finally:
-            if saved is None:
-                os.environ.pop(HOME_ENV, None)
-            else:
-                os.environ[HOME_ENV] = saved
+        return recommend_graph(plan, home=home)  # evidence and calibration of this run's home
     run_id, status, graph = unfinished
     p, meta = graph.predicted, graph.meta
     chose = f"{meta.get('structure', graph.plan)}" + (f": predicted {p.eval} {p.value:.1%}" if p else "")

@@ -1,7 +1,7 @@
 """`s2d-plan recommend`: allocate, compile, explain.
 
 The edge of the planner: it reads the plan, probe evidence and calibration from the
-history home (``S2D_HOME`` or ``./.s2d``), runs the pure allocator and compiler, and
+history home (``--home``, ``S2D_HOME`` or ``./.s2d``), runs the pure allocator and compiler, and
 prints the recommendation (or only the graph JSON with ``--json``).
 
     >>> graph, summary = recommend_graph("plans/budget.yaml")   # doctest: +SKIP
@@ -19,14 +19,9 @@ from s2d_plan._space import MAX_EPOCHS, MAX_PASSES
 from s2d_plan.allocator import Allocation, Context, SearchResult, allocate
 from s2d_plan.compiler import compile_graph, resolve
 from s2d_plan.graph import StageGraph
+from s2d_plan.paths import resolve_home
 from s2d_plan.outcome import SolveRates, load_outcome_constants, rates_from_evidence, rl_gain, signal_yield
 from s2d_plan.spec import PlanSpec, load_plan
-
-
-def _home() -> Path:
-    from s2d_plan.paths import resolve_home  # --home / S2D_HOME / ./.s2d, as everywhere
-
-    return resolve_home(None)
 
 
 def load_evidence(spec: PlanSpec, home: Path) -> dict[str, SolveRates]:
@@ -54,18 +49,25 @@ def load_evidence(spec: PlanSpec, home: Path) -> dict[str, SolveRates]:
     return out
 
 
-def plan_and_search(spec: PlanSpec, trials: int | None = None) -> tuple[Context, SearchResult]:
-    home = _home()
+def plan_and_search(spec: PlanSpec, trials: int | None = None,
+                    home: str | Path | None = None) -> tuple[Context, SearchResult]:
+    """Search the plan with the evidence and calibration of ``home`` (--home / S2D_HOME / ./.s2d)."""
+    home = resolve_home(home)
     ctx = Context.from_spec(spec, load_evidence(spec, home), costs.load_constants(home),
                            load_outcome_constants(home))
     return ctx, allocate(ctx, trials)
 
 
-def recommend_graph(plan_path: str | Path, trials: int | None = None) -> tuple[StageGraph, str]:
+def _recommended(plan_path: str | Path, trials: int | None,
+                 home: str | Path | None) -> tuple[Context, SearchResult, StageGraph]:
+    ctx, result = plan_and_search(load_plan(plan_path), trials, home)
+    return ctx, result, compile_graph(ctx, result, _meta(ctx, result))
+
+
+def recommend_graph(plan_path: str | Path, trials: int | None = None,
+                    home: str | Path | None = None) -> tuple[StageGraph, str]:
     """The recommended stage graph of a plan and a one-line summary of the choice."""
-    spec = load_plan(plan_path)
-    ctx, result = plan_and_search(spec, trials)
-    graph = compile_graph(ctx, result, _meta(ctx, result))
+    ctx, result, graph = _recommended(plan_path, trials, home)
     p = graph.predicted
     summary = (f"{result.best.structure.label}: predicted {p.eval} {p.value:.1%} "
                f"[{p.low:.1%}, {p.high:.1%}], {graph.estimated.gpu_hours:.3g} of {ctx.budget:.3g} GPU-hours")
@@ -73,11 +75,9 @@ def recommend_graph(plan_path: str | Path, trials: int | None = None) -> tuple[S
 
 
 def run_recommend(plan: Path, json_out: bool = False, output: Path | None = None, plot: Path | None = None,
-                  trials: int | None = None) -> None:
+                  trials: int | None = None, home: Path | None = None) -> None:
     """The CLI body: print the recommendation (or only JSON), write the graph and plot."""
-    spec = load_plan(plan)
-    ctx, result = plan_and_search(spec, trials)
-    graph = compile_graph(ctx, result, _meta(ctx, result))
+    ctx, result, graph = _recommended(plan, trials, home)
     text = graph.to_json()
     if output is not None:
         output.write_text(text + "\n")
@@ -89,7 +89,7 @@ def run_recommend(plan: Path, json_out: bool = False, output: Path | None = None
     print(render(ctx, result, graph))
     from s2d_plan.calibrate import describe
 
-    calibrated = describe(_home())
+    calibrated = describe(resolve_home(home))
     if calibrated:
         print("\n" + calibrated)
     if output is not None:
