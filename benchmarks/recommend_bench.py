@@ -40,8 +40,8 @@ def import_times() -> dict[str, float]:
 
 
 def search_gap(plan: str, trials: int = 5000) -> tuple[float, float, str, str, float, float]:
-    from s2d_plan.allocator import Context, allocate, random_search
-    from s2d_plan.spec import load_plan
+    from s2d_plan.allocate.allocator import Context, allocate, random_search
+    from s2d_plan.plan.spec import load_plan
 
     spec = load_plan(plan)
     t = time.perf_counter()

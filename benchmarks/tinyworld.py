@@ -46,10 +46,10 @@ sys.path.insert(0, str(REPO))
 # spin while waiting made GRPO steps 40x slower (0.2 s -> 8-19 s) on shared cores.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from s2d_plan.calibrate import calibrate, outcome_inputs  # noqa: E402
+from s2d_plan.predict.calibrate import calibrate, outcome_inputs  # noqa: E402
 from s2d_plan.graph import StageGraph  # noqa: E402
-from s2d_plan.outcome import Pipeline, SolveRates  # noqa: E402
-from s2d_plan.registry import ModelInfo  # noqa: E402
+from s2d_plan.predict.outcome import Pipeline, SolveRates  # noqa: E402
+from s2d_plan.plan.registry import ModelInfo  # noqa: E402
 
 PLAN = "tinyworld-bench"
 OBJECTIVE = "tinyworld"
@@ -245,8 +245,8 @@ def graph_of(arm: str, seed: int, stages: list[dict], res: dict, models, sz: Siz
 
 
 def execute(graph: StageGraph, home: Path) -> str:
-    from s2d_plan._display import PlainDisplay
-    from s2d_plan.executor import execute_graph
+    from s2d_plan.run.progress import PlainDisplay
+    from s2d_plan.run.executor import execute_graph
 
     t0 = time.time()
     r = execute_graph(graph, home, display=PlainDisplay(every_s=1e9))
@@ -260,7 +260,7 @@ def execute(graph: StageGraph, home: Path) -> str:
 def replay_steps(home: Path, seed: int, sz: Sizes) -> int:
     """OPD steps that cost what Stage 3 cost in this seed: Stage 3's measured CPU time over
     the bridge OPD's measured time per step (both from the history)."""
-    from s2d_plan.history import query
+    from s2d_plan.history.read import query
 
     _, rows = query("""SELECT s.stage_id, max(s.gpu_hours) FROM runs r JOIN stages s USING (run_id)
                        WHERE r.plan = 'tinyworld-bench' AND s.status = 'FINISHED' AND s.stage_id IN ('student_grpo', 'student_opd')
@@ -301,9 +301,10 @@ def plan_for(world: Path, models, home: Path, sz: Sizes) -> Path:
 def recommended(plan: Path, home: Path, seed: int, arms: Arms, tag: str) -> StageGraph:
     """The allocator's graph for the plan, its seeds set to ``seed`` and its eval replaced by the
     benchmark's (the allocator decides the training; every arm is measured the same way)."""
-    from s2d_plan.recommend import recommend_graph
+    from s2d_plan.api import recommend
 
-    graph, summary = recommend_graph(plan, home=home)  # with this history's calibration.json
+    rec = recommend(plan, home=home)  # with this history's calibration.json
+    graph, summary = rec.graph, rec.summary
     print(f"  h ({tag}), seed {seed}: {summary}", flush=True)
     stages = []
     for st in graph.stages:
@@ -323,7 +324,7 @@ def recommended(plan: Path, home: Path, seed: int, arms: Arms, tag: str) -> Stag
         d["resources"] = {"gpus": 1}
         stages.append(d)
     meta = dict(graph.meta, arm=f"h-{tag}", seed=seed, labels=graph.labels_spent(), prompts=sum(
-        st.data["prompts"]["count"] for st in graph.stages if isinstance(st.data.get("prompts"), dict)),
+        st.data.prompts.count for st in graph.stages if st.data.prompts is not None),
         structure=f"h-{tag}: {graph.meta['structure']}")
     meta.pop("trials", None)
     return StageGraph.model_validate({**json.loads(graph.model_dump_json()), "plan": PLAN, "stages": stages,
@@ -361,13 +362,13 @@ GROUP BY arm ORDER BY arm
 
 
 def results(home: Path) -> tuple[list[str], list[tuple]]:
-    from s2d_plan.history import query
+    from s2d_plan.history.read import query
 
     return query(RESULTS_SQL, home)
 
 
 def per_seed(home: Path) -> dict[str, dict[int, float]]:
-    from s2d_plan.history import query
+    from s2d_plan.history.read import query
 
     _, rows = query("""SELECT json_extract_string(r.graph, '$.meta.arm'), CAST(json_extract(r.graph, '$.meta.seed') AS INT),
                               arg_max(m.value, r.start_time)

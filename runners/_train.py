@@ -12,23 +12,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from runners.common import MODEL_SUBDIR, MetricWriter, StageSpec
-from s2d_plan.errors import ConfigurationError, IncompatibleModelsError
+from runners.common import MetricWriter
+from s2d_plan.contract import MODEL_SUBDIR, IncompatibleModelsError, StageSpec
 
 CHECKPOINTS = "checkpoints"
 ZERO_REWARD_PATIENCE = int(os.environ.get("S2D_ZERO_REWARD_STEPS", "10"))  # "many steps" of all-zero reward
 _STOP_AFTER = "S2D_TEST_CRASH_AFTER_STEP"  # tests: die right after saving this step's checkpoint
-
-
-def params(kind: str, given: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    """The stage params merged over defaults; an unknown name is an error, not a silent no-op."""
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise ConfigurationError(f"{kind} stage: unknown param(s) {', '.join(unknown)} "
-                                 f"(known: {', '.join(sorted(defaults))})")
-    out = dict(defaults)
-    out.update({k: v for k, v in given.items() if v is not None})
-    return out
 
 
 def world_size() -> int:
@@ -59,18 +48,18 @@ def device_of(spec: StageSpec) -> str:
 
 def trainer_args(spec: StageSpec, p: dict[str, Any], device: str) -> dict[str, Any]:
     """TrainingArguments every TRL runner sets the same way."""
-    steps = p.get("steps")
+    steps = p.steps
     return dict(
         output_dir=str(spec.work_dir / CHECKPOINTS),
         max_steps=int(steps) if steps else -1,  # -1: run the epochs instead
-        learning_rate=float(p["learning_rate"]),
+        learning_rate=float(p.learning_rate),
         logging_steps=1,
         save_strategy="steps",
-        save_steps=int(p.get("save_steps") or (max(1, int(steps) // 5) if steps else 200)),
+        save_steps=int(p.save_steps or (max(1, int(steps) // 5) if steps else 200)),
         save_total_limit=2,
         report_to="none",
-        seed=int(p["seed"]),
-        data_seed=int(p["seed"]),
+        seed=int(p.seed),
+        data_seed=int(p.seed),
         use_cpu=device == "cpu",
         bf16=device == "cuda",
         fp16=False,
@@ -129,7 +118,7 @@ def train_and_save(trainer, spec: StageSpec) -> dict:
     return the summary every training runner reports."""
     resume = latest_checkpoint(spec)
     if resume:
-        print(f"{spec.stage['kind']}: resuming from {resume}", flush=True)
+        print(f"{spec.stage.kind}: resuming from {resume}", flush=True)
     result = trainer.train(resume_from_checkpoint=resume)
     save_final(trainer, spec)
     return {"steps": int(trainer.state.global_step), "train_loss": float(result.training_loss),

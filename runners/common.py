@@ -1,26 +1,13 @@
-"""What every runner shares: reading its stage spec, reporting metrics, atomic outputs.
+"""What every runner shares: the entry point, metric lines, and reading stage outputs.
 
-The runner contract (DESIGN.md): the executor starts ``python -m runners.<kind> SPEC.json``.
-SPEC.json is::
-
-    {"run_id": "...", "attempt": 1,
-     "stage": {...the stage exactly as in the graph...},
-     "inputs": {"policy": "...", "teacher": "...", "data.rollouts": "..."},
-     "output_dir": "/abs/stages/<id>-<key>",     # final place; must not exist yet
-     "work_dir": "/abs/stages/<id>-<key>.partial",  # stable across attempts: resume from here
-     "metrics_path": "/abs/.../metrics.jsonl",
-     "device": "auto"}
-
-``inputs`` holds every reference already resolved: a model name or path passes through,
-and ``@stage`` becomes that stage's output directory (see ``model_path`` and
-``dataset_path`` for what lies inside one).
-
-A runner writes everything into ``work_dir`` and calls ``finalize``: the directory is
-renamed to ``output_dir`` and only then is the ``COMPLETE`` marker written, so a
-half-written output is never taken as done. Metrics are JSON lines appended to
-``metrics_path`` (``{"step", "key", "value", "time"}``), flushed line by line so the
-executor can tail them live and nothing is lost when a stage dies. A failing runner exits
-non-zero with the error on stderr (``run_main`` does this).
+The contract itself (the spec file, typed params per kind, output names, the COMPLETE
+marker) is ``s2d_plan.contract``, the one planner module runners import. The executor
+starts ``python -m runners.<kind> SPEC.json``; ``run_main`` loads the spec, runs the
+stage in ``work_dir``, and ``finalize`` renames the work directory into place before the
+marker is written, so a half-written output is never taken as done. Metrics are JSON
+lines appended to ``metrics_path`` (``{"step", "key", "value", "time"}``), flushed line
+by line so the executor can tail them live and nothing is lost when a stage dies. A
+failing runner exits non-zero with the error on stderr.
 """
 
 from __future__ import annotations
@@ -31,55 +18,11 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-COMPLETE_MARKER = "COMPLETE"
-MODEL_SUBDIR = "model"  # a training stage saves its checkpoint (HF format) here
-ROLLOUTS_FILE = "rollouts.jsonl"  # a rollout / probe stage writes its dataset here
-
-
-@dataclass
-class StageSpec:
-    run_id: str
-    attempt: int
-    stage: dict[str, Any]
-    inputs: dict[str, str]
-    output_dir: Path
-    work_dir: Path
-    metrics_path: Path
-    device: str = "auto"
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def params(self) -> dict[str, Any]:
-        return self.stage.get("params", {})
-
-    @property
-    def data(self) -> dict[str, Any]:
-        return self.stage.get("data", {})
-
-    @property
-    def stage_id(self) -> str:
-        return self.stage["id"]
-
-
-def load_spec(path: str | Path) -> StageSpec:
-    raw = json.loads(Path(path).read_text())
-    known = {"run_id", "attempt", "stage", "inputs", "output_dir", "work_dir", "metrics_path", "device"}
-    return StageSpec(
-        run_id=raw["run_id"],
-        attempt=int(raw.get("attempt", 1)),
-        stage=raw["stage"],
-        inputs=dict(raw.get("inputs", {})),
-        output_dir=Path(raw["output_dir"]),
-        work_dir=Path(raw["work_dir"]),
-        metrics_path=Path(raw["metrics_path"]),
-        device=raw.get("device", "auto"),
-        extra={k: v for k, v in raw.items() if k not in known},
-    )
-
+from s2d_plan.contract import (MODEL_SUBDIR, ROLLOUTS_FILE, S2DError, StageSpec, finalize,  # noqa: F401
+                               load_spec)
 
 class MetricWriter:
     """Append metric lines to the stage's stream; every line is flushed at once."""
@@ -107,29 +50,6 @@ class MetricWriter:
 
     def close(self) -> None:
         self._f.close()
-
-
-def finalize(spec: StageSpec, summary: dict[str, Any] | None = None) -> Path:
-    """Move the finished work directory into place, then mark it complete."""
-    work, out = spec.work_dir, spec.output_dir
-    if out.exists():
-        if (out / COMPLETE_MARKER).exists():
-            raise RuntimeError(f"{out} is already complete; refusing to overwrite it")
-        # a rename that happened right before a crash, without its marker: replace it
-        import shutil
-
-        shutil.rmtree(out)
-    os.replace(work, out)
-    marker = {"stage": spec.stage_id, "run_id": spec.run_id, "attempt": spec.attempt,
-              "time": time.time(), "summary": summary or {}}
-    tmp = out / (COMPLETE_MARKER + ".tmp")
-    tmp.write_text(json.dumps(marker))
-    os.replace(tmp, out / COMPLETE_MARKER)
-    return out
-
-
-def is_complete(path: str | Path) -> bool:
-    return (Path(path) / COMPLETE_MARKER).exists()
 
 
 def model_path(ref: str) -> str:
@@ -181,7 +101,11 @@ def run_main(run: Callable[[StageSpec, MetricWriter], dict[str, Any] | None], ar
     if len(argv) != 1:
         print(f"usage: python -m runners.<kind> STAGE_SPEC.json (got {argv})", file=sys.stderr)
         sys.exit(2)
-    spec = load_spec(argv[0])
+    try:
+        spec = load_spec(argv[0])
+    except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+        print(f"stage spec {argv[0]} cannot be run: {exc}", file=sys.stderr)
+        sys.exit(2)
     spec.work_dir.mkdir(parents=True, exist_ok=True)
     main = process_rank() == 0
     writer = MetricWriter(spec.metrics_path) if main else NullWriter()
@@ -193,8 +117,6 @@ def run_main(run: Callable[[StageSpec, MetricWriter], dict[str, Any] | None], ar
         print(f"stage {spec.stage_id}: interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as exc:  # the executor records stderr's tail as the stage's error
-        from s2d_plan.errors import S2DError
-
         if not isinstance(exc, S2DError):  # a user error is its message; a bug keeps its traceback
             traceback.print_exc(file=sys.stderr)
         print(f"stage {spec.stage_id} failed: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -9,8 +9,8 @@ gives rows like ``{"problem": "What is 3 + 4?", "answer": "7", "index": 0}``.
 Sources: ``.jsonl`` / ``.json``, ``.parquet``, ``.csv``, a directory written by
 ``Dataset.save_to_disk`` (a ``DatasetDict`` uses its ``train`` split), or a hub id such as
 ``HuggingFaceH4/MATH-500``, which is only tried where the hub can be reached; otherwise
-the error says how to save the data to disk where a network exists. A slice
-``{source, problem_field, answer_field, offset, count, format?}`` keeps the absolute row
+the error says how to save the data to disk where a network exists. A slice (the
+contract's ``LabeledSlice`` / ``PromptSlice`` / ``EvalSlice``) keeps the absolute row
 number of each example in ``index`` (the probe's evidence and the GRPO resume checks
 refer to it). Relative paths resolve against the current directory.
 """
@@ -23,12 +23,10 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from s2d_plan.errors import ConfigurationError, S2DError
+from s2d_plan.contract import ConfigurationError, EvalSlice, LabeledSlice, PromptSlice, S2DError, StageData
 
 INSTRUCTION = "Put the final answer in \\boxed{}."  # appended to every problem shown to a model
 FORMATS = ("jsonl", "json", "parquet", "csv", "disk", "hub")
-SLICE_KEYS = {"source", "problem_field", "answer_field", "prompt_field", "offset", "count", "format", "spend",
-              "size", "name", "split"}
 
 
 class DataError(S2DError):
@@ -129,55 +127,39 @@ def _field(rows: list[dict], wanted: str | None, fallbacks: tuple[str, ...], sou
                     f"set {what}_field in the plan")
 
 
-def _slice(rows: list[dict], spec: dict, source: str) -> tuple[int, list[dict]]:
-    offset = int(spec.get("offset", 0) or 0)
-    count = spec.get("count", spec.get("size"))
-    end = len(rows) if count is None else offset + int(count)
-    if offset < 0 or end > len(rows):
+def _slice(rows: list[dict], offset: int, count: int | None, source: str) -> tuple[int, list[dict]]:
+    end = len(rows) if count is None else offset + count
+    if end > len(rows):
         raise DataError(f"{source}: slice [{offset}, {end}) is outside its {len(rows)} rows")
     return offset, rows[offset:end]
 
 
-def _check_keys(spec: dict, where: str) -> None:
-    unknown = set(spec) - SLICE_KEYS
-    if unknown:
-        raise ConfigurationError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} (known: "
-                                 f"{', '.join(sorted(SLICE_KEYS))})")
+def load_labeled(part: LabeledSlice | EvalSlice) -> list[dict[str, Any]]:
+    """Rows ``{"problem", "answer", "index"}`` of a labeled slice (or the first ``size``
+    rows of an eval set)."""
+    rows = load_rows(part.source, part.format, part.split or "train")
+    pf = _field(rows, part.problem_field, ("problem", "question", "prompt"), part.source, "problem")
+    af = _field(rows, part.answer_field, ("answer", "solution", "gold"), part.source, "answer")
+    offset, count = (0, part.size) if isinstance(part, EvalSlice) else (part.offset, part.count)
+    offset, rows = _slice(rows, offset, count, part.source)
+    return [{"problem": str(r[pf]), "answer": str(r[af]), "index": offset + i} for i, r in enumerate(rows)]
 
 
-def _source_rows(spec: dict, where: str) -> tuple[str, list[dict[str, Any]]]:
-    _check_keys(spec, where)
-    if "source" not in spec:
-        raise ConfigurationError(f"{where}: needs a source")
-    source = str(spec["source"])
-    return source, load_rows(source, spec.get("format"), spec.get("split", "train"))
-
-
-def load_labeled(spec: dict, where: str = "data.labeled") -> list[dict[str, Any]]:
-    """Rows ``{"problem", "answer", "index"}`` of a labeled slice."""
-    source, rows = _source_rows(spec, where)
-    pf = _field(rows, spec.get("problem_field"), ("problem", "question", "prompt"), source, "problem")
-    af = _field(rows, spec.get("answer_field"), ("answer", "solution", "gold"), source, "answer")
-    offset, part = _slice(rows, spec, source)
-    return [{"problem": str(r[pf]), "answer": str(r[af]), "index": offset + i} for i, r in enumerate(part)]
-
-
-def load_prompts(spec: dict, where: str = "data.prompts") -> list[dict[str, Any]]:
-    """Rows ``{"problem", "index"}`` of a prompt slice (a labeled slice's answers are dropped)."""
-    source, rows = _source_rows(spec, where)
-    pf = _field(rows, spec.get("prompt_field") or spec.get("problem_field"), ("prompt", "problem", "question"),
-                source, "prompt")
-    offset, part = _slice(rows, spec, source)
+def load_prompts(part: PromptSlice) -> list[dict[str, Any]]:
+    """Rows ``{"problem", "index"}`` of a prompt slice."""
+    rows = load_rows(part.source, part.format, part.split or "train")
+    pf = _field(rows, part.prompt_field, ("prompt", "problem", "question"), part.source, "prompt")
+    offset, rows = _slice(rows, part.offset, part.count, part.source)
     return [{"problem": r[pf] if isinstance(r[pf], list) else str(r[pf]), "index": offset + i}
-            for i, r in enumerate(part)]
+            for i, r in enumerate(rows)]
 
 
-def stage_prompts(data: dict) -> list[dict[str, Any]]:
+def stage_prompts(data: StageData) -> list[dict[str, Any]]:
     """The prompts a sampling stage reads: ``data.prompts``, else ``data.labeled`` (answers kept)."""
-    if "prompts" in data and isinstance(data["prompts"], dict):
-        return load_prompts(data["prompts"])
-    if "labeled" in data and isinstance(data["labeled"], dict):
-        return load_labeled(data["labeled"])
+    if data.prompts is not None:
+        return load_prompts(data.prompts)
+    if data.labeled is not None:
+        return load_labeled(data.labeled)
     raise ConfigurationError("stage data needs prompts: {source, ...} or labeled: {source, ...}")
 
 

@@ -22,38 +22,25 @@ from runners import _train
 from runners._sample import sample
 from runners.common import MetricWriter, StageSpec, model_path, run_main
 from runners.data import load_labeled
-from s2d_plan.errors import ConfigurationError
-
-DEFAULTS = dict(k=4, max_new_tokens=512, temperature=0.6, greedy=True, seed=0, batch_size=64)
-
-
-def eval_sets(data: dict) -> list[dict]:
-    sets = data.get("eval")
-    if isinstance(sets, dict):
-        sets = [sets]
-    if not sets:
-        raise ConfigurationError("eval: the stage needs data.eval, a list of {name, source, ...}")
-    for i, s in enumerate(sets):
-        if not isinstance(s, dict) or "name" not in s or "source" not in s:
-            raise ConfigurationError(f"data.eval[{i}]: needs name and source")
-    return sets
-
+from s2d_plan.contract import ConfigurationError
 
 def run(spec: StageSpec, writer: MetricWriter) -> dict:
-    p = _train.params("eval", spec.params, DEFAULTS)
+    p = spec.params
     device = _train.device_of(spec)
     from runners.verifier import shared_verifier
 
     verifier = shared_verifier()
     policy = model_path(spec.inputs["policy"])
-    k = int(p["k"])
+    k = int(p.k)
     summary = {}
-    for es in eval_sets(spec.data):
-        name = es["name"]
-        rows = load_labeled({key: v for key, v in es.items() if key != "name"}, where=f"data.eval[{name}]")
+    if not spec.data.eval:
+        raise ConfigurationError("eval: the stage needs data.eval, a list of {name, source, ...}")
+    for es in spec.data.eval:
+        name = es.name
+        rows = load_labeled(es)
         problems, golds = [r["problem"] for r in rows], [r["answer"] for r in rows]
-        samples = sample(policy, problems, k, int(p["max_new_tokens"]), float(p["temperature"]), int(p["seed"]),
-                         device, int(p["batch_size"]))
+        samples = sample(policy, problems, k, int(p.max_new_tokens), float(p.temperature), int(p.seed),
+                         device, int(p.batch_size))
         verdicts = verifier.score_many([golds[s.problem_index] for s in samples], [s.text for s in samples])
         correct = [[0.0] * k for _ in rows]
         for s, v in zip(samples, verdicts):
@@ -64,8 +51,8 @@ def run(spec: StageSpec, writer: MetricWriter) -> dict:
                "parse_failures": sum(v.status == "no_answer" for v in verdicts) / max(1, len(verdicts)),
                "bad_gold": sum(v.status == "bad_gold" for v in verdicts) / max(1, len(verdicts))}
         greedy = None
-        if p["greedy"]:
-            g = sample(policy, problems, 1, int(p["max_new_tokens"]), 0.0, int(p["seed"]), device, int(p["batch_size"]))
+        if p.greedy:
+            g = sample(policy, problems, 1, int(p.max_new_tokens), 0.0, int(p.seed), device, int(p.batch_size))
             gv = verifier.score_many(golds, [s.text for s in g])
             greedy = [v.score for v in gv]
             res["greedy"] = sum(greedy) / n

@@ -25,15 +25,11 @@ import json
 from runners import _train
 from runners.common import MetricWriter, StageSpec, dataset_path, model_path, run_main
 from runners.data import load_rows
-from s2d_plan.errors import ConfigurationError
-
-RESUMABLE = True  # the executor keeps work_dir across attempts: checkpoints live there
-DEFAULTS = dict(mode="sequence", epochs=1, steps=None, learning_rate=1e-5, max_length=1024, batch_size=8, seed=0,
-                save_steps=None)
+from s2d_plan.contract import ConfigurationError
 
 
 def rollout_rows(spec: StageSpec) -> list[dict]:
-    ref = spec.inputs.get("data.rollouts") or (spec.data.get("rollouts") if isinstance(spec.data.get("rollouts"), str) else None)
+    ref = spec.inputs.get("data.rollouts") or spec.data.rollouts
     if not ref:
         raise ConfigurationError("fkl: the stage needs data.rollouts (\"@rollout_stage\" or a JSONL path)")
     path = dataset_path(ref)
@@ -46,12 +42,10 @@ def rollout_rows(spec: StageSpec) -> list[dict]:
 
 
 def run(spec: StageSpec, writer: MetricWriter) -> dict:
-    p = _train.params("fkl", spec.params, DEFAULTS)
-    if p["mode"] not in ("sequence", "token"):
-        raise ConfigurationError(f"fkl: mode must be sequence or token, not {p['mode']!r}")
+    p = spec.params
     student = model_path(spec.inputs["policy"])
     teacher = None
-    if p["mode"] == "token":
+    if p.mode == "token":
         if not spec.inputs.get("teacher"):
             raise ConfigurationError("fkl: mode token needs a teacher")
         teacher = model_path(spec.inputs["teacher"])
@@ -63,9 +57,9 @@ def run(spec: StageSpec, writer: MetricWriter) -> dict:
 
     from datasets import Dataset
 
-    common = dict(**_train.trainer_args(spec, p, device), num_train_epochs=float(p["epochs"]),
-                  per_device_train_batch_size=int(p["batch_size"]), max_length=int(p["max_length"]))
-    if p["mode"] == "sequence":
+    common = dict(**_train.trainer_args(spec, p, device), num_train_epochs=float(p.epochs),
+                  per_device_train_batch_size=int(p.batch_size), max_length=int(p.max_length))
+    if p.mode == "sequence":
         from trl import SFTConfig, SFTTrainer
 
         cfg = SFTConfig(**common, completion_only_loss=True)
@@ -84,8 +78,8 @@ def run(spec: StageSpec, writer: MetricWriter) -> dict:
         trainer = GKDTrainer(model=student, teacher_model=teacher, args=cfg, train_dataset=Dataset.from_list(messages),
                              processing_class=AutoTokenizer.from_pretrained(student), callbacks=[_train.metrics_callback(writer)])
     summary = _train.train_and_save(trainer, spec)
-    (spec.work_dir / "fkl.json").write_text(json.dumps({"mode": p["mode"], "rows": len(rows)}))
-    return {"mode": p["mode"], "rows": len(rows), **summary}
+    (spec.work_dir / "fkl.json").write_text(json.dumps({"mode": p.mode, "rows": len(rows)}))
+    return {"mode": p.mode, "rows": len(rows), **summary}
 
 
 if __name__ == "__main__":

@@ -31,13 +31,7 @@ import os
 from runners import _train
 from runners.common import MetricWriter, StageSpec, model_path, run_main
 from runners.data import as_chat, load_labeled
-from s2d_plan.errors import ConfigurationError
-
-RESUMABLE = True  # the executor keeps work_dir across attempts: checkpoints live there
-DEFAULTS = dict(steps=100, num_generations=8, prompts_per_step=16, learning_rate=1e-6, beta=0.0, loss_type="dapo",
-                max_completion_length=512, temperature=1.0, seed=0, lora=False, save_steps=None,
-                per_device_batch_size=None)
-
+from s2d_plan.contract import ConfigurationError
 
 def use_vllm(device: str) -> bool:
     """vLLM generation where it is installed and a GPU is present (S2D_USE_VLLM=0 turns it off)."""
@@ -48,11 +42,11 @@ def use_vllm(device: str) -> bool:
 
 def batch_layout(p: dict, world: int) -> tuple[int, int]:
     """(per-device micro-batch, gradient accumulation) for one step of P x G completions."""
-    total = int(p["prompts_per_step"]) * int(p["num_generations"])
+    total = int(p.prompts_per_step) * int(p.num_generations)
     if total % world:
         raise ConfigurationError(f"grpo: prompts_per_step x num_generations = {total} does not split over {world} "
                                  f"processes")
-    per_device = int(p["per_device_batch_size"] or total // world)
+    per_device = int(p.per_device_batch_size or total // world)
     if (total // world) % per_device:
         raise ConfigurationError(f"grpo: per_device_batch_size {per_device} does not divide {total // world}")
     return per_device, total // world // per_device
@@ -81,14 +75,14 @@ def order_logger(spec: StageSpec):
 
 
 def run(spec: StageSpec, writer: MetricWriter) -> dict:
-    p = _train.params("grpo", spec.params, DEFAULTS)
+    p = spec.params
     device = _train.device_of(spec)
     from runners.verifier import shared_verifier
 
     verifier = shared_verifier()  # its workers start while the model loads
-    if "labeled" not in spec.data:
+    if spec.data.labeled is None:
         raise ConfigurationError("grpo: the stage needs data.labeled")
-    rows = load_labeled(spec.data["labeled"])
+    rows = load_labeled(spec.data.labeled)
     per_device, accum = batch_layout(p, _train.world_size())
 
     from datasets import Dataset
@@ -98,13 +92,13 @@ def run(spec: StageSpec, writer: MetricWriter) -> dict:
                             for r in rows])
     cfg = GRPOConfig(
         **_train.trainer_args(spec, p, device),
-        num_generations=int(p["num_generations"]),
+        num_generations=int(p.num_generations),
         per_device_train_batch_size=per_device,
         gradient_accumulation_steps=accum,
-        beta=float(p["beta"]),
-        loss_type=str(p["loss_type"]),
-        max_completion_length=int(p["max_completion_length"]),
-        temperature=float(p["temperature"]),
+        beta=float(p.beta),
+        loss_type=str(p.loss_type),
+        max_completion_length=int(p.max_completion_length),
+        temperature=float(p.temperature),
         use_vllm=use_vllm(device),
         vllm_mode="colocate",
     )
@@ -123,7 +117,7 @@ def run(spec: StageSpec, writer: MetricWriter) -> dict:
         args=cfg,
         train_dataset=ds,
         callbacks=[_train.metrics_callback(writer)],
-        peft_config=lora_config(bool(p["lora"])),
+        peft_config=lora_config(bool(p.lora)),
     )
     return {**_train.train_and_save(trainer, spec), "labels_used": len(rows)}
 

@@ -20,15 +20,10 @@ from runners import _train
 from runners.common import MetricWriter, StageSpec, model_path, run_main
 from runners.data import as_chat, stage_prompts
 from runners.grpo import use_vllm
-from s2d_plan.errors import ConfigurationError
-
-RESUMABLE = True  # the executor keeps work_dir across attempts: checkpoints live there
-DEFAULTS = dict(steps=100, learning_rate=1e-6, beta=1.0, max_completion_length=512, temperature=1.0,
-                prompts_per_step=16, seed=0, save_steps=None)
-
+from s2d_plan.contract import ConfigurationError
 
 def run(spec: StageSpec, writer: MetricWriter) -> dict:
-    p = _train.params("opd", spec.params, DEFAULTS)
+    p = spec.params
     if not spec.inputs.get("teacher"):
         raise ConfigurationError("opd: the stage needs a teacher")
     student, teacher = model_path(spec.inputs["policy"]), model_path(spec.inputs["teacher"])
@@ -36,7 +31,7 @@ def run(spec: StageSpec, writer: MetricWriter) -> dict:
     device = _train.device_of(spec)
     rows = stage_prompts(spec.data)
     world = _train.world_size()
-    if int(p["prompts_per_step"]) % world:
+    if int(p.prompts_per_step) % world:
         raise ConfigurationError(f"opd: prompts_per_step {p['prompts_per_step']} does not split over {world} processes")
 
     from datasets import Dataset
@@ -46,10 +41,10 @@ def run(spec: StageSpec, writer: MetricWriter) -> dict:
     cfg = DistillationConfig(
         **args,
         teacher_model_init_kwargs=args["model_init_kwargs"],
-        per_device_train_batch_size=int(p["prompts_per_step"]) // world,
-        beta=float(p["beta"]),
-        max_completion_length=int(p["max_completion_length"]),
-        temperature=float(p["temperature"]),
+        per_device_train_batch_size=int(p.prompts_per_step) // world,
+        beta=float(p.beta),
+        max_completion_length=int(p.max_completion_length),
+        temperature=float(p.temperature),
         use_vllm=use_vllm(device),
         vllm_mode="colocate",
     )

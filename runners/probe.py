@@ -23,12 +23,10 @@ from math import comb
 
 from runners import _train
 from runners._sample import sample
-from runners.common import ROLLOUTS_FILE, MetricWriter, StageSpec, model_path, run_main
+from runners.common import MetricWriter, StageSpec, model_path, run_main
 from runners.data import load_labeled
-from s2d_plan.errors import ConfigurationError
+from s2d_plan.contract import EVIDENCE_FILE, ROLLOUTS_FILE, ConfigurationError
 
-DEFAULTS = dict(samples_per_prompt=8, num_prompts=64, max_new_tokens=512, temperature=1.0, seed=0, batch_size=64)
-EVIDENCE_FILE = "evidence.jsonl"
 
 
 def signal_yield(correct: int, samples: int, group: int = 8) -> float:
@@ -41,26 +39,25 @@ def signal_yield(correct: int, samples: int, group: int = 8) -> float:
 
 
 def run(spec: StageSpec, writer: MetricWriter) -> dict:
-    p = _train.params("probe", spec.params, DEFAULTS)
+    p = spec.params
     device = _train.device_of(spec)
-    if "labeled" not in spec.data:
+    if spec.data.labeled is None:
         raise ConfigurationError("probe: the stage needs data.labeled (with spend: false)")
     from runners.verifier import shared_verifier
 
     verifier = shared_verifier()
-    rows = load_labeled(spec.data["labeled"])
-    rng = random.Random(int(p["seed"]))
-    if len(rows) > int(p["num_prompts"]):
-        rows = sorted(rng.sample(rows, int(p["num_prompts"])), key=lambda r: r["index"])
-    m = int(p["samples_per_prompt"])
-    samples = sample(model_path(spec.inputs["policy"]), [r["problem"] for r in rows], m, int(p["max_new_tokens"]),
-                     float(p["temperature"]), int(p["seed"]), device, int(p["batch_size"]))
+    rows = load_labeled(spec.data.labeled)
+    rng = random.Random(int(p.seed))
+    if len(rows) > int(p.num_prompts):
+        rows = sorted(rng.sample(rows, int(p.num_prompts)), key=lambda r: r["index"])
+    m = int(p.samples_per_prompt)
+    samples = sample(model_path(spec.inputs["policy"]), [r["problem"] for r in rows], m, int(p.max_new_tokens),
+                     float(p.temperature), int(p.seed), device, int(p.batch_size))
     verdicts = verifier.score_many([rows[s.problem_index]["answer"] for s in samples], [s.text for s in samples])
     correct = [0] * len(rows)
     for s, v in zip(samples, verdicts):
         correct[s.problem_index] += int(v.score > 0.5)
-    model = spec.stage.get("policy", spec.inputs.get("policy"))
-    source = str(spec.data["labeled"].get("source", ""))
+    model, source = spec.stage.policy, spec.data.labeled.source
     with open(spec.work_dir / EVIDENCE_FILE, "w", encoding="utf-8") as f:
         for r, c in zip(rows, correct):
             f.write(json.dumps({"model": model, "source": source, "prompt_index": r["index"], "samples": m,

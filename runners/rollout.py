@@ -19,14 +19,12 @@ import json
 
 from runners import _train
 from runners._sample import sample
-from runners.common import ROLLOUTS_FILE, MetricWriter, StageSpec, model_path, run_main
+from s2d_plan.contract import ROLLOUTS_FILE
+from runners.common import MetricWriter, StageSpec, model_path, run_main
 from runners.data import as_chat, stage_prompts
 
-DEFAULTS = dict(samples_per_prompt=4, max_new_tokens=512, temperature=1.0, seed=0, batch_size=64)
-
-
 def run(spec: StageSpec, writer: MetricWriter) -> dict:
-    p = _train.params("rollout", spec.params, DEFAULTS)
+    p = spec.params
     device = _train.device_of(spec)
     rows = stage_prompts(spec.data)
     labeled = all("answer" in r for r in rows)
@@ -35,8 +33,8 @@ def run(spec: StageSpec, writer: MetricWriter) -> dict:
         from runners.verifier import shared_verifier
 
         verifier = shared_verifier()
-    samples = sample(model_path(spec.inputs["policy"]), [r["problem"] for r in rows], int(p["samples_per_prompt"]),
-                     int(p["max_new_tokens"]), float(p["temperature"]), int(p["seed"]), device, int(p["batch_size"]))
+    samples = sample(model_path(spec.inputs["policy"]), [r["problem"] for r in rows], int(p.samples_per_prompt),
+                     int(p.max_new_tokens), float(p.temperature), int(p.seed), device, int(p.batch_size))
     verdicts = None
     if verifier is not None:
         verdicts = verifier.score_many([rows[s.problem_index]["answer"] for s in samples], [s.text for s in samples])

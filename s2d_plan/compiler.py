@@ -6,34 +6,33 @@ teacher and Stage 3 unless the plan allows reuse), prompt slices for rollouts an
 (labeled prompts without answers when the plan has no prompt pool), step counts and
 hyper-parameters, GPUs, and the cost model's estimates.
 
-    >>> graph = compile_graph(ctx, result)          # doctest: +SKIP
-    >>> [s.id for s in graph.stages]                # doctest: +SKIP
-    ['teacher_grpo', 'teacher_rollouts', 'student_fkl', 'student_opd', 'student_grpo', 'final_eval']
+    >>> from s2d_plan.allocate.allocator import allocate
+    >>> from s2d_plan.plan.spec import load_plan
+    >>> ctx = Context.from_spec(load_plan("plans/budget.yaml"))
+    >>> graph = compile_graph(ctx, allocate(ctx))
+    >>> [s.id for s in graph.stages]
+    ['probe', 'teacher_grpo', 'teacher_rollouts', 'student_fkl', 'student_opd', 'student_grpo', 'final_eval']
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
-from s2d_plan.allocator import MIN_STEPS, Allocation, Context, SearchResult
-from s2d_plan.graph import Band, GraphEstimate, Resources, Stage, StageEstimate, StageGraph
+from s2d_plan.allocate.allocator import MIN_STEPS, Allocation, Context, SearchResult
+from s2d_plan.errors import ConfigurationError
+from s2d_plan.predict import costs
+from s2d_plan.contract import LabeledSlice, PromptSlice, Resources, Stage, StageEstimate
+from s2d_plan.graph import Band, GraphEstimate, StageGraph
+from s2d_plan.plan.spec import PlanSpec
 
 
-_DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".arrow", ".txt")
-
-
-def resolve(spec: Any, source: str) -> str:
-    """A path as runners must see it. ``spec.resolve_path`` makes existing relative paths
-    absolute; a relative *path* that does not exist yet (data built later, e.g. by
-    ``python -m runners.tiny``) is still anchored at the plan's directory, while a hub id
-    (``org/name``, no suffix) passes through."""
-    out = spec.resolve_path(source)
-    if out == source and source and not Path(source).is_absolute() and (
-            source.startswith(("./", "../", "~")) or source.endswith(_DATA_SUFFIXES)):
-        return str((spec.base_dir / source).expanduser().resolve())
-    return out
+def labeled_slice(spec: PlanSpec, offset: int, count: int, spend: bool = True) -> LabeledSlice:
+    """Rows [offset, offset + count) of the plan's labeled pool; ``spend=False`` for a probe,
+    which reads prompts to measure solve rates and trains on nothing."""
+    lab = spec.data.labeled
+    return LabeledSlice(source=spec.resolve_path(lab.source), problem_field=lab.problem_field,
+                        answer_field=lab.answer_field, offset=offset, count=count, split=lab.split, spend=spend)
 
 
 def _steps(amount: float, per_step: int) -> int:
@@ -65,27 +64,17 @@ class _Builder:
                                     strategy=est.strategy)))
         return sid
 
-    def labeled(self, offset: int, count: int, spend: bool = True) -> dict[str, Any]:
-        lab = self.spec.data.labeled
-        out = {"source": resolve(self.spec, lab.source), "problem_field": lab.problem_field,
-               "answer_field": lab.answer_field, "offset": offset, "count": count}
-        if lab.split:
-            out["split"] = lab.split
-        if not spend:
-            out["spend"] = False
-        return out
+    def labeled(self, offset: int, count: int, spend: bool = True) -> LabeledSlice:
+        return labeled_slice(self.spec, offset, count, spend)
 
-    def prompts(self, count: int) -> dict[str, Any]:
+    def prompts(self, count: int) -> PromptSlice:
         pool = self.spec.data.prompts
         if pool and pool.size:
-            out = {"source": resolve(self.spec, pool.source), "prompt_field": pool.prompt_field,
-                   "offset": 0, "count": min(count, pool.size)}
-            if pool.split:
-                out["split"] = pool.split
-            return out
+            return PromptSlice(source=self.spec.resolve_path(pool.source), prompt_field=pool.prompt_field,
+                               count=min(count, pool.size), split=pool.split)
         lab = self.spec.data.labeled  # no pool: labeled prompts, answers never read
-        return {"source": resolve(self.spec, lab.source), "prompt_field": lab.problem_field,
-                "offset": 0, "count": min(count, lab.size)}
+        return PromptSlice(source=self.spec.resolve_path(lab.source), prompt_field=lab.problem_field,
+                           count=min(count, lab.size), split=lab.split)
 
     def lora(self, sid: str) -> bool:
         return self.a.costs[sid].strategy.startswith("lora")
@@ -95,7 +84,7 @@ def compile_stages(ctx: Context, alloc: Allocation) -> list[Stage]:
     """The stages of one allocation, in execution order."""
     b = _Builder(ctx, alloc)
     s, q, sc = alloc.structure, alloc.quantities, ctx.scale
-    student = resolve(ctx.spec, ctx.spec.student.model)
+    student = ctx.spec.resolve_path(ctx.spec.student.model)
     first: list[str] = []
     if s.probe:
         n = min(sc.probe_prompts, ctx.labels)
@@ -111,7 +100,7 @@ def compile_stages(ctx: Context, alloc: Allocation) -> list[Stage]:
         last = "@" + b.add(sid, "grpo", last, last_needs, {"labeled": b.labeled(offset, q.student_labels)},
                            _grpo_params(b, sid, q.student_labels * q.student_epochs))
         last_needs = []
-    evals = [{"name": e.name, "source": resolve(ctx.spec, e.source), "problem_field": e.problem_field,
+    evals = [{"name": e.name, "source": ctx.spec.resolve_path(e.source), "problem_field": e.problem_field,
               "answer_field": e.answer_field, "size": e.size or sc.eval_default_size,
               **({"split": e.split} if e.split else {})} for e in ctx.spec.eval]
     b.add("final_eval", "eval", last, last_needs, {"eval": evals},
@@ -132,7 +121,7 @@ def _teacher_and_bridge(b: _Builder, student: str, first: list[str]) -> tuple[st
     """Stage 1 (when the teacher is RL-improved) and the bridge; returns the student
     checkpoint the bridge ends with and what a next stage must also need."""
     ctx, s, q, sc = b.ctx, b.a.structure, b.a.quantities, b.ctx.scale
-    teacher = resolve(ctx.spec, s.teacher)
+    teacher = ctx.spec.resolve_path(s.teacher)
     if s.teacher_rl:
         teacher = "@" + b.add("teacher_grpo", "grpo", teacher, list(first),
                               {"labeled": b.labeled(0, q.teacher_labels)},
@@ -174,99 +163,29 @@ def compile_graph(ctx: Context, result: SearchResult, meta: dict[str, Any] | Non
         stages=tuple(stages), meta=meta or {})
 
 
-def rule_problems(spec: Any, graph: StageGraph) -> list[str]:
-    """Every allocation rule a compiled graph breaks, checked from the graph alone
-    (plus the plan for model facts and budgets). Empty when the graph is sound."""
-    problems: list[str] = []
-    by_id = {st.id: st for st in graph.stages}
-    student_path = resolve(spec, spec.student.model)
-    infos = {student_path: spec.student.info, **{resolve(spec, t.model): t.info for t in spec.teachers}}
-    student = spec.student.info
-
-    def root(ref: str) -> str:
-        seen = 0
-        while ref.startswith("@") and seen < 50:
-            ref, seen = by_id[ref[1:]].policy, seen + 1
-        return ref
-
-    def ancestors(st: Stage) -> set[str]:
-        out, todo = set(), list(st.needs)
-        while todo:
-            sid = todo.pop()
-            if sid not in out:
-                out.add(sid)
-                todo.extend(by_id[sid].needs)
-        return out
-
-    usable = [t.info for t in spec.teachers if t.info.params_b > student.params_b
-              and spec.pins.teacher in (None, t.model)]  # "none" matches no teacher
-    gpu = spec.compute.gpu_info
-    for st in graph.stages:
-        if st.estimated.peak_mem_gb_per_gpu > gpu.memory_gb:
-            problems.append(f"{st.id}: {st.estimated.peak_mem_gb_per_gpu:.1f} GB per GPU exceeds {gpu.memory_gb:g} GB")
-        if st.kind in ("opd", "fkl"):
-            t = infos.get(root(st.teacher or ""))
-            if t is None or t.params_b <= student.params_b:
-                problems.append(f"{st.id}: teacher {st.teacher} is not a model larger than the student")
-            token = st.kind == "opd" or st.params.get("mode") == "token"
-            if t is not None and token and not t.shares_tokenizer(student):
-                problems.append(f"{st.id}: token-level distillation across tokenizers ({t.tokenizer} vs {student.tokenizer})")
-        if st.kind == "grpo":
-            if spec.data.labeled.size == 0:
-                problems.append(f"{st.id}: GRPO with zero labels")
-            if root(st.policy) == student_path and usable and not any(
-                    by_id[a].kind in ("opd", "fkl") for a in ancestors(st)):
-                problems.append(f"{st.id}: GRPO on the cold student while a usable teacher exists")
-        lab = st.data.get("labeled")
-        if isinstance(lab, dict) and not (0 <= lab["offset"] and lab["offset"] + lab["count"] <= spec.data.labeled.size):
-            problems.append(f"{st.id}: labeled slice {lab['offset']}+{lab['count']} outside {spec.data.labeled.size}")
-    spent = graph.labels_spent()
-    limit = spec.data.labeled.size * (2 if spec.data.reuse_labels else 1)
-    if spent > limit:
-        problems.append(f"labels spent {spent} > available {limit}")
-    if not spec.data.reuse_labels:
-        slices = sorted((st.data["labeled"]["offset"], st.data["labeled"]["offset"] + st.data["labeled"]["count"], st.id)
-                        for st in graph.stages if st.labels_spent())
-        for (a0, a1, ida), (b0, b1, idb) in zip(slices, slices[1:]):
-            if b0 < a1:
-                problems.append(f"{ida} and {idb} spend overlapping labels without reuse_labels")
-    if graph.estimated.gpu_hours > spec.compute.gpu_hours * (1 + 1e-9):
-        problems.append(f"estimated {graph.estimated.gpu_hours:.3f} GPU-hours > budget {spec.compute.gpu_hours:g}")
-    return problems
-
-
-def compile_probe_graph(plan: Any) -> StageGraph:
+def compile_probe_graph(spec: PlanSpec) -> StageGraph:
     """`s2d-plan probe PLAN`: one probe stage per model of the plan (student, then each
     teacher) on the same labeled prompts; nothing is trained and no label is spent.
     Their evidence replaces the registry prior in the next ``recommend``.
 
-    >>> g = compile_probe_graph("plans/budget.yaml")     # doctest: +SKIP
-    >>> [s.id for s in g.stages]                         # doctest: +SKIP
+    >>> from s2d_plan.plan.spec import load_plan
+    >>> g = compile_probe_graph(load_plan("plans/budget.yaml"))
+    >>> [s.id for s in g.stages]
     ['probe', 'probe.Qwen3-8B', 'probe.Qwen3-14B']
     """
-    from s2d_plan import costs
-    from s2d_plan.allocator import Context
-    from s2d_plan.spec import load_plan
-
-    spec = plan if hasattr(plan, "student") else load_plan(plan)
     ctx = Context.from_spec(spec)
     sc = ctx.scale
     n = min(sc.probe_prompts, ctx.labels)
     if n == 0:
-        from s2d_plan.errors import ConfigurationError
-
         raise ConfigurationError(f"{spec.name}: a probe samples labeled prompts, and the plan has none")
-    lab = spec.data.labeled
-    labeled = {"source": resolve(spec, lab.source), "problem_field": lab.problem_field,
-               "answer_field": lab.answer_field, "offset": 0, "count": n, "spend": False,
-               **({"split": lab.split} if lab.split else {})}
+    labeled = labeled_slice(spec, 0, n, spend=False)
     stages = []
     for i, ref in enumerate([spec.student] + list(spec.teachers)):
         info = ref.info
         est = costs.probe_cost([info], ctx.gpu, ctx.gpus, n, sc.probe_samples, sc.prompt_len, sc.max_new, ctx.c)
         sid = "probe" if i == 0 else "probe." + "".join(ch if ch.isalnum() or ch in "-_." else "-"
                                                         for ch in ref.model.split("/")[-1])
-        stages.append(Stage(id=sid, kind="probe", policy=resolve(spec, ref.model), data={"labeled": labeled},
+        stages.append(Stage(id=sid, kind="probe", policy=spec.resolve_path(ref.model), data={"labeled": labeled},
                             params={"samples_per_prompt": sc.probe_samples, "num_prompts": n,
                                     "max_new_tokens": sc.max_new, "temperature": 1.0, "seed": spec.search.seed},
                             resources=Resources(gpus=ctx.gpus),

@@ -4,9 +4,8 @@ A graph is a JSON document (see DESIGN.md, "Stage graph JSON"). The compiler bui
 from an allocation; the executor reads one back, checks it, and runs its stages in
 dependency order. Validation lives here so that both ends agree on what a good graph is.
 
-References: a stage's ``policy`` / ``teacher`` may be a model (registry name, hub id or
-local path) or ``@stage_id`` (the checkpoint that stage produced); a string under
-``data`` that starts with ``@`` names a dataset a stage produced (teacher rollouts).
+A stage (``s2d_plan.contract.Stage``) is typed: its params are the model of its kind,
+its data are slices, its references ``@stage_id`` (see the contract module).
 
     >>> g = StageGraph.model_validate({"plan": "p", "stages": [
     ...     {"id": "a", "kind": "grpo", "policy": "Qwen/Qwen3-8B"},
@@ -19,22 +18,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from s2d_plan.contract import Stage
 from s2d_plan.errors import GraphError
 
 GRAPH_VERSION = 1
-
-# Kinds are a closed set (DESIGN.md). `simulate` is a deterministic stand-in stage used
-# by the executor's own tests and benchmarks; it never appears in a compiled plan.
-STAGE_KINDS = ("probe", "grpo", "rollout", "fkl", "opd", "eval", "simulate")
-StageKind = Literal["probe", "grpo", "rollout", "fkl", "opd", "eval", "simulate"]
-# Kinds whose output is a model checkpoint (what `@stage` means in `policy`/`teacher`).
-MODEL_KINDS = frozenset({"grpo", "fkl", "opd", "simulate"})
-# Kinds whose output is a dataset (what `@stage` means under `data`).
-DATASET_KINDS = frozenset({"rollout", "probe", "simulate"})
+MAX_STAGES = 2000
 
 
 class _Frozen(BaseModel):
@@ -48,52 +40,8 @@ class Band(_Frozen):
     high: float
 
 
-class StageEstimate(_Frozen):
-    gpu_hours: float = 0.0
-    peak_mem_gb_per_gpu: float = 0.0
-    strategy: str | None = None  # "single", "fsdp", "lora" ... (cost model's choice)
-
-
 class GraphEstimate(_Frozen):
-    gpu_hours: float = 0.0
-
-
-class Resources(_Frozen):
-    gpus: int = Field(default=1, ge=0)
-
-
-class Stage(_Frozen):
-    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    kind: StageKind
-    policy: str  # model name/path or @stage_id
-    teacher: str | None = None  # distillation kinds: model name/path or @stage_id
-    needs: tuple[str, ...] = ()
-    # Which data the stage reads. `labeled` / `prompts` are slices of the plan's pools:
-    # {"source", "problem_field", "answer_field", "offset", "count"}; `eval` is a list of
-    # named eval sets; a "@stage" string names a dataset a stage produced.
-    data: dict[str, Any] = Field(default_factory=dict)
-    params: dict[str, Any] = Field(default_factory=dict)  # kind-specific (see runners/)
-    resources: Resources = Resources()
-    estimated: StageEstimate = StageEstimate()
-
-    def references(self) -> Iterator[tuple[str, str]]:
-        """Yield (field, stage_id) for every ``@stage`` reference this stage makes."""
-        for name in ("policy", "teacher"):
-            value = getattr(self, name)
-            if isinstance(value, str) and value.startswith("@"):
-                yield name, value[1:]
-        for name, value in self.data.items():
-            if isinstance(value, str) and value.startswith("@"):
-                yield f"data.{name}", value[1:]
-
-    def labels_spent(self) -> int:
-        """How many labeled examples this stage consumes (0 if none)."""
-        labeled = self.data.get("labeled")
-        # a probe reads labeled prompts to measure solve rates but trains on nothing:
-        # it marks its slice "spend": false and does not count against the budget
-        if isinstance(labeled, dict) and labeled.get("spend", True):
-            return int(labeled.get("count", 0))
-        return 0
+    gpu_hours: float = Field(default=0.0, ge=0)
 
 
 class StageGraph(_Frozen):
@@ -102,7 +50,7 @@ class StageGraph(_Frozen):
     plan_hash: str = ""
     predicted: Band | None = None
     estimated: GraphEstimate = GraphEstimate()
-    stages: tuple[Stage, ...]
+    stages: tuple[Stage, ...] = Field(max_length=MAX_STAGES)
     # Anything the compiler wants to keep with the graph (allocation, rationale).
     meta: dict[str, Any] = Field(default_factory=dict)
 
@@ -170,7 +118,7 @@ def structure_problems(graph: StageGraph) -> list[str]:
                 problems.append(f"stage {s.id!r}: {field} refers to @{ref}, which is not a stage")
             elif ref not in s.needs:
                 problems.append(f"stage {s.id!r}: {field} refers to @{ref} but does not list it in needs")
-        if s.kind in ("opd", "fkl") and not s.teacher and "rollouts" not in s.data:
+        if s.kind in ("opd", "fkl") and not s.teacher and s.data.rollouts is None:
             problems.append(f"stage {s.id!r}: kind {s.kind} needs a teacher or rollouts")
     cycle = _find_cycle({s.id: [n for n in s.needs if n in known] for s in graph.stages})
     if cycle:
@@ -179,28 +127,26 @@ def structure_problems(graph: StageGraph) -> list[str]:
 
 
 def _find_cycle(edges: dict[str, list[str]]) -> list[str] | None:
-    state: dict[str, int] = {}  # 1 = on the stack, 2 = finished
-    stack: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        state[node] = 1
-        stack.append(node)
-        for nxt in edges.get(node, []):
-            if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
-            if nxt not in state:
-                found = visit(nxt)
-                if found:
-                    return found
-        stack.pop()
-        state[node] = 2
-        return None
-
-    for node in edges:
-        if node not in state:
-            found = visit(node)
-            if found:
-                return found
+    """One cycle of ``edges`` (node -> nodes it needs), or None. Iterative: a chain of
+    thousands of stages must not hit Python's recursion limit."""
+    state: dict[str, int] = {}  # 1 = on the path, 2 = finished
+    for root in edges:
+        if root in state:
+            continue
+        path: list[str] = [root]
+        todo: list[Iterator[str]] = [iter(edges.get(root, ()))]
+        state[root] = 1
+        while todo:
+            nxt = next(todo[-1], None)
+            if nxt is None:
+                state[path.pop()] = 2
+                todo.pop()
+            elif state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            elif nxt not in state:
+                state[nxt] = 1
+                path.append(nxt)
+                todo.append(iter(edges.get(nxt, ())))
     return None
 
 
@@ -217,16 +163,21 @@ def load_graph(path: str | Path) -> StageGraph:
 
 
 def parse_graph(raw: Any, source: str = "graph") -> StageGraph:
+    """Check a graph read from JSON; GraphError lists every problem, each naming the
+    stage (by id) and the field."""
     if not isinstance(raw, dict):
         raise GraphError(f"{source}: a stage graph is a JSON object with 'stages'")
     try:
         return StageGraph.model_validate(raw)
     except ValidationError as exc:
+        stages = raw.get("stages") if isinstance(raw.get("stages"), list) else []
         lines = []
         for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"])
+            loc = list(err["loc"])
+            if len(loc) >= 2 and loc[0] == "stages" and isinstance(loc[1], int) and loc[1] < len(stages):
+                sid = stages[loc[1]].get("id") if isinstance(stages[loc[1]], dict) else None
+                loc[:2] = [f"stage {sid!r}" if sid else f"stages[{loc[1]}]"]
+            where = ".".join(str(p) for p in loc).replace("' .", "' ").replace(".", " ", 1) if loc else ""
             msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "literal_error" and loc.endswith("kind"):
-                msg = f"unknown stage kind {err.get('input')!r} (known: {', '.join(STAGE_KINDS)})"
-            lines.append(f"{loc}: {msg}" if loc else msg)
+            lines.append(f"{where}: {msg}" if where else msg)
         raise GraphError(f"{source}: invalid stage graph:\n  " + "\n  ".join(lines)) from None

@@ -13,6 +13,10 @@ from typing import Any, Callable
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# The `simulate` stage kind is a test fake (tests/fakes/simulate.py): every executor the
+# tests start, in this process or another, loads it from here.
+os.environ["S2D_STAGE_PLUGINS"] = "tests.fakes.simulate"
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
 
 
 @pytest.fixture

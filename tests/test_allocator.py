@@ -6,13 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from s2d_plan.allocator import Context, allocate, random_search
-from s2d_plan.compiler import compile_graph, rule_problems
+from s2d_plan.allocate.allocator import Context, allocate, random_search
+from s2d_plan.compiler import compile_graph
+from s2d_plan.rules import rule_problems
 from s2d_plan.errors import InfeasibleError
 from s2d_plan.graph import parse_graph
-from s2d_plan.recommend import _meta
-from s2d_plan.spec import STAGE_IDS, load_plan, parse_plan
-from s2d_plan.yamlio import read_yaml
+from s2d_plan.allocate.explain import graph_meta
+from s2d_plan.plan.spec import STAGE_IDS, load_plan, parse_plan
+from s2d_plan.plan.yamlio import read_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 FEASIBLE = sorted(ROOT.glob("plans/*.yaml")) + [
@@ -30,7 +31,7 @@ def recommend(path: Path, **pins):
             spec = parse_plan(doc, source=str(path), base_dir=path.parent)
         ctx = Context.from_spec(spec)
         result = allocate(ctx)
-        graph = compile_graph(ctx, result, _meta(ctx, result))
+        graph = compile_graph(ctx, result, graph_meta(ctx, result))
         _cache[key] = (spec, ctx, result, graph)
     return _cache[key]
 
@@ -51,10 +52,10 @@ def test_every_plan_compiles_to_a_sound_graph(path):
     for st in graph.stages:
         assert st.estimated.peak_mem_gb_per_gpu <= spec.compute.gpu_info.memory_gb
         if st.kind == "grpo":
-            lab = st.data["labeled"]
-            assert lab["count"] > 0 and set(lab) >= {"source", "problem_field", "answer_field", "offset", "count"}
+            lab = st.data.labeled
+            assert lab.count > 0 and lab.source and lab.problem_field and lab.answer_field
         if st.kind in ("rollout", "opd"):
-            assert set(st.data["prompts"]) >= {"source", "prompt_field", "offset", "count"}
+            assert st.data.prompts is not None and st.data.prompts.count > 0
     trials = graph.meta["trials"]
     assert 0 < len(trials) <= 300
     assert set(trials[0]) == {"number", "structure", "params", "value", "gpu_hours", "feasible"}
@@ -66,20 +67,20 @@ def test_paper_setting_goes_teacher_first_then_bridge_then_stage3():
     assert ids == ["teacher_grpo", "teacher_rollouts", "student_fkl", "student_opd", "student_grpo", "final_eval"]
     t, s3 = graph.stage("teacher_grpo"), graph.stage("student_grpo")
     assert t.policy == "Qwen/Qwen3-8B" and s3.policy == "@student_opd"
-    tl, sl = t.data["labeled"], s3.data["labeled"]
+    tl, sl = t.data.labeled.model_dump(), s3.data.labeled.model_dump()
     assert tl["offset"] + tl["count"] <= sl["offset"] and tl["count"] + sl["count"] <= 7500
     assert graph.predicted.value > result.baseline.prediction.value + 0.03  # beats direct GRPO clearly
-    assert graph.stage("student_fkl").params["mode"] == "token"
+    assert graph.stage("student_fkl").params.mode == "token"
 
 
 def test_other_tokenizer_teacher_gets_sequence_level_fkl_only():
     spec, ctx, result, graph = recommend(ROOT / "tests/plans/cross-tokenizer.yaml")
     assert "student_opd" not in [s.id for s in graph.stages]
-    assert graph.stage("student_fkl").params["mode"] == "sequence"
+    assert graph.stage("student_fkl").params.mode == "sequence"
     assert "sequence-level" in result.best.structure.label
     _, _, _, llama = recommend(ROOT / "plans/llama-cross-family.yaml")
     for st in llama.stages:
-        if st.kind in ("opd", "fkl") and st.params.get("mode", "token") == "token":
+        if st.kind in ("opd", "fkl") and getattr(st.params, "mode", "token") == "token":
             assert "Qwen" not in (st.teacher or "")
 
 
@@ -137,8 +138,8 @@ def test_pins_are_respected():
     assert g.stage("teacher_grpo").policy == "Qwen/Qwen3-14B"
     _, _, _, g = recommend(path, group_size=4, teacher_labels=5000, steps={"teacher_grpo": 100}, probe=True)
     t = g.stage("teacher_grpo")
-    assert t.params["num_generations"] == 4 and t.data["labeled"]["count"] == 5000 and t.params["steps"] == 100
-    assert g.stages[0].id == "probe" and g.stages[0].data["labeled"]["spend"] is False
+    assert t.params.num_generations == 4 and t.data.labeled.count == 5000 and t.params.steps == 100
+    assert g.stages[0].id == "probe" and g.stages[0].data.labeled.spend is False
     _, _, _, g = recommend(path, teacher="none")
     assert [s.id for s in g.stages if s.id != "probe"] == ["direct_grpo", "final_eval"]
 
@@ -160,13 +161,14 @@ def test_tiny_cpu_plan_is_tiny():
     spec, ctx, result, graph = recommend(ROOT / "plans/tiny-cpu.yaml")
     assert graph.estimated.gpu_hours <= 0.05
     for st in graph.stages:
-        assert st.params.get("steps", 0) <= 12
-        assert st.params.get("max_completion_length", 0) <= 48 and st.params.get("max_new_tokens", 0) <= 48
-        for key in ("labeled", "prompts"):
-            if key in st.data:
-                assert Path(st.data[key]["source"]).is_absolute()
+        params = st.params.model_dump()
+        assert (params.get("steps") or 0) <= 12
+        assert params.get("max_completion_length", 0) <= 48 and params.get("max_new_tokens", 0) <= 48
+        for part in (st.data.labeled, st.data.prompts):
+            if part is not None:
+                assert Path(part.source).is_absolute()
         assert not st.policy.startswith("..")
-    assert graph.stage("final_eval").params["k"] <= 2
+    assert graph.stage("final_eval").params.k <= 2
 
 
 def test_optuna_starts_from_the_rule_based_default():
@@ -206,7 +208,7 @@ def test_random_plans_never_break_a_rule(tmp_path):
 
     import yaml
 
-    from s2d_plan.registry import known_gpus, known_models
+    from s2d_plan.plan.registry import known_gpus, known_models
 
     rng = random.Random(7)
     models = known_models()

@@ -7,14 +7,15 @@ import json
 
 import pytest
 
-from runners.simulate import value_at
-from s2d_plan._display import PlainDisplay
-from s2d_plan.calibrate import calibrate, describe, observations, outcome_inputs
+from tests.fakes.simulate import value_at
+from s2d_plan.run.progress import PlainDisplay
+from s2d_plan.predict.calibrate import calibrate, observations, outcome_inputs
+from s2d_plan.predict.calibration import describe, load_calibration
 from s2d_plan.errors import S2DError
-from s2d_plan.executor import execute_graph
+from s2d_plan.run.executor import execute_graph
 from s2d_plan.graph import StageGraph
-from s2d_plan.outcome import DEFAULT_OUTCOME, Pipeline, SolveRates, load_outcome_constants
-from s2d_plan.registry import ModelInfo
+from s2d_plan.predict.outcome import DEFAULT_OUTCOME, Pipeline, SolveRates
+from s2d_plan.plan.registry import ModelInfo
 
 STUDENT = ModelInfo(name="student", params_b=0.5, layers=2, hidden=64, heads=4, kv_heads=2, vocab=512, tokenizer="t")
 METRIC = "eval/arith/avg@4"
@@ -69,10 +70,10 @@ def test_fit_reduces_error_and_recommend_uses_it(s2d_home, cli):
     assert fit["runs"] == 4 and fit["fitted"] and fit["time"]
     assert fit["rmse_after"] < 0.5 * fit["rmse_before"]
     assert f"before {fit['rmse_before'] * 100:.2f}, after {fit['rmse_after'] * 100:.2f}" in out.stdout
-    k = load_outcome_constants(s2d_home)
+    k = load_calibration(s2d_home).outcome
     assert k != DEFAULT_OUTCOME and all(getattr(k, n) == doc["outcome"][n] for n in fit["fitted"])
     assert doc["costs"]["mfu_train"] > 0 and fit["costs"]["stages"] >= 4
-    assert "Calibrated from 4 run(s)" in describe(s2d_home)
+    assert "Calibrated from 4 run(s)" in describe(load_calibration(s2d_home))
 
     rec = cli("recommend", "plans/tiny-cpu.yaml", "--trials", "20", timeout=180)
     assert rec.returncode == 0, rec.stderr

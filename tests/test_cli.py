@@ -32,7 +32,7 @@ def test_every_command_has_help_and_is_in_the_readme(command: str) -> None:
 def test_planner_imports_no_heavy_library() -> None:
     code = (
         "import sys, json\n"
-        "import s2d_plan, s2d_plan.cli, s2d_plan.spec, s2d_plan.graph, s2d_plan.registry\n"
+        "import s2d_plan, s2d_plan.cli, s2d_plan.plan.spec, s2d_plan.graph, s2d_plan.plan.registry\n"
         "from typer.testing import CliRunner\n"
         "CliRunner().invoke(s2d_plan.cli.app, ['--help'])\n"
         "print(json.dumps(sorted(m for m in ('torch', 'transformers', 'trl', 'vllm', 'math_verify') if m in sys.modules)))\n"

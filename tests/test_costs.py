@@ -4,9 +4,10 @@ import json
 
 import pytest
 
-from s2d_plan import costs
-from s2d_plan.costs import CostConstants, load_constants, train_cost, train_memory
-from s2d_plan.registry import gpu_info, model_info
+from s2d_plan.predict import costs
+from s2d_plan.predict.calibration import load_calibration
+from s2d_plan.predict.costs import CostConstants, train_cost, train_memory
+from s2d_plan.plan.registry import gpu_info, model_info
 
 H100 = gpu_info("H100-80GB")
 RTX = gpu_info("RTX-4090")
@@ -67,9 +68,9 @@ def test_every_stage_kind_has_a_cost():
 
 
 def test_calibration_file_overrides_constants(tmp_path):
-    assert load_constants(tmp_path) == CostConstants()
+    assert load_calibration(tmp_path).costs == CostConstants()
     (tmp_path / "calibration.json").write_text(json.dumps({"costs": {"mfu_train": 0.45, "bogus": 1}}))
-    c = load_constants(tmp_path)
+    c = load_calibration(tmp_path).costs
     assert c.mfu_train == 0.45 and c.gen_bandwidth_eff == CostConstants().gen_bandwidth_eff
     (tmp_path / "calibration.json").write_text("not json")
-    assert load_constants(tmp_path) == CostConstants()
+    assert load_calibration(tmp_path).costs == CostConstants()

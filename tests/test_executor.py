@@ -9,10 +9,11 @@ import duckdb
 import pytest
 from conftest import sim_stage, wait_for
 
-from s2d_plan._display import PlainDisplay
-from s2d_plan.executor import cache_keys, execute_graph
+from s2d_plan.run.progress import PlainDisplay
+from s2d_plan.run.executor import execute_graph
+from s2d_plan.run.identity import cache_keys
 from s2d_plan.graph import load_graph
-from s2d_plan.history import load_evidence, open_reader
+from s2d_plan.history.read import load_evidence, open_reader
 
 
 def run(graph_path: Path, home: Path, **kw):
@@ -50,7 +51,7 @@ def test_runs_in_order_resolves_refs_then_reuses_by_content(write_graph, s2d_hom
                       "data.rollouts": str(s2d_home / "stages" / f"rollouts-{keys['rollouts']}")}
     spec = json.loads(next((s2d_home / "runs" / first.run_id).glob("student.1.spec.json")).read_text())
     assert spec["work_dir"] == str(student_out) + ".partial" and spec["attempt"] == 1
-    assert spec["stage"]["params"] == {"steps": 2} and spec["output_dir"] == str(student_out)
+    assert spec["stage"]["params"]["steps"] == 2 and spec["output_dir"] == str(student_out)
 
     again = run(write_graph(chain()), s2d_home)
     assert again.exit_code == 0 and set(again.stages.values()) == {"CACHED"}
@@ -151,7 +152,7 @@ def test_independent_stages_run_side_by_side(write_graph, s2d_home):
 
 
 def _fake_running_run(home: Path, host: str, executor_pid: int, heartbeat) -> None:
-    from s2d_plan.history import HistoryWriter, utcnow
+    from s2d_plan.history.store import HistoryWriter, utcnow
 
     db = HistoryWriter(home)
     try:
@@ -170,7 +171,7 @@ def test_a_run_that_still_looks_alive_is_not_taken_over(write_graph, s2d_home):
     import sys
 
     from s2d_plan.errors import HistoryError
-    from s2d_plan.history import utcnow
+    from s2d_plan.history.store import utcnow
 
     graph = write_graph([sim_stage("a", steps=1)])
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "s2d-plan"])
@@ -230,7 +231,7 @@ def test_orphaned_workers_of_a_dead_runner_are_killed(tmp_path):
     import subprocess
     import sys
 
-    from s2d_plan._procs import kill_stale, pid_alive
+    from s2d_plan.run.procs import kill_stale, pid_alive
 
     spec = str(tmp_path / "stage.1.spec.json")
     # a launcher (session leader) whose worker outlives it, as torchrun's would
@@ -268,7 +269,7 @@ def test_gpus_are_shared_out_and_never_oversubscribed(write_graph, s2d_home):
 def test_stage_that_completed_as_its_executor_died_is_finished(write_graph, s2d_home):
     import datetime as dt
 
-    from s2d_plan.history import HistoryWriter, utcnow
+    from s2d_plan.history.store import HistoryWriter, utcnow
 
     graph = write_graph([sim_stage("a", steps=2)])
     first = run(graph, s2d_home)

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
 from conftest import sim_stage, wait_for
 
-from s2d_plan._procs import pid_alive
-from s2d_plan.history import load_evidence, open_reader
+from s2d_plan.run.procs import pid_alive
+from s2d_plan.history.read import load_evidence, open_reader
 
 
 def rows(home: Path, sql: str, params=None) -> list[tuple]:
@@ -152,7 +151,7 @@ def test_dry_run_prints_order_commands_and_estimates(write_graph, s2d_home, cli)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[1].startswith("1. a [simulate]") and lines[3].startswith("2. b [simulate]")
-    assert "-m runners.simulate" in lines[2] and "would run" in lines[1]
+    assert "-m tests.fakes.simulate" in lines[2] and "would run" in lines[1]
     assert "estimated GPU-hours to run: 1.75" in proc.stdout
     assert not s2d_home.exists()
 
@@ -171,10 +170,10 @@ def test_execute_a_plan_says_what_it_chose_first(cli, s2d_home):
 def test_an_unfinished_plan_resumes_its_own_graph(write_graph, s2d_home, cli):
     from conftest import REPO
 
-    from s2d_plan._display import PlainDisplay
-    from s2d_plan.executor import execute_graph
+    from s2d_plan.run.progress import PlainDisplay
+    from s2d_plan.run.executor import execute_graph
     from s2d_plan.graph import load_graph
-    from s2d_plan.spec import load_plan
+    from s2d_plan.plan.spec import load_plan
 
     plan = REPO / "plans" / "budget.yaml"
     graph = write_graph([sim_stage("only_stage", steps=2, fail_at_step=1)], plan_hash=load_plan(plan).hash(),

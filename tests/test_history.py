@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 from conftest import sim_stage
 
-from s2d_plan._display import PlainDisplay
-from s2d_plan._migrations import LATEST
+from s2d_plan.run.progress import PlainDisplay
+from s2d_plan.history.migrations import LATEST
 from s2d_plan.errors import HistoryError
-from s2d_plan.executor import execute_graph
+from s2d_plan.run.executor import execute_graph
 from s2d_plan.graph import load_graph
-from s2d_plan.history import HistoryWriter, load_evidence, open_reader, query
+from s2d_plan.history.read import load_evidence, open_reader, query
+from s2d_plan.history.store import HistoryWriter
 
 
 @pytest.fixture
@@ -100,7 +101,7 @@ def test_second_writer_gets_a_clear_error(s2d_home, tmp_path):
 
     writer = HistoryWriter(s2d_home)
     try:
-        code = ("from pathlib import Path; from s2d_plan.history import HistoryWriter; "
+        code = ("from pathlib import Path; from s2d_plan.history.store import HistoryWriter; "
                 f"HistoryWriter(Path({str(s2d_home)!r}), lock_timeout_s=0.3)")
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         assert proc.returncode != 0 and "another `s2d-plan execute`" in proc.stderr

@@ -4,8 +4,9 @@ import random
 
 import pytest
 
-from s2d_plan import outcome as o
-from s2d_plan.registry import model_info
+from s2d_plan.predict import outcome as o
+from s2d_plan.predict.calibration import load_calibration
+from s2d_plan.plan.registry import model_info
 
 STUDENT, TEACHER = model_info("Qwen/Qwen3-1.7B"), model_info("Qwen/Qwen3-8B")
 TOLERANCE = 0.5  # MATH points; the fit is exact up to rounding of the constants (~0.01)
@@ -93,9 +94,9 @@ def test_probe_evidence_recovers_the_beta():
 def test_calibration_file_overrides_outcome_constants(tmp_path):
     import json
 
-    assert o.load_outcome_constants(tmp_path) == o.DEFAULT_OUTCOME
+    assert load_calibration(tmp_path).outcome == o.DEFAULT_OUTCOME
     (tmp_path / "calibration.json").write_text(json.dumps({"outcome": {"eta_rl": 0.3, "nonsense": 2}}))
-    k = o.load_outcome_constants(tmp_path)
+    k = load_calibration(tmp_path).outcome
     assert k.eta_rl == 0.3 and k.f_max == o.F_MAX
     pipe = o.Pipeline(student_labels=7500, student_epochs=2)
     assert o.predict(STUDENT, o.SolveRates(0.73), pipe, k).value > o.predict(STUDENT, o.SolveRates(0.73), pipe).value

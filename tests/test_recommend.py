@@ -3,7 +3,6 @@
 import json
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,8 @@ from typer.testing import CliRunner
 
 from s2d_plan.cli import app
 from s2d_plan.graph import load_graph, parse_graph
-from s2d_plan.recommend import recommend_graph
+from s2d_plan.api import recommend
+from s2d_plan.plan.spec import load_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET = str(ROOT / "plans/budget.yaml")
@@ -57,7 +57,8 @@ def test_infeasible_plan_exits_2_with_the_shortfall():
 
 
 def test_recommend_graph_is_the_executor_entry_point():
-    graph, summary = recommend_graph(BUDGET, trials=30)
+    rec = recommend(BUDGET, trials=30)
+    graph, summary = rec.graph, rec.summary
     assert graph.plan == "qwen3-math-1p7b" and graph.plan_hash
     assert "predicted math500" in summary and "GPU-hours" in summary
 
@@ -74,8 +75,8 @@ def test_probe_evidence_replaces_the_registry_prior(monkeypatch, tmp_path):
             return [(8, c % 9) for c in range(200)]  # solve rates spread over 0..1, mean 0.5
         return []
 
-    monkeypatch.setitem(sys.modules, "s2d_plan.history", types.SimpleNamespace(load_evidence=load_evidence))
-    graph, _ = recommend_graph(BUDGET, trials=20)
+    monkeypatch.setattr("s2d_plan.predict.evidence.load_evidence", load_evidence)
+    graph = recommend(BUDGET, trials=20).graph
     rates = graph.meta["solve_rates"]["Qwen/Qwen3-1.7B"]
     assert rates["source"].startswith("probe") and abs(rates["mean"] - 0.5) < 0.02
     assert any("probe in the history" in line for line in graph.meta["rationale"])
@@ -83,7 +84,7 @@ def test_probe_evidence_replaces_the_registry_prior(monkeypatch, tmp_path):
 
 
 def test_recommend_imports_no_heavy_library():
-    code = ("import sys; from s2d_plan.recommend import recommend_graph; recommend_graph(%r, trials=10); "
+    code = ("import sys; from s2d_plan.api import recommend; recommend(%r, trials=10); "
             "bad = [m for m in ('torch', 'transformers', 'trl', 'matplotlib') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)" % BUDGET)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -92,43 +93,39 @@ def test_recommend_imports_no_heavy_library():
 
 def test_probe_evidence_from_a_real_history_store(tmp_path, monkeypatch):
     """Evidence rows written the way the executor records a probe stage's output."""
-    history = pytest.importorskip("s2d_plan.history")
-    if not hasattr(history, "HistoryWriter"):
-        pytest.skip("history store has no HistoryWriter")
     from s2d_plan.compiler import compile_probe_graph
+    from s2d_plan.history import store as history
 
     home = tmp_path / "home"
     monkeypatch.setenv("S2D_HOME", str(home))
-    probe = compile_probe_graph(BUDGET).stage("probe")
-    source = probe.data["labeled"]["source"]
+    probe = compile_probe_graph(load_plan(BUDGET)).stage("probe")
+    source = probe.data.labeled.source
     writer = history.HistoryWriter(home)
     rows = [("r1", "probe", probe.policy, source, i, 8, (i * 7) % 9, history.utcnow()) for i in range(300)]
     writer.append_rows("evidence", ("run_id", "stage_id", "model", "source", "prompt_index", "samples", "correct",
                                     "time"), rows)
     writer.close()
-    graph, _ = recommend_graph(BUDGET, trials=20)
+    graph = recommend(BUDGET, trials=20).graph
     assert graph.meta["solve_rates"]["Qwen/Qwen3-1.7B"]["source"] == "probe (300 prompts)"
 
 
 def test_probe_graph_probes_every_model_without_spending_labels():
     from s2d_plan.compiler import compile_probe_graph
 
-    graph = compile_probe_graph(BUDGET)
+    graph = compile_probe_graph(load_plan(BUDGET))
     assert [s.policy for s in graph.stages] == ["Qwen/Qwen3-1.7B", "Qwen/Qwen3-8B", "Qwen/Qwen3-14B"]
     assert graph.labels_spent() == 0 and all(s.kind == "probe" for s in graph.stages)
     assert parse_graph(json.loads(graph.to_json())).stages == graph.stages
 
 
 def test_completion_tokens_sets_every_generation_length(tmp_path):
-    from s2d_plan.recommend import recommend_graph
-
     text = (ROOT / "plans" / "tiny-cpu.yaml").read_text().replace(
         "  prompts: {source: ../tiny-models/data/prompts.jsonl, size: 256}",
         "  prompts: {source: ../tiny-models/data/prompts.jsonl, size: 256}\n  completion_tokens: 72")
     assert "completion_tokens: 72" in text
     plan = tmp_path / "plan.yaml"
     plan.write_text(text)
-    graph, _ = recommend_graph(plan)
-    lengths = [v for s in graph.stages for k, v in s.params.items()
+    graph = recommend(plan).graph
+    lengths = [v for s in graph.stages for k, v in s.params.model_dump().items()
                if k in ("max_new_tokens", "max_completion_length")]
     assert lengths and set(lengths) == {72}

@@ -18,7 +18,7 @@ import pytest
 pytest.importorskip("trl")
 pytest.importorskip("math_verify")
 
-from runners.launch import stage_command  # noqa: E402
+from s2d_plan.run.launch import stage_command  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -170,7 +170,8 @@ def test_opd_refuses_other_tokenizer_before_loading_weights(tiny, tmp_path):
 def test_unknown_param_is_an_error(tiny, tmp_path):
     stage, inputs = grpo_stage(tiny, num_generation=4)
     r, _ = run_stage(tmp_path, "grpo", stage, inputs)
-    assert r.returncode == 1 and "unknown param(s) num_generation" in r.stderr
+    assert r.returncode == 2 and "params.num_generation: unknown parameter of a grpo stage" in r.stderr
+    assert "did you mean 'num_generations'" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_grpo_resumes_with_data_position(tiny, tmp_path):
@@ -205,10 +206,10 @@ def test_two_cpu_processes(tiny, tmp_path, kind):
 
 
 def test_every_kind_through_the_executor(tiny, tmp_path):
-    from s2d_plan._display import PlainDisplay
-    from s2d_plan.executor import execute_graph
+    from s2d_plan.run.progress import PlainDisplay
+    from s2d_plan.run.executor import execute_graph
     from s2d_plan.graph import parse_graph
-    from s2d_plan.history import open_reader
+    from s2d_plan.history.read import open_reader
 
     T, S = str(tiny / "teacher"), str(tiny / "student")
     prompts = {"source": str(tiny / "data/prompts.jsonl"), "prompt_field": "problem", "count": 8}
@@ -263,6 +264,7 @@ def test_data_formats_and_field_mapping(tmp_path):
     from datasets import Dataset
 
     from runners.data import DataError, load_labeled, load_prompts
+    from s2d_plan.contract import LabeledSlice, PromptSlice
 
     rows = [{"q": f"What is {i} + 1?", "a": str(i + 1)} for i in range(10)]
     (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
@@ -273,15 +275,15 @@ def test_data_formats_and_field_mapping(tmp_path):
         w.writerows(rows)
     Dataset.from_list(rows).save_to_disk(str(tmp_path / "d_disk"))
     for src in ("d.jsonl", "d.parquet", "d.csv", "d_disk"):
-        got = load_labeled({"source": str(tmp_path / src), "problem_field": "q", "answer_field": "a",
-                            "offset": 2, "count": 3})
+        got = load_labeled(LabeledSlice(**{"source": str(tmp_path / src), "problem_field": "q", "answer_field": "a",
+                            "offset": 2, "count": 3}))
         assert got == [{"problem": rows[i]["q"], "answer": rows[i]["a"], "index": i} for i in (2, 3, 4)], src
-    assert load_prompts({"source": str(tmp_path / "d.jsonl"), "prompt_field": "q", "count": 1})[0]["index"] == 0
+    assert load_prompts(PromptSlice(**{"source": str(tmp_path / "d.jsonl"), "prompt_field": "q", "count": 1}))[0]["index"] == 0
     with pytest.raises(DataError, match="no problem field 'problem'"):
-        load_labeled({"source": str(tmp_path / "d.jsonl"), "problem_field": "problem", "answer_field": "a"})
+        load_labeled(LabeledSlice(**{"source": str(tmp_path / "d.jsonl"), "problem_field": "problem", "answer_field": "a"}))
     with pytest.raises(DataError, match=r"slice \[8, 13\) is outside its 10 rows"):
-        load_labeled({"source": str(tmp_path / "d.jsonl"), "problem_field": "q", "answer_field": "a",
-                      "offset": 8, "count": 5})
+        load_labeled(LabeledSlice(**{"source": str(tmp_path / "d.jsonl"), "problem_field": "q", "answer_field": "a",
+                      "offset": 8, "count": 5}))
 
 
 def test_hub_id_without_network_is_a_clear_error(monkeypatch):
@@ -323,9 +325,10 @@ def test_signal_yield_estimators():
 
 def test_latest_checkpoint_skips_a_half_written_one(tmp_path):
     from runners._train import latest_checkpoint
-    from runners.common import StageSpec
+    from s2d_plan.contract import StageSpec
 
-    spec = StageSpec("r", 1, {"id": "s"}, {}, tmp_path / "out", tmp_path / "work", tmp_path / "m.jsonl")
+    spec = StageSpec(run_id="r", attempt=1, stage={"id": "s", "kind": "grpo", "policy": "m"},
+                     output_dir=tmp_path / "out", work_dir=tmp_path / "work", metrics_path=tmp_path / "m.jsonl")
     assert latest_checkpoint(spec) is None
     for step, state in ((2, "{}"), (10, "{}"), (11, '{"trunc'), (12, None)):
         d = tmp_path / "work" / "checkpoints" / f"checkpoint-{step}"

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from s2d_plan.errors import PlanError
-from s2d_plan.spec import load_plan, parse_plan
-from s2d_plan.yamlio import read_yaml_text
+from s2d_plan.plan.spec import load_plan, parse_plan
+from s2d_plan.plan.yamlio import read_yaml_text
 
 ROOT = Path(__file__).resolve().parents[1]
 BAD = sorted((ROOT / "tests" / "bad_plans").glob("*.yaml"))

@@ -1,6 +1,6 @@
 """How the executor starts a runner: an argument list, never a shell string.
 
-One GPU (or the CPU): ``python -m runners.<kind> SPEC.json``. Several (``resources.gpus
+One GPU (or the CPU): ``python -m <the kind's module> SPEC.json`` (``s2d_plan.contract.KINDS``). Several (``resources.gpus
 > 1``): the same module under ``accelerate launch``, one process per GPU, FSDP by default
 (full sharding, transformer-layer wrapping, bf16). Without CUDA, ``gpus > 1`` means that
 many CPU processes on gloo under ``torchrun``, which is how the multi-process path is tested on a laptop.
@@ -17,10 +17,7 @@ import socket
 import sys
 from pathlib import Path
 
-# Kinds that train and therefore benefit from data-parallel / sharded processes.
-DISTRIBUTED_KINDS = frozenset({"grpo", "fkl", "opd"})
-STRATEGIES = ("fsdp", "ddp")
-
+from s2d_plan.contract import kind_of
 
 def cuda_present() -> bool:
     """A cheap check that does not import torch (the executor stays light)."""
@@ -33,8 +30,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def stage_command(kind: str, spec_path: str | Path, gpus: int = 1, device: str = "auto",
-                  strategy: str = "fsdp") -> list[str]:
+def stage_command(kind: str, spec_path: str | Path, gpus: int = 1, device: str = "auto") -> list[str]:
     """The argv that runs one stage of ``kind`` on ``spec_path``.
 
     >>> stage_command("grpo", "/tmp/s.json")[1:]
@@ -43,25 +39,19 @@ def stage_command(kind: str, spec_path: str | Path, gpus: int = 1, device: str =
     >>> cmd[1:5], cmd[-3:]
     (['-m', 'torch.distributed.run', '--nproc_per_node', '2'], ['-m', 'runners.opd', '/tmp/s.json'])
     """
-    single = [sys.executable, "-m", f"runners.{kind}", str(spec_path)]
-    if gpus <= 1 or kind not in DISTRIBUTED_KINDS:
-        return single
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)})")
+    spec = kind_of(kind)
+    module = ["-m", spec.module, str(spec_path)]
+    if gpus <= 1 or not spec.trains:
+        return [sys.executable, *module]
     cuda = device == "cuda" or (device == "auto" and cuda_present())
-    module = ["-m", f"runners.{kind}", str(spec_path)]
     if not cuda:
         # accelerate's --cpu path starts one process unless MPI is set up; torchrun starts N on
         # gloo, and accelerate inside the runner picks up its RANK / WORLD_SIZE environment.
         return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(gpus), "--nnodes", "1",
                 "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *module]
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(gpus), "--num_machines", "1",
-              "--mixed_precision", "bf16", "--dynamo_backend", "no"]
-    if strategy == "fsdp":
-        launch += ["--use_fsdp", "--fsdp_version", "2", "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP",
-                   "--fsdp_state_dict_type", "FULL_STATE_DICT", "--fsdp_cpu_ram_efficient_loading", "true",
-                   "--fsdp_reshard_after_forward", "true"]
-    else:
-        launch += ["--multi_gpu"]
-    launch += ["--main_process_port", str(free_port()), *module]
+              "--mixed_precision", "bf16", "--dynamo_backend", "no",
+              "--use_fsdp", "--fsdp_version", "2", "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP",
+              "--fsdp_state_dict_type", "FULL_STATE_DICT", "--fsdp_cpu_ram_efficient_loading", "true",
+              "--fsdp_reshard_after_forward", "true", "--main_process_port", str(free_port()), *module]
     return launch

@@ -15,10 +15,10 @@ distillation (OPD, token forward-KL) only with a shared tokenizer; a teacher is 
 than the student; no stage over GPU memory; GPU-hours within budget; labels spent within
 labels available (twice only with ``reuse_labels``); zero labels means no GRPO at all.
 
-    >>> from s2d_plan.spec import load_plan                  # doctest: +SKIP
-    >>> result = allocate(Context.from_spec(load_plan("plans/budget.yaml")))  # doctest: +SKIP
-    >>> result.best.structure.label                          # doctest: +SKIP
-    'GRPO Qwen3-8B -> FKL->OPD -> Stage 3 GRPO'
+    >>> from s2d_plan.plan.spec import load_plan
+    >>> result = allocate(Context.from_spec(load_plan("plans/budget.yaml")))
+    >>> result.best.structure.label
+    'probe -> GRPO Qwen3-8B -> FKL->OPD -> Stage 3 GRPO'
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ import random
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from s2d_plan._search import MIN_GAIN, Candidate, _Search, optuna_refine, priced, search_random, trial_rows
-from s2d_plan._space import (MIN_STEPS, Allocation, Context, LinearCost, Quantities, Scale, Structure, box,
+from s2d_plan.allocate.search import MIN_GAIN, Candidate, _Search, optuna_refine, priced, search_random, trial_rows
+from s2d_plan.allocate.space import (MIN_STEPS, Allocation, Context, LinearCost, Quantities, Scale, Structure, box,
                              evaluate, pipeline, stage_costs)
-from s2d_plan import costs
+from s2d_plan.predict import costs
 from s2d_plan.errors import InfeasibleError
 
 __all__ = ["MIN_STEPS", "Allocation", "Context", "Quantities", "Scale", "SearchResult", "Structure", "allocate",

@@ -34,12 +34,10 @@ How a pipeline turns into accuracy (accuracies are fractions; N = parameters):
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass, field, fields, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 
-from s2d_plan.registry import ModelInfo, known_models, model_info
+from s2d_plan.plan.registry import ModelInfo, known_models, model_info
 
 # ---------------------------------------------------------------- constants
 # Concentration a+b of the per-prompt solve-rate Beta. MATH-style sets are strongly
@@ -124,23 +122,6 @@ class OutcomeConstants:
 
 
 DEFAULT_OUTCOME = OutcomeConstants()
-
-
-def load_outcome_constants(home: str | Path | None) -> OutcomeConstants:
-    """Defaults, overridden by ``<home>/calibration.json`` {"outcome": {...}} when present.
-
-    >>> load_outcome_constants("/nonexistent").eta_rl == ETA_RL
-    True
-    """
-    if home is None:
-        return DEFAULT_OUTCOME
-    try:
-        raw = json.loads((Path(home) / "calibration.json").read_text()).get("outcome", {})
-    except (OSError, ValueError, AttributeError):
-        return DEFAULT_OUTCOME
-    known = {f.name for f in fields(OutcomeConstants)}
-    picked = {k: float(v) for k, v in raw.items() if k in known and isinstance(v, (int, float))}
-    return replace(DEFAULT_OUTCOME, **picked)
 
 
 # ---------------------------------------------------------------- Beta closed forms
@@ -311,7 +292,7 @@ def capacity_fraction(student: ModelInfo, teacher: ModelInfo, k: OutcomeConstant
 def predict(student: ModelInfo, rates: SolveRates, p: Pipeline, k: OutcomeConstants = DEFAULT_OUTCOME) -> Prediction:
     """Predicted objective accuracy of the final student, with a band.
 
-    >>> from s2d_plan.registry import model_info
+    >>> from s2d_plan.plan.registry import model_info
     >>> s = model_info("Qwen/Qwen3-1.7B")
     >>> round(predict(s, SolveRates(0.73), Pipeline(student_labels=7500, student_epochs=2)).value, 3)
     0.759

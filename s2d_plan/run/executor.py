@@ -7,7 +7,7 @@ How it departs from "run the stages in order":
 
 1. *Content-addressed stages.* A stage's key hashes its kind, policy/teacher (a model
    name, or the key of the ``@stage`` it reads), data (``@stage`` refs by key), params,
-   and the runner's code version (``s2d_plan._identity``); resources and estimates are
+   and the runner's code version (``s2d_plan.run.identity``); resources and estimates are
    left out, so moving a stage to more GPUs reuses it. Its output lives in ``<home>/stages/<id>-<key>/`` and counts as done only with a
    ``COMPLETE`` marker; such a stage is recorded CACHED and not run again. A changed
    parameter changes that key and, through the chain, the keys of its dependants only.
@@ -32,77 +32,32 @@ stages that ask for GPUs run one at a time, and stages with ``gpus: 0`` run besi
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shlex
 import signal
-import subprocess
 import sys
 import threading
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from runners.common import is_complete
-from runners.launch import stage_command
-from s2d_plan import _procs, _records
-from s2d_plan._display import make_display
-from s2d_plan._identity import cache_keys, resolve_inputs, runner_resumes, runner_version  # noqa: F401
-from s2d_plan.errors import GraphError, S2DError
-from s2d_plan.graph import Stage, StageGraph, load_graph
-from s2d_plan.history import HistoryWriter, graph_json, utcnow
+from s2d_plan.contract import EVIDENCE_FILE, StageSpec, is_complete, kind_of, write_spec
+from s2d_plan.errors import GraphError
+from s2d_plan.graph import StageGraph
+from s2d_plan.history.store import HistoryWriter
 from s2d_plan.paths import attempt_file, partial_dir, resolve_home, stage_dir
+from s2d_plan.run import procs as _procs, staging
+from s2d_plan.run.identity import cache_keys, resolve_inputs
+from s2d_plan.run.launch import stage_command
+from s2d_plan.run.progress import PlainDisplay
+from s2d_plan.run.recovery import recover_stale
+from s2d_plan.run.state import RunResult, StageState
 
 DONE = ("FINISHED", "CACHED")
 STOP_GRACE_S = 10.0  # how long a stopped runner gets to exit after SIGINT
 HEARTBEAT_S = 2.0  # how often RUNNING stages' heartbeat is refreshed in the history
-
-
-# -- state of one stage during a run ---------------------------------------------------
-@dataclass
-class StageState:
-    stage: Stage
-    key: str
-    output_dir: Path
-    status: str = "PENDING"
-    attempt: int | None = None
-    forced: bool = False
-    proc: subprocess.Popen | None = None
-    tail: _procs.MetricTail | None = None
-    gpu_ids: list[int] = field(default_factory=list)
-    started: float | None = None
-    ended: float | None = None
-    buffered: list[str] = field(default_factory=list)  # metric lines not yet in the history
-    spec_path: Path | None = None
-    log_path: Path | None = None
-    error: str | None = None
-    aside: Path | None = None  # a forced stage's previous output, until the new one completes
-
-    def elapsed(self) -> float | None:
-        if self.started is None:
-            return None
-        return (self.ended or time.monotonic()) - self.started
-
-    def est_seconds(self) -> float | None:
-        hours = self.stage.estimated.gpu_hours
-        return hours * 3600 / max(self.stage.resources.gpus, 1) if hours else None
-
-    def total_steps(self) -> int | None:
-        steps = self.stage.params.get("steps")
-        return steps if isinstance(steps, int) else None
-
-
-@dataclass
-class RunResult:
-    run_id: str
-    status: str  # FINISHED / FAILED / KILLED
-    stages: dict[str, str]  # stage id -> final status
-    failures: list[str]  # one line per failed or killed stage
-    exit_code: int
-    home: Path
 
 
 def new_run_id() -> str:
@@ -127,7 +82,7 @@ def execute_graph(graph: StageGraph, home: Path | str | None = None, force: Iter
     runner = _Executor(graph, home, force, gpus=_procs.detect_gpus() if gpus is None else gpus,
                        max_parallel=max_parallel, poll_s=poll_s, flush_rows=flush_rows,
                        flush_s=flush_s, run_id=run_id or new_run_id())
-    display = display or make_display(f"s2d-plan execute {graph.plan} ({runner.run_id})")
+    display = display or PlainDisplay(out=sys.stderr)  # progress on stderr: results are the return value
     with display:
         return runner.run(display)
 
@@ -158,7 +113,7 @@ class _Executor:
         started = time.monotonic()
         old_handlers = self._install_signals()
         try:
-            for line in _records.recover_stale(self.db, self.home, self.run_id):
+            for line in recover_stale(self.db, self.home, self.run_id):
                 display.event(line)
             self.db.begin_live(self.run_id)
             self._record_start()
@@ -202,31 +157,22 @@ class _Executor:
                 st.buffered.extend(st.tail.read(final=True))
                 self._flush(st)
                 self._record_end(st, "KILLED", st.proc.returncode, why)
-            self.db.update_run(self.run_id, status="FAILED", end_time=utcnow(), error=why)
+            self.db.finish_run(self.run_id, "FAILED", why)
         except Exception:
             pass  # the next execute recovers whatever is still marked RUNNING
 
     def _record_start(self) -> None:
         g = self.graph
         plan_hash = g.plan_hash or hashlib.sha256(g.to_json().encode()).hexdigest()[:16]
-        self.db.insert("runs", {"run_id": self.run_id, "plan": g.plan, "plan_hash": plan_hash,
-                                "status": "RUNNING", "start_time": utcnow(), "graph": graph_json(g),
-                                "est_gpu_hours": g.estimated.gpu_hours or sum(s.estimated.gpu_hours for s in g.stages),
-                                "pid": os.getpid(), "host": os.uname().nodename})
+        est = g.estimated.gpu_hours or sum(s.estimated.gpu_hours for s in g.stages)
+        self.db.start_run(self.run_id, g.plan, plan_hash, g.model_dump_json(exclude_none=True), est)
         for position, st in enumerate(self.states.values()):
-            s = st.stage
-            self.db.insert("stages", {"position": position, "run_id": self.run_id, "stage_id": s.id, "kind": s.kind, "status": "PENDING",
-                                      "cache_key": st.key, "est_gpu_hours": s.estimated.gpu_hours,
-                                      "policy": s.policy, "teacher": s.teacher, "needs": list(s.needs),
-                                      "gpus": s.resources.gpus, "output_dir": str(st.output_dir)})
-        _records.record_trials(self.db, self.run_id, g.meta.get("trials"))
+            self.db.add_stage(self.run_id, position, st.stage, st.key, st.output_dir)
+        self.db.record_trials(self.run_id, g.meta.get("trials"))
         for st in self.states.values():
-            if not st.forced and _records.reclaim_aside(st.output_dir):
+            if not st.forced and staging.reclaim_aside(st.output_dir):
                 st.status = "CACHED"
-                # the attempt that produced the output (None if the history lost it)
-                st.attempt = self.db.query(
-                    "SELECT max(attempt) FROM stages WHERE stage_id = ? AND cache_key = ? AND status = 'FINISHED'",
-                    [st.stage.id, st.key])[0][0]
+                st.attempt = self.db.producer_attempt(st.stage.id, st.key)
                 self.db.update_stage(self.run_id, st.stage.id, status="CACHED", gpu_hours=0.0, attempt=st.attempt)
                 self.display.event(f"{st.stage.id}: CACHED ({st.output_dir.name})")
         self.db.publish(force=True)
@@ -293,22 +239,17 @@ class _Executor:
     # -- one stage -------------------------------------------------------------------
     def _launch(self, st: StageState, gpu_ids: list[int]) -> None:
         s = st.stage
-        row = self.db.query("SELECT coalesce(max(attempt), 0) FROM stages WHERE stage_id = ? AND cache_key = ? "
-                            "AND status NOT IN ('CACHED', 'SKIPPED', 'PENDING') AND attempt IS NOT NULL",
-                            [s.id, st.key])
-        st.attempt = int(row[0][0]) + 1
+        st.attempt = self.db.next_attempt(s.id, st.key)
         work = partial_dir(st.output_dir)
         aside = st.output_dir.with_name(f"{st.output_dir.name}.replaced-{self.run_id}") if st.forced else None
-        st.aside = _records.prepare_dirs(st.output_dir, work, st.forced or not runner_resumes(s.kind), aside)
+        st.aside = staging.prepare_dirs(st.output_dir, work, st.forced or not kind_of(s.kind).resumable, aside)
         st.spec_path = attempt_file(self.home, self.run_id, s.id, st.attempt, "spec.json")
         st.log_path = attempt_file(self.home, self.run_id, s.id, st.attempt, "log")
         metrics_path = attempt_file(self.home, self.run_id, s.id, st.attempt, "metrics.jsonl")
         outputs = {sid: other.output_dir for sid, other in self.states.items()}
-        spec = {"run_id": self.run_id, "attempt": st.attempt, "stage": s.model_dump(mode="json", exclude_none=True),
-                "inputs": resolve_inputs(s, outputs), "output_dir": str(st.output_dir), "work_dir": str(work),
-                "metrics_path": str(metrics_path), "device": "cuda" if gpu_ids else "auto", "cache_key": st.key}
-        st.spec_path.parent.mkdir(parents=True, exist_ok=True)
-        st.spec_path.write_text(json.dumps(spec, indent=1))
+        write_spec(StageSpec(run_id=self.run_id, attempt=st.attempt, stage=s, inputs=resolve_inputs(s, outputs),
+                             output_dir=st.output_dir, work_dir=work, metrics_path=metrics_path,
+                             device="cuda" if gpu_ids else "auto", cache_key=st.key), st.spec_path)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         # OpenMP threads that spin while they wait made CPU GRPO steps ~40x slower when
         # cores are shared (measured in the tinyworld benchmark); a user's setting wins.
@@ -325,9 +266,7 @@ class _Executor:
             st.ended = time.monotonic()
             self._record_end(st, "FAILED", None, f"could not start {argv[0]}: {exc}")
             return
-        self.db.update_stage(self.run_id, s.id, status="RUNNING", attempt=st.attempt, start_time=utcnow(),
-                             pid=st.proc.pid, heartbeat=utcnow(), log_path=str(st.log_path),
-                             metrics_path=str(metrics_path), metrics_offset=0, error=None)
+        self.db.start_stage(self.run_id, s.id, st.attempt, st.proc.pid, st.log_path, metrics_path)
         self.db.publish(force=True)
         short = (f" on {len(gpu_ids)} of the {s.resources.gpus} GPUs it asks for"
                  if self.gpus and len(gpu_ids) < s.resources.gpus else "")
@@ -364,25 +303,23 @@ class _Executor:
 
     def _record_end(self, st: StageState, status: str, code: int | None, error: str | None) -> None:
         st.status, st.error = status, error
-        if _records.settle_aside(st.output_dir, st.aside):
+        if staging.settle_aside(st.output_dir, st.aside):
             error = (error or "") + "\n(the previous complete output was kept)"
             st.error = error
         wall = st.elapsed() or 0.0
-        self.db.update_stage(self.run_id, st.stage.id, status=status, end_time=utcnow(), wall_s=wall,
-                             gpu_hours=wall / 3600 * st.stage.resources.gpus, exit_code=code, error=error)
+        self.db.finish_stage(self.run_id, st.stage.id, status, wall, st.stage.resources.gpus, code, error)
         first = (error or "").splitlines()[0] if error else ""
         self.display.event(f"{st.stage.id}: {status} after {wall:.1f}s" + (f": {first}" if first else ""))
-        self.db.execute("CHECKPOINT")  # a stage boundary: fold the WAL into the file
         self.db.publish(force=True)
 
     def _after_success(self, st: StageState) -> None:
-        evidence = st.output_dir / "evidence.jsonl"
+        evidence = st.output_dir / EVIDENCE_FILE
         if evidence.exists():
-            _records.record_evidence(self.db, self.run_id, st.stage.id, evidence)
+            self.db.record_evidence(self.run_id, st.stage.id, evidence)
         for name, rel in st.tail.artifacts:
             path = st.output_dir / rel
             self.pending_hashes.append(self.hashing.submit(
-                _records.artifact_row, self.run_id, st.stage.id, name, path, st.attempt, st.key))
+                staging.artifact_row, self.run_id, st.stage.id, name, path, st.attempt, st.key))
 
     def _collect_hashes(self, wait: bool = False) -> None:
         keep = []
@@ -390,7 +327,7 @@ class _Executor:
             if wait or fut.done():
                 row = fut.result()
                 if row:
-                    self.db.append_rows("artifacts", _records.ARTIFACT_COLUMNS, [row])
+                    self.db.record_artifact(row)
             else:
                 keep.append(fut)
         self.pending_hashes = keep
@@ -408,8 +345,7 @@ class _Executor:
                     self._flush(st)
         if now - self.last_heartbeat >= HEARTBEAT_S and self._running():
             self.last_heartbeat = now
-            self.db.execute("UPDATE stages SET heartbeat = ? WHERE run_id = ? AND status = 'RUNNING'",
-                            [utcnow(), self.run_id])
+            self.db.heartbeat(self.run_id)
         self.db.publish()
 
     def _stop_running(self) -> None:
@@ -440,119 +376,9 @@ class _Executor:
             status, code = "FAILED", 1
         else:
             status, code = "FINISHED", 0
-        gpu_hours = self.db.query("SELECT coalesce(sum(gpu_hours), 0) FROM stages WHERE run_id = ?", [self.run_id])[0][0]
-        self.db.update_run(self.run_id, status=status, end_time=utcnow(), gpu_hours=gpu_hours,
-                           error="; ".join(failures) or None)
+        self.db.finish_run(self.run_id, status, "; ".join(failures) or None)
         counts = {v: list(statuses.values()).count(v) for v in dict.fromkeys(statuses.values())}
         summary = ", ".join(f"{n} {k.lower()}" for k, n in counts.items())
         self.display.event(f"run {self.run_id} {status} in {seconds:.1f}s: {summary}")
         return RunResult(self.run_id, status, statuses, failures, code, self.home)
 
-
-# -- the CLI -----------------------------------------------------------------------------
-def print_dry_run(graph: StageGraph, home: Path | str | None = None, force: Iterable[str] = (), out=None) -> None:
-    """Print the order, each stage's command and estimated GPU-hours; run nothing."""
-    out = out or sys.stdout
-    home = resolve_home(home)
-    keys = cache_keys(graph)
-    forced = set(force)
-    for f in force:
-        if f not in keys:
-            raise GraphError(f"--force names no stage of this graph: {f}")
-        forced |= graph.dependants(f)
-    run_id = "<run_id>"
-    total = 0.0
-    print(f"plan {graph.plan}: {len(graph.stages)} stages, home {home} (dry run: nothing runs)", file=out)
-    for i, s in enumerate(graph.topological_order(), 1):
-        output = stage_dir(home, s.id, keys[s.id])
-        cached = s.id not in forced and is_complete(output)
-        hours = s.estimated.gpu_hours
-        total += 0.0 if cached else hours
-        argv = stage_command(s.kind, attempt_file(home, run_id, s.id, 1, "spec.json"), max(s.resources.gpus, 1))
-        state = "cached" if cached else "forced" if s.id in forced else "would run"
-        needs = f" after {', '.join(s.needs)}" if s.needs else ""
-        print(f"{i}. {s.id} [{s.kind}] key {keys[s.id]} {state}; {s.resources.gpus} GPU, "
-              f"est {hours:.2f} GPU-h{needs}", file=out)
-        if not cached:
-            print(f"   $ {shlex.join(argv)}", file=out)
-    print(f"estimated GPU-hours to run: {total:.2f} (whole graph {graph.estimated.gpu_hours or sum(s.estimated.gpu_hours for s in graph.stages):.2f})", file=out)
-
-
-def run_execute(target: Path, dry_run: bool = False, force: Sequence[str] = (), home: Path | None = None) -> int:
-    """`s2d-plan execute GRAPH.json|PLAN.yaml`: the exit code (0 ok, 1 failures, 2 bad input,
-    128+signal when stopped)."""
-    target = Path(target)
-    if target.suffix.lower() in (".yaml", ".yml"):
-        graph, summary = plan_graph(target, home)
-        print(summary, flush=True)
-    else:
-        graph = load_graph(target)
-    if dry_run:
-        print_dry_run(graph, home, force)
-        return 0
-    result = execute_graph(graph, home, force)
-    for line in result.failures:
-        print(line, file=sys.stderr)
-    return result.exit_code
-
-
-def plan_graph(plan: Path, home: Path | None = None) -> tuple[StageGraph, str]:
-    """The graph to run for a plan file, and what was chosen, in one line.
-
-    If the newest run of this exact plan (same content hash) did not finish, its graph is
-    run again: a resumed plan must not be re-planned, or evidence that its own probe
-    recorded would change the allocation and with it the keys of stages already done.
-    Otherwise the recommender decides (``s2d_plan.recommend.recommend_graph``)."""
-    try:
-        from s2d_plan.recommend import recommend_graph
-        from s2d_plan.spec import load_plan
-    except ImportError as exc:
-        raise S2DError(f"cannot run a plan here: the recommender is not available ({exc}); "
-                       "run `s2d-plan recommend PLAN -o graph.json`, then execute the graph") from None
-    unfinished = _unfinished_run_of(load_plan(plan).hash(), home)
-    if unfinished is None:
-        return recommend_graph(plan, home=home)  # evidence and calibration of this run's home
-    run_id, status, graph = unfinished
-    p, meta = graph.predicted, graph.meta
-    chose = f"{meta.get('structure', graph.plan)}" + (f": predicted {p.eval} {p.value:.1%}" if p else "")
-    return graph, (f"resuming the graph of run {run_id} ({status}; the plan is unchanged): {chose}, "
-                   f"{graph.estimated.gpu_hours:.3g} GPU-hours")
-
-
-def _unfinished_run_of(plan_hash: str, home: Path | None) -> tuple[str, str, StageGraph] | None:
-    from s2d_plan.errors import HistoryError
-    from s2d_plan.graph import parse_graph
-    from s2d_plan.history import query
-
-    try:
-        _, rows = query("SELECT run_id, status, graph FROM runs WHERE plan_hash = ? "
-                        "ORDER BY start_time DESC LIMIT 1", home, [plan_hash])
-    except HistoryError:
-        return None  # no history yet
-    if not rows or rows[0][1] == "FINISHED" or not rows[0][2]:
-        return None
-    try:
-        return rows[0][0], rows[0][1], parse_graph(json.loads(rows[0][2]), source=f"run {rows[0][0]}")
-    except (GraphError, ValueError):
-        return None  # a graph this version cannot read: plan afresh
-
-
-def run_probe(plan: Path, home: Path | None = None) -> int:
-    """`s2d-plan probe PLAN`: run the plan's probe stages (one per model, built by the
-    compiler) and print the solve rates they measured; the next `recommend` uses them."""
-    from s2d_plan import compiler
-
-    make = getattr(compiler, "compile_probe_graph", None)
-    if make is None:
-        raise S2DError("probe: this build's compiler cannot build probe graphs (compile_probe_graph)")
-    result = execute_graph(make(plan), home)
-    for line in result.failures:
-        print(line, file=sys.stderr)
-    if result.exit_code == 0:
-        from s2d_plan.history import query
-
-        _, rows = query("""SELECT model, source, count(*), sum(correct) / sum(samples)
-                           FROM evidence WHERE run_id = ? GROUP BY ALL ORDER BY model""", home, [result.run_id])
-        for model, source, prompts, rate in rows:
-            print(f"evidence: {model} on {source}: {prompts} prompts, solve rate {rate:.1%}")
-    return result.exit_code

@@ -80,3 +80,12 @@ def print_rows(cols: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, out
         if cols:
             out.write(format_table(cols, rows) + "\n")
         out.write(f"({len(rows)} row{'s' if len(rows) != 1 else ''})\n")
+
+
+def choose_format(table: bool, csv: bool, json_out: bool, default: str = "table") -> str:
+    """The one format the --table/--csv/--json flags ask for (``default`` with none)."""
+    from s2d_plan.errors import S2DError
+
+    if sum([table, csv, json_out]) > 1:
+        raise S2DError("choose one of --table, --csv, --json")
+    return "json" if json_out else "csv" if csv else "table" if table else default

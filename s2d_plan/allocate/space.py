@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from s2d_plan import costs
-from s2d_plan.costs import CostConstants, Estimate
-from s2d_plan.outcome import (DEFAULT_OUTCOME, OutcomeConstants, Pipeline, Prediction, SolveRates, estimate_accuracy,
+from s2d_plan.predict import costs
+from s2d_plan.predict.costs import CostConstants, Estimate
+from s2d_plan.predict.outcome import (DEFAULT_OUTCOME, OutcomeConstants, Pipeline, Prediction, SolveRates, estimate_accuracy,
                               predict)
-from s2d_plan.registry import GPUInfo, ModelInfo
+from s2d_plan.plan.registry import GPUInfo, ModelInfo
 
 GROUPS = (4, 8, 16)
 MAX_EPOCHS = 4.0

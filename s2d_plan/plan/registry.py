@@ -74,7 +74,7 @@ class GPUInfo(BaseModel):
 
 
 def _load(filename: str) -> dict[str, dict[str, Any]]:
-    text = resources.files("s2d_plan").joinpath("data", filename).read_text(encoding="utf-8")
+    text = resources.files("s2d_plan.plan").joinpath("data", filename).read_text(encoding="utf-8")
     return yaml.safe_load(text)
 
 

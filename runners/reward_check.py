@@ -5,16 +5,19 @@
     answer   'so it is \\boxed{0.5}.'  ->  1/2 | \\frac{1}{2}
     score    1  (ok)
 
-The verifier (runners/verifier.py, which documents the extraction policy) is imported
-only here, inside the command, so the light install stays light.
+The planner runs this as its own process (``python -m runners.reward_check``), as it
+runs every runner, so the light install never imports the verifier (runners/verifier.py,
+which documents the extraction policy). Exit status 2 with a message for bad input.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from pathlib import Path
 
-from s2d_plan.errors import S2DError
+from s2d_plan.contract import S2DError
 
 
 def _pairs(gold: str | None, answer: str | None, file: Path | None) -> list[tuple[str, str]]:
@@ -84,3 +87,21 @@ def run_reward_check(gold: str | None = None, answer: str | None = None, file: P
         if len(pairs) > 1:
             print()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="s2d-plan reward-check")
+    parser.add_argument("--gold")
+    parser.add_argument("--answer")
+    parser.add_argument("--file", type=Path)
+    parser.add_argument("--json", action="store_true", dest="json_out")
+    args = parser.parse_args(argv)
+    try:
+        return run_reward_check(args.gold, args.answer, args.file, args.json_out)
+    except S2DError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

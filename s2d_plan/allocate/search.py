@@ -8,8 +8,8 @@ import random
 from dataclasses import dataclass, replace
 from typing import Any
 
-from s2d_plan._space import Context, LinearCost, Quantities, Structure, box, pipeline, quantities
-from s2d_plan.outcome import predict
+from s2d_plan.allocate.space import Context, LinearCost, Quantities, Structure, box, pipeline, quantities
+from s2d_plan.predict.outcome import predict
 
 TRIALS_KEPT = 300
 # TPE refinement trials at most (~2 ms each here). The local search has already evaluated

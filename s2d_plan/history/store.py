@@ -4,11 +4,11 @@ Where it lives: ``<home>/history.duckdb`` (home = ``--home`` / ``S2D_HOME`` / ``
 see ``s2d_plan.paths``). Tables (the public contract, DESIGN.md): ``runs``, ``stages``,
 ``metrics``, ``artifacts``, ``evidence``, ``trials``, plus the view ``metrics_latest``
 (newest attempt per stage, key and step, so a resumed stage has one clean curve) and
-``schema_version`` (numbered migrations, ``s2d_plan._migrations``).
+``schema_version`` (numbered migrations, ``s2d_plan.history.migrations``).
 
 Readers never block the run. DuckDB lets one process write a file and refuses a
 read-only open while that writer holds it, so the executor keeps the main file open for
-its whole run and publishes copies that readers open instead (``s2d_plan._snapshots``):
+its whole run and publishes copies that readers open instead (``s2d_plan.history.snapshots``):
 the whole history once when the run starts (``history.snapshot.duckdb``), then every
 couple of seconds and at each stage boundary only the current run's rows
 (``history.live.duckdb``, cheap however large the history grows). A reader opens the
@@ -18,27 +18,26 @@ exit the snapshot equals the main file and readers use it, so a query cannot del
 next ``execute`` either. ``history`` runs queries only: INSERT, DELETE, DROP, ATTACH
 and the like are refused before they reach DuckDB.
 
-    >>> rows = load_evidence(Path("/nonexistent"), "Qwen/Qwen3-8B")
-    >>> rows
-    []
+The writer's verbs (``start_run``, ``add_stages``, ``start_stage``, ``finish_stage`` ...)
+are the only SQL the executor causes; the read side is ``s2d_plan.history.read``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import duckdb
 
-from s2d_plan import _snapshots
-from s2d_plan._migrations import LATEST, migrate
+from s2d_plan.history import snapshots as _snapshots
+from s2d_plan.history.migrations import LATEST, migrate
 from s2d_plan.errors import HistoryError
-from s2d_plan.paths import db_path, resolve_home, snapshot_path
+from s2d_plan.paths import db_path
 
 CLEAN_MARKER = "history.clean"  # present while the snapshot equals the main file
 SNAPSHOT_EVERY_S = 2.0  # publish at most this often (more rarely when a copy is slow)
@@ -58,6 +57,13 @@ SELECT $1, $2, $3, m.step, m.key, CASE WHEN isfinite(m.value) THEN m.value END,
 FROM (SELECT from_json(line, '{"step": "BIGINT", "key": "VARCHAR", "value": "DOUBLE", "time": "DOUBLE"}') AS m
       FROM _metric_lines WHERE json_valid(line))
 WHERE m.key IS NOT NULL AND m.step IS NOT NULL"""
+
+
+ARTIFACT_COLUMNS = ("run_id", "stage_id", "name", "uri", "sha256", "bytes", "attempt", "cache_key", "time")
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def utcnow() -> dt.datetime:
@@ -167,7 +173,106 @@ class HistoryWriter:
     def query(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple]:
         return self.con.execute(sql, params or []).fetchall()
 
-    # -- snapshots (see s2d_plan._snapshots) -----------------------------------------
+    # -- verbs: what the executor records -------------------------------------------
+    def start_run(self, run_id: str, plan: str, plan_hash: str, graph_json: str, est_gpu_hours: float) -> None:
+        self.insert("runs", {"run_id": run_id, "plan": plan, "plan_hash": plan_hash, "status": "RUNNING",
+                             "start_time": utcnow(), "graph": graph_json, "est_gpu_hours": est_gpu_hours,
+                             "pid": os.getpid(), "host": os.uname().nodename})
+
+    def add_stage(self, run_id: str, position: int, stage: Any, cache_key: str, output_dir: Path) -> None:
+        """A stage of the run, PENDING (``stage``: a ``contract.Stage``)."""
+        self.insert("stages", {"position": position, "run_id": run_id, "stage_id": stage.id, "kind": stage.kind,
+                               "status": "PENDING", "cache_key": cache_key,
+                               "est_gpu_hours": stage.estimated.gpu_hours, "policy": stage.policy,
+                               "teacher": stage.teacher, "needs": list(stage.needs),
+                               "gpus": stage.resources.gpus, "output_dir": str(output_dir)})
+
+    def producer_attempt(self, stage_id: str, cache_key: str) -> int | None:
+        """The attempt that produced a cached output (None if the history lost it)."""
+        return self.query("SELECT max(attempt) FROM stages WHERE stage_id = ? AND cache_key = ? "
+                          "AND status = 'FINISHED'", [stage_id, cache_key])[0][0]
+
+    def next_attempt(self, stage_id: str, cache_key: str) -> int:
+        """1 + the attempts that ever ran this (stage id, key), in any run."""
+        row = self.query("SELECT coalesce(max(attempt), 0) FROM stages WHERE stage_id = ? AND cache_key = ? "
+                         "AND status NOT IN ('CACHED', 'SKIPPED', 'PENDING') AND attempt IS NOT NULL",
+                         [stage_id, cache_key])
+        return int(row[0][0]) + 1
+
+    def start_stage(self, run_id: str, stage_id: str, attempt: int, pid: int, log_path: Path,
+                    metrics_path: Path) -> None:
+        now = utcnow()
+        self.update_stage(run_id, stage_id, status="RUNNING", attempt=attempt, start_time=now, pid=pid,
+                          heartbeat=now, log_path=str(log_path), metrics_path=str(metrics_path),
+                          metrics_offset=0, error=None)
+
+    def finish_stage(self, run_id: str, stage_id: str, status: str, wall_s: float, gpus: int,
+                     exit_code: int | None, error: str | None) -> None:
+        """A stage attempt ended (FINISHED, FAILED or KILLED): a stage boundary, so the
+        write-ahead log is folded into the file."""
+        self.update_stage(run_id, stage_id, status=status, end_time=utcnow(), wall_s=wall_s,
+                          gpu_hours=wall_s / 3600 * gpus, exit_code=exit_code, error=error)
+        self.execute("CHECKPOINT")
+
+    def heartbeat(self, run_id: str) -> None:
+        self.execute("UPDATE stages SET heartbeat = ? WHERE run_id = ? AND status = 'RUNNING'", [utcnow(), run_id])
+
+    def finish_run(self, run_id: str, status: str, error: str | None) -> float:
+        """Close the run; returns its measured GPU-hours."""
+        gpu_hours = self.query("SELECT coalesce(sum(gpu_hours), 0) FROM stages WHERE run_id = ?", [run_id])[0][0]
+        self.update_run(run_id, status=status, end_time=utcnow(), gpu_hours=gpu_hours, error=error)
+        return gpu_hours
+
+    def record_evidence(self, run_id: str, stage_id: str, path: Path) -> None:
+        """A probe's per-prompt counts (``evidence.jsonl``) into ``evidence``."""
+        rows, now = [], utcnow()
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                d = json.loads(line)
+                rows.append((run_id, stage_id, d["model"], d.get("source"), int(d["prompt_index"]),
+                             int(d["samples"]), int(d["correct"]), now))
+        self.append_rows("evidence", ("run_id", "stage_id", "model", "source", "prompt_index", "samples", "correct",
+                                      "time"), rows)
+
+    def record_trials(self, run_id: str, trials: Any) -> None:
+        """The allocator's search trials (a graph's ``meta["trials"]``) into ``trials``."""
+        if not isinstance(trials, list):
+            return
+        known = ("number", "structure", "params", "value", "gpu_hours", "feasible")
+        rows = []
+        for t in trials:
+            if not isinstance(t, dict):
+                continue
+            extra = {k: v for k, v in t.items() if k not in known}
+            rows.append((run_id, t.get("number"), None if t.get("structure") is None else str(t["structure"]),
+                         json.dumps(t.get("params", {}), default=str), _number(t.get("value")),
+                         _number(t.get("gpu_hours")), None if t.get("feasible") is None else bool(t["feasible"]),
+                         json.dumps(extra, default=str) if extra else None))
+        self.append_rows("trials", ("run_id", "number", "structure", "params", "value", "gpu_hours", "feasible",
+                                    "extra"), rows)
+
+    def record_artifact(self, row: tuple) -> None:
+        self.append_rows("artifacts", ARTIFACT_COLUMNS, [row])
+
+    def stale_stages(self) -> list[tuple]:
+        """Stages left RUNNING (by a dead executor, since we hold the write lock)."""
+        return self.query("""
+            SELECT s.run_id, s.stage_id, s.attempt, s.cache_key, s.pid, s.heartbeat, s.metrics_path,
+                   coalesce(s.metrics_offset, 0), s.log_path, s.start_time, s.gpus, r.pid, r.host, s.output_dir
+            FROM stages s JOIN runs r USING (run_id) WHERE s.status = 'RUNNING'""")
+
+    def close_dead_runs(self, new_run: str) -> None:
+        """Runs a dead executor left open: their PENDING stages SKIPPED, the run FAILED."""
+        for (run_id,) in self.query("SELECT run_id FROM runs WHERE status IN ('RUNNING', 'SCHEDULED')"):
+            self.execute("UPDATE stages SET status = 'SKIPPED', error = 'not started: the executor died' "
+                         "WHERE run_id = ? AND status = 'PENDING'", [run_id])
+            self.update_run(run_id, status="FAILED", end_time=utcnow(), error=f"executor died; resumed by run {new_run}")
+
+    def last_metric_time(self, run_id: str, stage_id: str, attempt: int) -> Any:
+        return self.query("SELECT max(time) FROM metrics WHERE run_id = ? AND stage_id = ? AND attempt = ?",
+                          [run_id, stage_id, attempt])[0][0]
+
+    # -- snapshots (see s2d_plan.history.snapshots) -----------------------------------------
     def begin_live(self, run_id: str) -> None:
         """Publish the whole history once; from now on publish only ``run_id``'s rows."""
         self.live_run = None
@@ -231,196 +336,3 @@ def _open_writable(path: Path, timeout_s: float) -> duckdb.DuckDBPyConnection:
                 print(f"waiting for the history lock: {exc}", file=sys.stderr, flush=True)
                 warned = True
             time.sleep(0.2)
-
-
-@contextmanager
-def open_reader(home: str | Path | None = None, timeout_s: float = 10.0) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A read-only connection to the history (the main file, or the executor's snapshot
-    while a run holds the main file). Raises HistoryError when there is no history.
-
-        with open_reader("/path/to/.s2d") as con:
-            con.sql("SELECT count(*) FROM runs").fetchall()
-    """
-    home = resolve_home(home)
-    path, snap = db_path(home), snapshot_path(home)
-    own = _WRITERS.get(path)
-    if own is not None:  # same process as the executor: share its connection
-        cursor = own.con.cursor()
-        try:
-            yield cursor
-        finally:
-            cursor.close()
-        return
-    if not path.exists() and not snap.exists():
-        raise HistoryError(f"no history at {path} (run `s2d-plan execute` first, or pass --home)")
-    con = _open_readonly(path, snap, (home / CLEAN_MARKER).exists(), timeout_s)
-    try:
-        yield con
-    finally:
-        con.close()
-
-
-def _open_readonly(path: Path, snap: Path, clean: bool, timeout_s: float) -> duckdb.DuckDBPyConnection:
-    home = path.parent
-    deadline = time.monotonic() + timeout_s
-    last: Exception | None = None
-    while True:
-        if clean and snap.exists():  # the snapshot is the whole history: leave the main file alone
-            try:
-                return connect(snap, read_only=True)
-            except duckdb.Error as exc:
-                last = exc
-        elif path.exists():
-            try:
-                return connect(path, read_only=True)
-            except duckdb.Error as exc:
-                if not _is_lock_error(exc):
-                    raise HistoryError(f"cannot read the history {path}: {exc}") from None
-                last = exc
-                con = _snapshots.open_composite(home)  # an executor holds it: read its copies
-                if con is not None:
-                    return con
-        if time.monotonic() > deadline:
-            raise HistoryError(f"the history is busy and no snapshot is available yet: {last}")
-        time.sleep(0.1)
-        clean = (home / CLEAN_MARKER).exists()
-
-
-# -- what the allocator reads ----------------------------------------------------------
-def load_evidence(home: str | Path | None, model: str, source: str | None = None) -> list[tuple[int, int]]:
-    """Per-prompt (samples, correct) that probes measured for ``model`` (on ``source``
-    if given), newest measurement per prompt; [] when there is no history.
-
-        >>> load_evidence("/nonexistent", "Qwen/Qwen3-8B")
-        []
-    """
-    home = resolve_home(home)
-    if not db_path(home).exists() and not snapshot_path(home).exists():
-        return []
-    sql = """SELECT samples, correct FROM evidence
-             WHERE model = ? AND (CAST(? AS VARCHAR) IS NULL OR source = ?)
-             QUALIFY row_number() OVER (PARTITION BY model, source, prompt_index
-                                        ORDER BY time DESC) = 1
-             ORDER BY source, prompt_index"""
-    with open_reader(home) as con:
-        try:
-            rows = con.execute(sql, [model, source, source]).fetchall()
-        except duckdb.CatalogException:  # a history older than the evidence table
-            return []
-    return [(int(s), int(c)) for s, c in rows]
-
-
-# -- the CLI: history, runs, show ------------------------------------------------------
-def query(sql: str, home: str | Path | None = None, params: Sequence[Any] | None = None) -> tuple[list[str], list[tuple]]:
-    """Run user SQL read-only; return (column names, rows). Errors become HistoryError.
-
-        cols, rows = query("SELECT run_id, status FROM runs", home)
-    """
-    if not sql.strip():
-        raise HistoryError("empty SQL")
-    with open_reader(home) as con:
-        try:
-            kinds = [st.type.name for st in con.extract_statements(sql)]
-            refused = [k for k in kinds if k not in READ_STATEMENTS]
-            if refused:
-                raise HistoryError(f"the history is read-only: {refused[0]} statements are refused; "
-                                   "nothing was changed")
-            cur = con.execute(sql, params) if params else con.execute(sql)
-            if cur.description is None:
-                return [], []
-            cols = [d[0] for d in cur.description]
-            return cols, cur.fetchall()
-        except duckdb.Error as exc:
-            message = str(exc)
-            if "read-only" in message:
-                raise HistoryError(f"the history is read-only here; nothing was changed ({message})") from None
-            raise HistoryError(message) from None
-
-
-def run_history_query(sql: str, table: bool = False, csv: bool = False, json_out: bool = False,
-                      home: str | Path | None = None) -> None:
-    """`s2d-plan history SQL`: print the result as a table, CSV or a JSON array."""
-    from s2d_plan._output import print_rows
-
-    if sum([table, csv, json_out]) > 1:
-        raise HistoryError("choose one of --table, --csv, --json")
-    cols, rows = query(sql, home)
-    fmt = "json" if json_out else "csv" if csv else "table" if table or sys.stdout.isatty() else "csv"
-    print_rows(cols, rows, fmt)
-
-
-def run_list_runs(home: str | Path | None = None) -> None:
-    """`s2d-plan runs`: every run, newest first, with stage counts and GPU-hours."""
-    from s2d_plan._output import print_rows
-
-    home = resolve_home(home)
-    if not db_path(home).exists():
-        print(f"no runs yet (no history at {db_path(home)})")
-        return
-    cols, rows = query("""
-        SELECT r.run_id, r.plan, r.status, strftime(r.start_time, '%Y-%m-%d %H:%M:%S') AS started,
-               round(epoch(coalesce(r.end_time, now()::TIMESTAMP) - r.start_time), 1) AS seconds,
-               count(s.stage_id) AS stages,
-               count(*) FILTER (s.status IN ('FINISHED', 'CACHED')) AS done,
-               count(*) FILTER (s.status = 'CACHED') AS cached,
-               count(*) FILTER (s.status IN ('FAILED', 'KILLED')) AS failed,
-               round(r.est_gpu_hours, 3) AS est_gpu_h, round(sum(s.gpu_hours), 4) AS gpu_h
-        FROM runs r LEFT JOIN stages s USING (run_id)
-        GROUP BY ALL ORDER BY started DESC, r.run_id DESC""", home)
-    if not rows:
-        print("no runs yet")
-        return
-    print_rows(cols, rows, "table")
-
-
-def run_show(run: str, home: str | Path | None = None) -> None:
-    """`s2d-plan show RUN`: a run's stages, statuses, estimated vs actual GPU-hours and
-    final metrics (a unique prefix of the run id is enough)."""
-    from s2d_plan._output import print_rows
-
-    _, ids = query(f"SELECT run_id FROM runs WHERE starts_with(run_id, {_sql_str(run)}) ORDER BY run_id", home)
-    if not ids:
-        raise HistoryError(f"no run matches {run!r} (see `s2d-plan runs`)")
-    if len(ids) > 1:
-        raise HistoryError(f"{run!r} matches {len(ids)} runs: " + ", ".join(r[0] for r in ids[:5]))
-    run_id = ids[0][0]
-    _, head = query(f"""SELECT plan, status, start_time, end_time, est_gpu_hours, error
-                        FROM runs WHERE run_id = {_sql_str(run_id)}""", home)
-    plan, status, start, end, est, error = head[0]
-    print(f"run {run_id}  plan {plan}  {status}  started {start:%Y-%m-%d %H:%M:%S}"
-          + (f"  took {(end - start).total_seconds():.1f}s" if end else ""))
-    rid = _sql_str(run_id)
-    # final metrics: what this run's attempt logged; for a CACHED stage, its producer's
-    cols, rows = query(f"""
-        WITH s AS (SELECT * FROM stages WHERE run_id = {rid}),
-        ran AS (
-            SELECT s.stage_id, m.key, arg_max_null(m.value, m.step) AS value
-            FROM s JOIN metrics m ON m.run_id = s.run_id AND m.stage_id = s.stage_id AND m.attempt = s.attempt
-            WHERE s.status NOT IN ('CACHED', 'SKIPPED', 'PENDING') GROUP BY ALL),
-        reused AS (
-            SELECT s.stage_id, m.key, arg_max_null(m.value, m.step) AS value
-            FROM s JOIN metrics_latest m ON m.stage_id = s.stage_id AND m.cache_key = s.cache_key
-            WHERE s.status = 'CACHED' GROUP BY ALL),
-        final AS (
-            SELECT stage_id, string_agg(key || '=' || coalesce(printf('%.4g', value), 'null'), ' ' ORDER BY key) AS metrics
-            FROM (SELECT * FROM ran UNION ALL SELECT * FROM reused) GROUP BY stage_id)
-        SELECT s.stage_id AS stage, s.kind, s.status, s.attempt,
-               round(s.est_gpu_hours, 4) AS est_gpu_h, round(s.gpu_hours, 4) AS gpu_h,
-               round(s.wall_s, 1) AS seconds, f.metrics AS final_metrics
-        FROM s LEFT JOIN final f USING (stage_id)
-        ORDER BY s.position, s.stage_id""", home)
-    print_rows(cols, rows, "table")
-    _, errors = query(f"""SELECT stage_id, status, error FROM stages
-                          WHERE run_id = {rid} AND error IS NOT NULL ORDER BY position""", home)
-    for stage_id, stage_status, text in errors:
-        print(f"\n{stage_id} {stage_status}: {text.rstrip()}")
-    if error:
-        print(f"\nrun: {error}")
-
-
-def _sql_str(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
-def graph_json(graph: Any) -> str:
-    return json.dumps(graph.model_dump(mode="json", exclude_none=True))

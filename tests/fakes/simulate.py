@@ -1,5 +1,8 @@
 """A deterministic stand-in stage (kind ``simulate``) for the executor's tests and benchmarks.
 
+A test fake, not a product kind: importing this module registers it (the test suite
+names it in ``S2D_STAGE_PLUGINS``, so executors started in other processes know it too).
+
 It follows the runner contract exactly like a training stage does, without a model:
 it reads its resolved inputs, logs metrics step by step, checkpoints into its work
 directory and resumes from there on a later attempt, and leaves a ``model/`` and a
@@ -30,10 +33,27 @@ import time
 import zlib
 from pathlib import Path
 
-from runners.common import MODEL_SUBDIR, ROLLOUTS_FILE, MetricWriter, StageSpec, run_main
+from pydantic import Field
 
-RESUMABLE = True  # the executor keeps the .partial work dir between attempts
+from runners.common import MetricWriter, run_main
+from s2d_plan.contract import MODEL_SUBDIR, ROLLOUTS_FILE, Kind, Params, StageSpec, register_kind
+
 CHECKPOINT = "checkpoint.json"
+
+
+class SimulateParams(Params):
+    steps: int = Field(default=10, ge=1)
+    sleep_s: float = Field(default=0.0, ge=0)
+    fail_at_step: int | None = None
+    fail_attempts: int | list[int] | None = None
+    checkpoint_every: int = Field(default=1, ge=0)
+    keys: list[str] = ["loss", "reward"]
+    extra_keys: int = Field(default=0, ge=0)
+    nan_at_step: int | None = None
+    evidence: dict | None = None
+
+
+register_kind(Kind("simulate", SimulateParams, "tests.fakes.simulate", model=True, dataset=True, resumable=True))
 
 
 def value_at(stage_id: str, key: str, step: int) -> float:
@@ -53,13 +73,10 @@ def _resume_step(work: Path) -> int:
 
 def run(spec: StageSpec, metrics: MetricWriter) -> dict:
     p = spec.params
-    steps = int(p.get("steps", 10))
-    sleep_s = float(p.get("sleep_s", 0.0))
-    fail_at = p.get("fail_at_step")
-    fail_attempts = p.get("fail_attempts")
-    every = int(p.get("checkpoint_every", 1))
-    keys = list(p.get("keys", ["loss", "reward"])) + [f"m{i}" for i in range(int(p.get("extra_keys", 0)))]
-    nan_at = p.get("nan_at_step")
+    steps, sleep_s, fail_at, fail_attempts = p.steps, p.sleep_s, p.fail_at_step, p.fail_attempts
+    every = p.checkpoint_every
+    keys = list(p.keys) + [f"m{i}" for i in range(p.extra_keys)]
+    nan_at = p.nan_at_step
     work = spec.work_dir
 
     for name, ref in spec.inputs.items():  # a @stage input must be a completed output
@@ -91,7 +108,7 @@ def run(spec: StageSpec, metrics: MetricWriter) -> dict:
     (work / "inputs.json").write_text(json.dumps(spec.inputs, sort_keys=True))
     (work / "device.json").write_text(json.dumps({"device": spec.device,
                                                   "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES")}))
-    evidence = p.get("evidence")
+    evidence = p.evidence
     if evidence:
         _write_evidence(work, spec.stage_id, evidence)
     metrics.artifact("model", MODEL_SUBDIR)

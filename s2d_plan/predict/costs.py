@@ -1,7 +1,6 @@
 """Cost and memory model: GPU-hours and peak memory per GPU of every stage kind.
 
-Pure functions of model shape, token counts, GPU type and GPU count; no I/O except
-``load_constants``, which reads the overrides ``s2d-plan calibrate`` writes.
+Pure functions of model shape, token counts, GPU type and GPU count; no I/O.
 
 Formulas (N = parameters, T = tokens, P = bf16 peak FLOP/s of one GPU, n = GPUs):
 
@@ -28,9 +27,9 @@ Formulas (N = parameters, T = tokens, P = bf16 peak FLOP/s of one GPU, n = GPUs)
   never silently planned.
 
 Efficiency constants live in ``CostConstants``: named, documented, and overridable from
-``<home>/calibration.json`` (key ``"costs"``), which ``s2d-plan calibrate`` writes.
+``<home>/calibration.json`` (key ``"costs"``; ``s2d_plan.predict.calibration``).
 
-    >>> from s2d_plan.registry import model_info, gpu_info
+    >>> from s2d_plan.plan.registry import model_info, gpu_info
     >>> est = train_cost(model_info("Qwen/Qwen3-8B"), gpu_info("H100-80GB"), 8, tokens=1e8)
     >>> est.strategy, round(est.gpu_hours, 1)
     ('fsdp', 4.6)
@@ -38,12 +37,10 @@ Efficiency constants live in ``CostConstants``: named, documented, and overridab
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass, fields, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 
-from s2d_plan.registry import GPUInfo, ModelInfo
+from s2d_plan.plan.registry import GPUInfo, ModelInfo
 
 GB = 1e9
 
@@ -74,25 +71,6 @@ class CostConstants:
 
 
 DEFAULT_CONSTANTS = CostConstants()
-
-
-def load_constants(home: str | Path | None) -> CostConstants:
-    """Defaults, overridden by ``<home>/calibration.json`` {"costs": {...}} when present.
-
-    >>> load_constants("/nonexistent").mfu_train
-    0.3
-    """
-    if home is None:
-        return DEFAULT_CONSTANTS
-    path = Path(home) / "calibration.json"
-    try:
-        raw = json.loads(path.read_text()).get("costs", {})
-    except (OSError, ValueError, AttributeError):
-        return DEFAULT_CONSTANTS
-    known = {f.name: f.type for f in fields(CostConstants)}
-    picked = {k: type(getattr(DEFAULT_CONSTANTS, k))(v) for k, v in raw.items()
-              if k in known and isinstance(v, (int, float))}
-    return replace(DEFAULT_CONSTANTS, **picked)
 
 
 @dataclass(frozen=True)
@@ -131,7 +109,7 @@ def generation(model: ModelInfo, gpu: GPUInfo, gpus: int, sequences: float, prom
     optimizer step and waits for the longest of each wave: it pays ``max_new`` decode
     steps per wave.
 
-    >>> from s2d_plan.registry import model_info, gpu_info
+    >>> from s2d_plan.plan.registry import model_info, gpu_info
     >>> e = generation(model_info("Qwen/Qwen3-1.7B"), gpu_info("H100-80GB"), 1, 1000, 256, 1024)
     >>> e.fits, e.strategy
     (True, 'tp1')

@@ -20,11 +20,11 @@ one time factor, applied to every speed constant of the cost model at once (so e
 estimate scales by it); the per-kind ratios are stored beside it for inspection.
 
 The fit goes to ``<home>/calibration.json`` (keys ``"outcome"`` and ``"costs"``, read by
-``load_outcome_constants`` / ``costs.load_constants``; ``"fit"`` says how it was made).
+``s2d_plan.predict.calibration``; ``"fit"`` says how it was made).
 
-    >>> report = calibrate(".s2d")          # doctest: +SKIP
-    >>> report["fit"]["rmse_after"] < report["fit"]["rmse_before"]   # doctest: +SKIP
-    True
+    >>> calibrate("/nonexistent")
+    Traceback (most recent call last):
+    s2d_plan.errors.S2DError: calibrate needs at least 3 finished runs with a measured final eval and the outcome inputs of their prediction; the history in /nonexistent has 0. Execute graphs compiled by `s2d-plan recommend` (or benchmarks/tinyworld.py) first.
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from s2d_plan import costs
 from s2d_plan.errors import S2DError
-from s2d_plan.outcome import OutcomeConstants, Pipeline, SolveRates, load_outcome_constants, predict
-from s2d_plan.registry import ModelInfo
+from s2d_plan.predict.calibration import load_calibration, write_calibration
+from s2d_plan.predict.outcome import OutcomeConstants, Pipeline, SolveRates, predict
+from s2d_plan.plan.registry import ModelInfo
 
 MIN_RUNS = 3  # distinct finished runs (with outcome inputs and a measured eval) needed to fit anything
 MAX_FREE = 8
@@ -113,7 +113,7 @@ class Observation:
 
 def observations(home: str | Path) -> tuple[list[Observation], dict[str, int]]:
     """Finished runs with outcome inputs and a measured final eval; counts of runs skipped, by reason."""
-    from s2d_plan.history import query
+    from s2d_plan.history.read import query
     from s2d_plan.paths import db_path, resolve_home
 
     home = resolve_home(home)
@@ -236,7 +236,7 @@ def fit_outcome(obs: list[Observation], start: OutcomeConstants) -> tuple[Outcom
 
 def fit_costs(home: Path) -> dict[str, Any] | None:
     """One time factor (measured / estimated GPU-hours over stages that ran) and per-kind ratios."""
-    from s2d_plan.history import query
+    from s2d_plan.history.read import query
 
     _, rows = query("""SELECT kind, sum(gpu_hours), sum(est_gpu_hours), count(*) FROM stages
                        WHERE status = 'FINISHED' AND gpu_hours > 0 AND est_gpu_hours > 0 GROUP BY kind""", home)
@@ -259,24 +259,21 @@ def calibrate(home: str | Path | None = None, min_runs: int = MIN_RUNS) -> dict[
                        f"outcome inputs of their prediction; the history in {home} has {len(obs)}"
                        + (f" (skipped {why})" if why else "")
                        + ". Execute graphs compiled by `s2d-plan recommend` (or benchmarks/tinyworld.py) first.")
-    current = load_outcome_constants(home)
+    in_force = load_calibration(home)
+    current = in_force.outcome
     fitted, names = fit_outcome(obs, current)
     before, after = rmse(obs, current), rmse(obs, fitted)
     if after > before:  # never store a fit worse than what is in use
         fitted, names, after = current, [], before
     table = [{"run_id": o.run_id, "structure": o.label, "measured": o.measured, "before": o.predicted(current),
               "after": o.predicted(fitted)} for o in obs]
-    path = home / "calibration.json"
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError):
-        old = {}
+    old = in_force.raw or {}
     outcome = dict(old.get("outcome", {}))
     outcome.update({n: getattr(fitted, n) for n in names})
     cost_fit = fit_costs(home)
     cost_out = dict(old.get("costs", {}))
     if cost_fit:
-        c0 = costs.load_constants(home)
+        c0 = in_force.costs
         f = cost_fit["factor"]
         cost_out.update({n: getattr(c0, n) / f for n in _COST_SPEED_UP})
         cost_out.update({n: getattr(c0, n) * f for n in _COST_SLOW_DOWN})
@@ -285,53 +282,5 @@ def calibrate(home: str | Path | None = None, min_runs: int = MIN_RUNS) -> dict[
            "rmse_before": before, "rmse_after": after, "skipped": skipped,
            "costs": cost_fit}
     doc = {"outcome": outcome, "costs": cost_out, "fit": fit}
-    home.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    tmp.replace(path)
+    path = write_calibration(home, doc)
     return {**doc, "table": table, "path": str(path)}
-
-
-def describe(home: str | Path | None) -> str | None:
-    """One line for ``recommend`` when a calibration is in use, else None."""
-    from s2d_plan.paths import resolve_home
-
-    path = resolve_home(home) / "calibration.json"
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    fit = doc.get("fit") or {}
-    keys = sorted(doc.get("outcome", {})) + sorted(doc.get("costs", {}))
-    if not keys:
-        return None
-    if fit.get("runs"):
-        return (f"Calibrated from {fit['runs']} run(s) in the history ({path}, {fit.get('time', '?')}): "
-                f"outcome error {fit['rmse_before'] * 100:.1f} -> {fit['rmse_after'] * 100:.1f} points RMSE; "
-                f"fitted {', '.join(fit.get('fitted') or ['no outcome constant'])}"
-                + (f"; cost time factor {fit['costs']['factor']:.3g}" if fit.get("costs") else "") + ".")
-    return f"Constants overridden by {path}: {', '.join(keys)}."
-
-
-def run_calibrate(home: Path | None = None) -> None:
-    """The CLI body: fit, store, print the per-run error before and after."""
-    report = calibrate(home)
-    fit = report["fit"]
-    print(f"calibrated from {fit['runs']} finished run(s) ({', '.join(fit['metrics'])})")
-    width = max(len(r["structure"]) for r in report["table"])
-    print(f"  {'structure'.ljust(width)}  measured  before   after")
-    for r in report["table"]:
-        print(f"  {r['structure'].ljust(width)}  {r['measured']:7.1%}  {r['before']:6.1%}  {r['after']:6.1%}")
-    print(f"prediction error (RMSE, points): before {fit['rmse_before'] * 100:.2f}, after {fit['rmse_after'] * 100:.2f}")
-    if fit["fitted"]:
-        print("fitted: " + ", ".join(f"{n}={report['outcome'][n]:.4g}" for n in fit["fitted"]))
-    else:
-        print("no outcome constant changed (none identifiable, or no fit beat the constants in use)")
-    if fit["costs"]:
-        c = fit["costs"]
-        print(f"costs: measured/estimated time over {c['stages']} stage(s) = {c['factor']:.3g} "
-              f"(by kind: {', '.join(f'{k} {v:.3g}' for k, v in sorted(c['by_kind'].items()))}); "
-              "speed constants scaled by it")
-    for why, n in fit["skipped"].items():
-        print(f"skipped {n} run(s): {why}")
-    print(f"written to {report['path']} (recommend uses it from now on)")

@@ -1,0 +1,160 @@
+"""The Python API: everything the command line does, callable from a notebook.
+
+The CLI (``s2d_plan.cli``) only parses arguments and prints what these return. Each
+function follows the data: ``recommend`` reads a plan, the evidence and calibration of a
+home and returns the allocation with its compiled graph; ``execute`` runs a graph (a
+plan is recommended first) and returns what happened; ``query`` answers SQL over the
+history.
+
+    >>> import tempfile
+    >>> home = tempfile.mkdtemp()
+    >>> rec = recommend("plans/budget.yaml", home=home)
+    >>> rec.graph.stages[-1].kind, rec.graph.predicted.eval
+    ('eval', 'math500')
+    >>> run = execute(StageGraph(plan="empty", stages=()), home=home)
+    >>> run.status, query("SELECT plan, status FROM runs", home)[1]
+    ('FINISHED', [('empty', 'FINISHED')])
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from s2d_plan.allocate.allocator import Context, SearchResult, allocate
+from s2d_plan.allocate.explain import graph_meta
+from s2d_plan.compiler import compile_graph, compile_probe_graph
+from s2d_plan.errors import GraphError, HistoryError
+from s2d_plan.graph import StageGraph, load_graph, parse_graph
+from s2d_plan.history.read import query
+from s2d_plan.paths import resolve_home
+from s2d_plan.plan.spec import PlanSpec, load_plan
+from s2d_plan.predict.calibrate import calibrate
+from s2d_plan.predict.calibration import Calibration, load_calibration
+from s2d_plan.predict.evidence import load_rates
+from s2d_plan.rules import RuleProblem, rule_problems
+from s2d_plan.run.executor import RunResult, execute_graph
+
+__all__ = ["Recommendation", "calibrate", "execute", "graph_for_plan", "probe", "query", "recommend", "validate"]
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """A plan's recommended pipeline: the search (``result``), the compiled ``graph``,
+    the context it was searched in, and the calibration in force."""
+
+    ctx: Context
+    result: SearchResult
+    graph: StageGraph
+    calibration: Calibration
+
+    @property
+    def summary(self) -> str:
+        p = self.graph.predicted
+        return (f"{self.result.best.structure.label}: predicted {p.eval} {p.value:.1%} [{p.low:.1%}, {p.high:.1%}], "
+                f"{self.graph.estimated.gpu_hours:.3g} of {self.ctx.budget:.3g} GPU-hours")
+
+
+def recommend(plan: str | Path | PlanSpec, home: str | Path | None = None, trials: int | None = None) -> Recommendation:
+    """Search the plan with the probe evidence and calibration of ``home``
+    (``--home`` / ``S2D_HOME`` / ``./.s2d``) and compile the best allocation."""
+    spec = plan if isinstance(plan, PlanSpec) else load_plan(plan)
+    home = resolve_home(home)
+    cal = load_calibration(home)
+    ctx = Context.from_spec(spec, load_rates(spec, home), cal.costs, cal.outcome)
+    result = allocate(ctx, trials)
+    return Recommendation(ctx, result, compile_graph(ctx, result, graph_meta(ctx, result)), cal)
+
+
+def graph_for_plan(plan: str | Path, home: str | Path | None = None) -> tuple[StageGraph, str]:
+    """The graph ``execute PLAN`` runs, and what was chosen, in one line.
+
+    If the newest run of this exact plan (same content hash) did not finish, its graph is
+    run again: a resumed plan must not be re-planned, or evidence that its own probe
+    recorded would change the allocation and with it the keys of stages already done."""
+    unfinished = _unfinished_run_of(load_plan(plan).hash(), home)
+    if unfinished is None:
+        rec = recommend(plan, home)
+        return rec.graph, rec.summary
+    run_id, status, graph = unfinished
+    p = graph.predicted
+    chose = f"{graph.meta.get('structure', graph.plan)}" + (f": predicted {p.eval} {p.value:.1%}" if p else "")
+    return graph, (f"resuming the graph of run {run_id} ({status}; the plan is unchanged): {chose}, "
+                   f"{graph.estimated.gpu_hours:.3g} GPU-hours")
+
+
+def _unfinished_run_of(plan_hash: str, home: str | Path | None) -> tuple[str, str, StageGraph] | None:
+    try:
+        _, rows = query("SELECT run_id, status, graph FROM runs WHERE plan_hash = ? "
+                        "ORDER BY start_time DESC LIMIT 1", home, [plan_hash])
+    except HistoryError:
+        return None  # no history yet
+    if not rows or rows[0][1] == "FINISHED" or not rows[0][2]:
+        return None
+    try:
+        return rows[0][0], rows[0][1], parse_graph(json.loads(rows[0][2]), source=f"run {rows[0][0]}")
+    except (GraphError, ValueError):
+        return None  # a graph this version cannot read: plan afresh
+
+
+def execute(target: StageGraph | str | Path, home: str | Path | None = None, force: Iterable[str] = (),
+            display: Any = None) -> RunResult:
+    """Run a graph (a ``StageGraph``, a graph JSON file, or a plan YAML, which is
+    recommended first or resumed); returns what happened, never raising for a failed stage."""
+    graph = target if isinstance(target, StageGraph) else load_target(target, home)[0]
+    return execute_graph(graph, home, force, display=display)
+
+
+def load_target(target: str | Path, home: str | Path | None = None) -> tuple[StageGraph, str | None]:
+    """A graph file as it is, or a plan's graph and the line saying what was chosen."""
+    target = Path(target)
+    if target.suffix.lower() in (".yaml", ".yml"):
+        return graph_for_plan(target, home)
+    return load_graph(target), None
+
+
+def probe(plan: str | Path, home: str | Path | None = None, display: Any = None) -> tuple[RunResult, list[tuple]]:
+    """Run one probe stage per model of the plan; returns the run and, per (model,
+    source), the prompts probed and the mean solve rate. The next ``recommend`` uses them."""
+    result = execute_graph(compile_probe_graph(load_plan(plan)), home, display=display)
+    rows: list[tuple] = []
+    if result.exit_code == 0:
+        _, rows = query("""SELECT model, source, count(*), sum(correct) / sum(samples)
+                           FROM evidence WHERE run_id = ? GROUP BY ALL ORDER BY model""", home, [result.run_id])
+    return result, rows
+
+
+@dataclass(frozen=True)
+class Validation:
+    kind: str  # "plan" or "graph"
+    plan: PlanSpec | None
+    graph: StageGraph | None
+    problems: list[RuleProblem]  # rules a graph breaks (plans: none; their errors raise)
+    checked_rules: bool  # False: a graph without its plan, only its structure and types were checked
+
+
+def validate(path: str | Path, plan: str | Path | None = None) -> Validation:
+    """Check a plan (raises PlanError listing every problem) or a stage graph (raises
+    GraphError for structure and typed params; returns the rules it breaks, checked
+    against ``plan`` or the plan the compiler embedded in the graph)."""
+    path = Path(path)
+    if path.suffix.lower() in (".yaml", ".yml"):
+        return Validation("plan", load_plan(path), None, [], False)
+    graph = load_graph(path)
+    spec = load_plan(plan) if plan is not None else _embedded_plan(graph)
+    problems = rule_problems(spec, graph) if spec is not None else []
+    return Validation("graph", spec, graph, problems, spec is not None)
+
+
+def _embedded_plan(graph: StageGraph) -> PlanSpec | None:
+    embedded = graph.meta.get("plan_spec")
+    if not isinstance(embedded, dict):
+        return None
+    try:
+        spec = PlanSpec.model_validate(embedded.get("spec"))
+    except ValueError:
+        return None
+    spec._base_dir = Path(embedded.get("base_dir") or ".")
+    return spec

@@ -1,0 +1,260 @@
+"""The `s2d-plan` command line: a thin layer over the Python API (``s2d_plan.api``).
+
+Commands parse their arguments, call the API and print what it returns (``render`` for
+text, ``output`` for rows); they own every byte on the terminal. A user error
+(S2DError) becomes a message on stderr and exit status 2, never a traceback. Modules are
+imported inside the commands that need them, so ``--help`` starts fast and the light
+install never imports torch, transformers or trl.
+"""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+
+from s2d_plan.errors import S2DError
+
+app = typer.Typer(
+    name="s2d-plan",
+    help="Plan and run post-training of a small model: where sparse (GRPO) and dense "
+    "(distillation) reward go, how much of each, then run it and keep every number in SQL.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def friendly(fn: Callable) -> Callable:
+    """Print a user error as a message (exit 2) instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except S2DError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper
+
+
+PLAN_ARG = typer.Argument(..., help="Plan YAML file.", show_default=False)
+HOME_OPT = typer.Option(None, "--home", envvar="S2D_HOME",
+                        help="Where the history, stage outputs and calibration live (default ./.s2d).")
+# every command that prints rows takes the same three
+TABLE_OPT = typer.Option(False, "--table", help="Rows as an aligned table (default on a terminal).")
+CSV_OPT = typer.Option(False, "--csv", help="Rows as CSV with a header row.")
+JSON_OPT = typer.Option(False, "--json", help="Rows as a JSON array, one object per row.")
+
+
+def _rows(cols: list[str], rows: list[tuple], table: bool, csv: bool, json_out: bool, default: str = "table") -> None:
+    from s2d_plan.cli.output import choose_format, print_rows
+
+    print_rows(cols, rows, choose_format(table, csv, json_out, default))
+
+
+@app.command()
+@friendly
+def validate(
+    path: Path = typer.Argument(..., help="A plan (.yaml) or a stage graph (.json).", show_default=False),
+    plan: Optional[Path] = typer.Option(None, "--plan", help="For a graph: the plan to check its rules against "
+                                        "(default: the plan the compiler embedded in the graph)."),
+) -> None:
+    """Check a plan (print its summary) or a stage graph (types, structure, and every allocation rule)."""
+    from s2d_plan.api import validate as check
+    from s2d_plan.cli.render import summarize_plan
+    from s2d_plan.errors import GraphError
+
+    result = check(path, plan)
+    if result.kind == "plan":
+        typer.echo(summarize_plan(result.plan))
+        return
+    if result.problems:
+        raise GraphError(f"{path}: the graph breaks {len(result.problems)} rule(s):\n  "
+                         + "\n  ".join(str(p) for p in result.problems))
+    g = result.graph
+    rules = "every allocation rule holds" if result.checked_rules else \
+        "rules not checked: the graph carries no plan (pass --plan PLAN.yaml)"
+    typer.echo(f"graph {g.plan}: valid, {len(g.stages)} stages ({', '.join(s.kind for s in g.stages)}); {rules}")
+
+
+@app.command()
+@friendly
+def recommend(
+    plan: Path = PLAN_ARG,
+    json_out: bool = typer.Option(False, "--json", help="Print only the compiled stage graph (JSON)."),
+    table: bool = typer.Option(False, "--table", help="Print only the alternatives, as a table."),
+    csv: bool = typer.Option(False, "--csv", help="Print only the alternatives, as CSV."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the stage graph to this file."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a Pareto plot (accuracy vs GPU-hours) PNG."),
+    trials: Optional[int] = typer.Option(None, "--trials", help="Search trials (overrides the plan's search.trials)."),
+    home: Optional[Path] = HOME_OPT,
+) -> None:
+    """Recommend where labels and GPU-hours go; print the pipeline, prediction and rationale."""
+    from s2d_plan.api import recommend as plan_it
+    from s2d_plan.cli import render
+
+    rec = plan_it(plan, home, trials)
+    text = rec.graph.to_json()
+    if output is not None:
+        output.write_text(text + "\n")
+    if plot is not None:
+        render.pareto_plot(rec, plot)
+    if json_out or table or csv:
+        if json_out:
+            typer.echo(text)
+        else:
+            _rows(*render.alternatives(rec), table, csv, False)
+        return
+    typer.echo(render.recommendation(rec))
+    if output is not None:
+        typer.echo(f"\nstage graph written to {output} (run it: s2d-plan execute {output})")
+    if plot is not None:
+        typer.echo(f"Pareto plot written to {plot}")
+
+
+@app.command()
+@friendly
+def execute(
+    target: Path = typer.Argument(..., help="A stage graph (.json) or a plan (.yaml) to recommend then run."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print order, commands and estimates; run nothing."),
+    force: list[str] = typer.Option([], "--force", help="Re-run this stage and its dependants (repeatable)."),
+    home: Optional[Path] = HOME_OPT,
+) -> None:
+    """Run a stage graph (or a plan): resumable, cached by content, logged to DuckDB."""
+    from s2d_plan.api import execute as run_graph, load_target
+    from s2d_plan.cli import render
+    from s2d_plan.paths import resolve_home
+    from s2d_plan.run.preview import dry_run as plan_dry_run
+    from s2d_plan.run.progress import make_display
+
+    graph, chosen = load_target(target, home)
+    if chosen:
+        typer.echo(chosen)
+    if dry_run:
+        typer.echo(render.dry_run(graph, plan_dry_run(graph, home, force), resolve_home(home)))
+        return
+    result = run_graph(graph, home, force, display=make_display(f"s2d-plan execute {graph.plan}"))
+    for line in result.failures:
+        typer.echo(line, err=True)
+    raise typer.Exit(result.exit_code)
+
+
+@app.command()
+@friendly
+def history(
+    sql: str = typer.Argument(..., help='SQL to run against the history ("-" reads it from stdin).'),
+    table: bool = TABLE_OPT,
+    csv: bool = CSV_OPT,
+    json_out: bool = JSON_OPT,
+    home: Optional[Path] = HOME_OPT,
+) -> None:
+    """Query past runs with SQL (read-only): runs, stages, metrics, artifacts, evidence, trials."""
+    from s2d_plan.api import query
+
+    if sql == "-":
+        sql = sys.stdin.read()
+    _rows(*query(sql, home), table, csv, json_out, default="table" if sys.stdout.isatty() else "csv")
+
+
+@app.command()
+@friendly
+def runs(
+    table: bool = TABLE_OPT,
+    csv: bool = CSV_OPT,
+    json_out: bool = JSON_OPT,
+    home: Optional[Path] = HOME_OPT,
+) -> None:
+    """List past runs, newest first."""
+    from s2d_plan.history.read import list_runs
+
+    cols, rows = list_runs(home)
+    if not rows and not (csv or json_out):
+        typer.echo("no runs yet")
+        return
+    _rows(cols, rows, table, csv, json_out)
+
+
+@app.command()
+@friendly
+def show(
+    run: str = typer.Argument(..., help="Run id (a unique prefix is enough)."),
+    table: bool = TABLE_OPT,
+    csv: bool = CSV_OPT,
+    json_out: bool = JSON_OPT,
+    home: Optional[Path] = HOME_OPT,
+) -> None:
+    """Show one run: stages, statuses, estimated vs actual GPU-hours, final metrics."""
+    from s2d_plan.history.read import show_run
+
+    view = show_run(run, home)
+    if csv or json_out:  # rows only, for scripts
+        _rows(view.columns, view.stages, table, csv, json_out)
+        return
+    took = f"  took {(view.end - view.start).total_seconds():.1f}s" if view.end else ""
+    typer.echo(f"run {view.run_id}  plan {view.plan}  {view.status}  started {view.start:%Y-%m-%d %H:%M:%S}{took}")
+    _rows(view.columns, view.stages, True, False, False)
+    for stage_id, status, text in view.errors:
+        typer.echo(f"\n{stage_id} {status}: {text.rstrip()}")
+    if view.error:
+        typer.echo(f"\nrun: {view.error}")
+
+
+@app.command()
+@friendly
+def probe(
+    plan: Path = PLAN_ARG,
+    home: Optional[Path] = HOME_OPT,
+) -> None:
+    """Measure per-prompt solve rates of the plan's models on its labeled data (evidence for recommend)."""
+    from s2d_plan.api import probe as measure
+    from s2d_plan.run.progress import make_display
+
+    result, rows = measure(plan, home, display=make_display(f"s2d-plan probe {plan}"))
+    for line in result.failures:
+        typer.echo(line, err=True)
+    for model, source, prompts, rate in rows:
+        typer.echo(f"evidence: {model} on {source}: {prompts} prompts, solve rate {rate:.1%}")
+    raise typer.Exit(result.exit_code)
+
+
+@app.command()
+@friendly
+def calibrate(
+    home: Optional[Path] = HOME_OPT,
+) -> None:
+    """Fit the outcome and cost models' constants to the runs in the history."""
+    from s2d_plan.api import calibrate as fit
+    from s2d_plan.cli.render import calibration_report
+
+    typer.echo(calibration_report(fit(home)))
+
+
+@app.command("reward-check")
+@friendly
+def reward_check(
+    gold: Optional[str] = typer.Option(None, "--gold", help="The gold answer."),
+    answer: Optional[str] = typer.Option(None, "--answer", help="A model's completion or answer."),
+    file: Optional[Path] = typer.Option(None, "--file", help='JSONL of {"gold": ..., "answer": ...} pairs.'),
+    json_out: bool = typer.Option(False, "--json", help="One JSON object per pair."),
+) -> None:
+    """Show what the verifier extracts from a gold answer and a completion, and the score."""
+    argv = [sys.executable, "-m", "runners.reward_check"]
+    for flag, value in (("--gold", gold), ("--answer", answer), ("--file", file)):
+        if value is not None:
+            argv += [flag, str(value)]
+    # the verifier lives with the runners (math-verify, the train extra): its own process
+    raise typer.Exit(subprocess.call(argv + (["--json"] if json_out else [])))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""What the commands print: the recommendation, a plan's summary, a dry run, a run, a
+calibration. Every function returns text (or rows) from the API's values; only the
+command functions in ``s2d_plan.cli`` write to the terminal.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Any
+
+from s2d_plan.allocate.explain import rationale
+from s2d_plan.api import Recommendation
+from s2d_plan.plan.registry import ModelInfo
+from s2d_plan.plan.spec import PlanSpec
+from s2d_plan.predict.calibration import describe
+from s2d_plan.run.preview import DryRunStage
+
+
+def gigabytes(x: float) -> str:
+    return f"{x:.3g} GB" if x < 1 else f"{x:.0f} GB"
+
+
+def hours(x: float) -> str:
+    """GPU-hours as people write them: 0.0123, 4.56, 1,234."""
+    return f"{x:.3g}" if x < 10 else f"{x:,.0f}"
+
+
+def _short(name: str) -> str:
+    return name if name.startswith("@") else name.split("/")[-1]
+
+
+def alternatives(rec: Recommendation) -> tuple[list[str], list[tuple]]:
+    """The recommendation and every alternative as rows (what --table/--csv print)."""
+    r = rec.result
+    rows = [(a.structure.label, role, round(a.prediction.value, 4), round(a.prediction.low, 4),
+             round(a.prediction.high, 4), round(a.gpu_hours, 4))
+            for a, role in [(r.best, "recommended")] + [(a, "alternative") for a in r.alternatives]
+            + ([(r.baseline, "baseline")] if r.baseline else [])]
+    return ["structure", "role", "predicted", "low", "high", "gpu_hours"], rows
+
+
+def recommendation(rec: Recommendation) -> str:
+    """What `s2d-plan recommend` prints: the pipeline, its prediction, alternatives, why."""
+    ctx, r, graph = rec.ctx, rec.result, rec.graph
+    p = graph.predicted
+    lines = [f"plan {ctx.spec.name}: maximize {p.eval} on {ctx.gpus} x {ctx.gpu.name}, "
+             f"{hours(ctx.budget)} GPU-hours, {ctx.labels:,} labels",
+             "", f"Recommended: {r.best.structure.label}",
+             f"  predicted {p.eval} {p.value:.1%}  (band {p.low:.1%} - {p.high:.1%}; student today {ctx.rates.mean:.1%})"
+             f"  ·  {hours(graph.estimated.gpu_hours)} of {hours(ctx.budget)} GPU-hours", ""]
+    header = ("stage", "model", "labels", "steps", "GPU-h", "mem/GPU", "strategy")
+    rows = [header]
+    for st in graph.stages:
+        lab = st.data.labeled
+        labels = "-" if not lab else (f"{lab.count:,}" if lab.spend else f"({lab.count:,} read)")
+        steps = getattr(st.params, "steps", None) or "-"
+        rows.append((st.id, _short(st.policy), labels, str(steps),
+                     hours(st.estimated.gpu_hours), gigabytes(st.estimated.peak_mem_gb_per_gpu),
+                     st.estimated.strategy or ""))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
+    for row in rows:
+        lines.append("  " + "  ".join(str(c).ljust(w) if i < 2 or i == 6 else str(c).rjust(w)
+                                      for i, (c, w) in enumerate(zip(row, widths))).rstrip())
+    lines += ["", f"Alternatives (predicted {p.eval}, band, GPU-hours):"]
+    alts = [(a.structure.label, a) for a in r.alternatives[:6]]
+    if r.baseline:
+        alts.append(("direct GRPO on the student (baseline)", r.baseline))
+    width = max([len(label) for label, _ in alts] + [10])
+    for label, a in alts:
+        ap = a.prediction
+        lines.append(f"  {label.ljust(width)}  {ap.value:6.1%}  [{ap.low:.1%} - {ap.high:.1%}]  {hours(a.gpu_hours):>6}")
+    if not r.baseline:
+        lines.append("  direct GRPO on the student (baseline): impossible (no labels or it does not fit)")
+    by_reason: dict[str, list[str]] = {}
+    for label, why in r.infeasible.items():
+        by_reason.setdefault(why, []).append(label)
+    for why, labels in by_reason.items():
+        more = f" and {len(labels) - 1} more like it" if len(labels) > 1 else ""
+        lines.append(f"  cannot run: {labels[0]}{more} ({why})")
+    lines += ["", "Why:"] + [f"  - {line}" for line in rationale(ctx, r)]
+    note = describe(rec.calibration)
+    return "\n".join(lines + (["", note] if note else []))
+
+
+def pareto_plot(rec: Recommendation, path: Path) -> None:
+    """Accuracy vs GPU-hours of every trial, the front and the pick, as a PNG."""
+    r, ctx = rec.result, rec.ctx
+    import matplotlib  # lazy: ~0.5 s, only for --plot
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [(t["gpu_hours"], t["value"], t["structure"]) for t in r.trials if t["feasible"]]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.scatter([x for x, _, _ in pts], [y * 100 for _, y, _ in pts], s=8, alpha=0.35, label="trials")
+    front, best_y = [], -1.0
+    for x, y, _ in sorted(pts):
+        if y > best_y:
+            front.append((x, y))
+            best_y = y
+    ax.step([x for x, _ in front], [y * 100 for _, y in front], where="post", color="C1", label="Pareto front")
+    b = r.best
+    ax.scatter([b.gpu_hours], [b.prediction.value * 100], marker="*", s=180, color="C3", label="recommended", zorder=5)
+    if r.baseline:
+        ax.scatter([r.baseline.gpu_hours], [r.baseline.prediction.value * 100], marker="s", s=60, color="k",
+                   label="direct GRPO (baseline)", zorder=5)
+    ax.axvline(ctx.budget, ls="--", color="grey", lw=1, label="budget")
+    ax.set_xlabel("estimated GPU-hours")
+    ax.set_ylabel(f"predicted {ctx.spec.objective.eval} (%)")
+    ax.set_title(f"{ctx.spec.name}: allocator trials")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def summarize_plan(spec: PlanSpec) -> str:
+    """A one-screen, human summary of a valid plan (what `validate` prints)."""
+    s = spec.student.info
+    lines = [f"plan {spec.name} (hash {spec.hash()}): valid",
+             f"  objective  maximize {spec.objective.eval}",
+             f"  student    {_model_line(s, spec.objective.eval)}"]
+    if not spec.teachers:
+        lines.append("  teachers   none (GRPO on the student is the only route)")
+    for i, t in enumerate(spec.teachers):
+        info = t.info
+        notes = []
+        if info.params_b <= s.params_b:
+            notes.append("not larger than the student: cannot teach")
+        notes.append("same tokenizer: token-level distillation possible" if info.shares_tokenizer(s)
+                     else f"different tokenizer ({info.tokenizer} vs {s.tokenizer}): sequence-level only")
+        label = "teachers  " if i == 0 else "          "
+        lines.append(f"  {label} {_model_line(info, spec.objective.eval)}; {'; '.join(notes)}")
+    d = spec.data
+    lines.append(f"  labeled    {d.labeled.size:,} problems from {d.labeled.source or '(no source)'}"
+                 f" (fields {d.labeled.problem_field}/{d.labeled.answer_field})")
+    if d.prompts:
+        lines.append(f"  prompts    {d.prompts.size:,} unlabeled from {d.prompts.source or '(no source)'}")
+    else:
+        lines.append("  prompts    none (distillation reuses labeled prompts without their answers)")
+    g = spec.compute.gpu_info
+    lines.append(f"  compute    {spec.compute.gpus} x {g.name} ({g.memory_gb:g} GB) for {spec.compute.hours:g} h"
+                 f" = {hours(spec.compute.gpu_hours)} GPU-hours")
+    lines.append("  eval       " + ", ".join(e.name for e in spec.eval))
+    pins = spec.pins.model_dump(exclude_defaults=True)
+    if pins:
+        lines.append("  pins       " + ", ".join(f"{k}={v}" for k, v in pins.items()))
+    lines.append(f"  search     {spec.search.trials} trials, seed {spec.search.seed}")
+    return "\n".join(lines)
+
+
+def _model_line(info: ModelInfo, objective: str) -> str:
+    acc = info.accuracy.get(objective)
+    acc_text = f", {objective} {acc.value:.1%}" if acc else ""
+    origin = "" if info.known else " (user-described)"
+    return f"{info.name}{origin}: {info.params_b:g}B, {info.layers} layers, {info.tokenizer} tokenizer{acc_text}"
+
+
+def dry_run(graph: Any, stages: list[DryRunStage], home: Path) -> str:
+    lines = [f"plan {graph.plan}: {len(graph.stages)} stages, home {home} (dry run: nothing runs)"]
+    total = 0.0
+    for i, d in enumerate(stages, 1):
+        s = d.stage
+        total += 0.0 if d.state == "cached" else s.estimated.gpu_hours
+        needs = f" after {', '.join(s.needs)}" if s.needs else ""
+        lines.append(f"{i}. {s.id} [{s.kind}] key {d.key} {d.state}; {s.resources.gpus} GPU, "
+                     f"est {s.estimated.gpu_hours:.2f} GPU-h{needs}")
+        if d.state != "cached":
+            lines.append(f"   $ {shlex.join(d.argv)}")
+    whole = graph.estimated.gpu_hours or sum(s.estimated.gpu_hours for s in graph.stages)
+    lines.append(f"estimated GPU-hours to run: {total:.2f} (whole graph {whole:.2f})")
+    return "\n".join(lines)
+
+
+def calibration_report(report: dict[str, Any]) -> str:
+    fit = report["fit"]
+    lines = [f"calibrated from {fit['runs']} finished run(s) ({', '.join(fit['metrics'])})"]
+    width = max(len(r["structure"]) for r in report["table"])
+    lines.append(f"  {'structure'.ljust(width)}  measured  before   after")
+    for r in report["table"]:
+        lines.append(f"  {r['structure'].ljust(width)}  {r['measured']:7.1%}  {r['before']:6.1%}  {r['after']:6.1%}")
+    lines.append(f"prediction error (RMSE, points): before {fit['rmse_before'] * 100:.2f}, "
+                 f"after {fit['rmse_after'] * 100:.2f}")
+    if fit["fitted"]:
+        lines.append("fitted: " + ", ".join(f"{n}={report['outcome'][n]:.4g}" for n in fit["fitted"]))
+    else:
+        lines.append("no outcome constant changed (none identifiable, or no fit beat the constants in use)")
+    if fit["costs"]:
+        c = fit["costs"]
+        lines.append(f"costs: measured/estimated time over {c['stages']} stage(s) = {c['factor']:.3g} "
+                     f"(by kind: {', '.join(f'{k} {v:.3g}' for k, v in sorted(c['by_kind'].items()))}); "
+                     "speed constants scaled by it")
+    lines += [f"skipped {n} run(s): {why}" for why, n in fit["skipped"].items()]
+    lines.append(f"written to {report['path']} (recommend uses it from now on)")
+    return "\n".join(lines)

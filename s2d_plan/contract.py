@@ -1,0 +1,374 @@
+"""The contract between the planner and the runners: the one module both import.
+
+The planner (``s2d_plan``) compiles stages; the executor writes one *stage spec* file
+per attempt and starts ``python -m <kind module> SPEC.json``; a runner (``runners``)
+reads that file back. Everything both sides must agree on lives here and nowhere else:
+
+* the typed stage: ``Stage`` with a params model per kind (unknown or mistyped
+  parameters are refused when a graph is read, not when a runner starts), one data
+  slice type per pool, and the ``@stage`` reference syntax (``stage_ref``);
+* the kinds themselves (``KINDS``): the module that runs each, what it produces
+  (a checkpoint, a dataset), whether its work directory survives a failed attempt;
+* the spec file (``StageSpec``), the output file names and the ``COMPLETE`` marker
+  (``finalize``, ``is_complete``).
+
+Kinds are a closed set. A test suite may add a fake kind with ``register_kind`` from a
+module named in ``S2D_STAGE_PLUGINS`` (comma-separated), so that an executor started
+in another process knows it too; the product ships none.
+
+    >>> s = Stage.model_validate({"id": "a", "kind": "grpo", "policy": "@b", "needs": ["b"],
+    ...                           "params": {"steps": 3}})
+    >>> s.params.steps, s.params.num_generations, stage_ref(s.policy)
+    (3, 8, 'b')
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Iterator, Literal
+
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError,
+                      model_validator)
+
+from s2d_plan.errors import ConfigurationError, IncompatibleModelsError, S2DError
+
+__all__ = ["COMPLETE_MARKER", "EVIDENCE_FILE", "KINDS", "MODEL_SUBDIR", "ROLLOUTS_FILE", "ConfigurationError",
+           "IncompatibleModelsError", "Kind", "S2DError", "Stage", "StageSpec", "finalize", "is_complete",
+           "kind_of", "load_spec", "register_kind", "stage_ref"]
+
+COMPLETE_MARKER = "COMPLETE"  # written last, after the output directory is in place
+MODEL_SUBDIR = "model"  # a training stage's checkpoint (Hugging Face format)
+ROLLOUTS_FILE = "rollouts.jsonl"  # a rollout stage's dataset
+EVIDENCE_FILE = "evidence.jsonl"  # a probe stage's per-prompt solve counts
+PLUGINS_ENV = "S2D_STAGE_PLUGINS"
+REF = "@"
+MAX_STAGE_ID = 64
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- references
+
+
+def stage_ref(value: Any) -> str | None:
+    """The stage id a ``@stage`` reference names, or None for a model name or path.
+
+    >>> stage_ref("@teacher_grpo"), stage_ref("Qwen/Qwen3-8B")
+    ('teacher_grpo', None)
+    """
+    return value[1:] if isinstance(value, str) and value.startswith(REF) else None
+
+
+def _model_or_ref(value: str) -> str:
+    if value == REF:
+        raise ValueError("'@' must be followed by a stage id")
+    return value
+
+
+# a model (registry name, hub id, local path) or dataset path, or a @stage reference
+ModelOrRef = Annotated[str, Field(min_length=1, max_length=4096), AfterValidator(_model_or_ref)]
+
+
+# ---------------------------------------------------------------- data slices
+
+
+class LabeledSlice(_Frozen):
+    """Which labeled (verifiable) examples a stage reads: rows [offset, offset + count)."""
+
+    source: str
+    problem_field: str = "problem"
+    answer_field: str = "answer"
+    offset: int = Field(default=0, ge=0)
+    count: int | None = Field(default=None, ge=0)  # None: to the end of the source
+    split: str | None = None
+    format: str | None = None  # jsonl | json | parquet | csv | arrow (default: by suffix)
+    spend: bool = True  # False: read to measure (probe), not trained on; not a spent label
+
+
+class PromptSlice(_Frozen):
+    """Unlabeled prompts (answers, if any, never read)."""
+
+    source: str
+    prompt_field: str = "problem"
+    offset: int = Field(default=0, ge=0)
+    count: int | None = Field(default=None, ge=0)
+    split: str | None = None
+    format: str | None = None
+
+
+class EvalSlice(_Frozen):
+    name: str = Field(min_length=1)
+    source: str
+    problem_field: str = "problem"
+    answer_field: str = "answer"
+    size: int | None = Field(default=None, gt=0)  # the first `size` rows
+    split: str | None = None
+    format: str | None = None
+
+
+class StageData(_Frozen):
+    labeled: LabeledSlice | None = None
+    prompts: PromptSlice | None = None
+    rollouts: ModelOrRef | None = None  # teacher rollouts: @stage (a rollout stage) or a JSONL path
+    eval: tuple[EvalSlice, ...] | None = None
+
+    def labels_spent(self) -> int:
+        """Labeled examples this stage consumes (a probe's read-only slice: none)."""
+        lab = self.labeled
+        return (lab.count or 0) if lab is not None and lab.spend else 0
+
+
+# ---------------------------------------------------------------- params, one model per kind
+
+
+class Params(_Frozen):
+    """Base of every kind's parameters."""
+
+    seed: int = 0
+
+
+class ProbeParams(Params):
+    samples_per_prompt: int = Field(default=8, ge=1)
+    num_prompts: int = Field(default=64, ge=1)
+    max_new_tokens: int = Field(default=512, ge=1)
+    temperature: float = Field(default=1.0, ge=0)
+    batch_size: int = Field(default=64, ge=1)
+
+
+class RolloutParams(Params):
+    samples_per_prompt: int = Field(default=4, ge=1)
+    max_new_tokens: int = Field(default=512, ge=1)
+    temperature: float = Field(default=1.0, ge=0)
+    batch_size: int = Field(default=64, ge=1)
+
+
+class EvalParams(Params):
+    k: int = Field(default=4, ge=1)  # samples per problem (avg@k, pass@k)
+    max_new_tokens: int = Field(default=512, ge=1)
+    temperature: float = Field(default=0.6, ge=0)
+    greedy: bool = True  # also score one greedy completion per problem
+    batch_size: int = Field(default=64, ge=1)
+
+
+class _TrainParams(Params):
+    steps: int | None = Field(default=100, ge=1)
+    learning_rate: float = Field(default=1e-6, gt=0)
+    save_steps: int | None = Field(default=None, ge=1)  # checkpoint every N steps (default: steps // 4)
+
+
+class GrpoParams(_TrainParams):
+    num_generations: int = Field(default=8, ge=2)  # G, samples per prompt
+    prompts_per_step: int = Field(default=16, ge=1)
+    beta: float = Field(default=0.0, ge=0)  # KL to the reference (0: no reference model)
+    loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = "dapo"
+    max_completion_length: int = Field(default=512, ge=1)
+    temperature: float = Field(default=1.0, gt=0)
+    lora: bool = False  # LoRA adapters, merged into the saved checkpoint
+    per_device_batch_size: int | None = Field(default=None, ge=1)
+
+
+class FklParams(_TrainParams):
+    mode: Literal["sequence", "token"] = "sequence"  # SFT on teacher text, or token-level forward KL
+    steps: int | None = Field(default=None, ge=1)  # None: `epochs` over the rollouts
+    epochs: float = Field(default=1, gt=0)
+    learning_rate: float = Field(default=1e-5, gt=0)
+    max_length: int = Field(default=1024, ge=8)
+    batch_size: int = Field(default=8, ge=1)
+
+
+class OpdParams(_TrainParams):
+    beta: float = Field(default=1.0, ge=0, le=1)  # 1: reverse KL(student || teacher) per token
+    max_completion_length: int = Field(default=512, ge=1)
+    temperature: float = Field(default=1.0, gt=0)
+    prompts_per_step: int = Field(default=16, ge=1)
+
+
+# ---------------------------------------------------------------- kinds
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    params: type[Params]
+    module: str  # `python -m <module> SPEC.json` runs one attempt
+    model: bool = False  # produces a checkpoint (what `@stage` means as a policy/teacher)
+    dataset: bool = False  # produces rows (what `@stage` means under data)
+    resumable: bool = False  # keep the work dir across attempts (checkpoints live there)
+    trains: bool = False  # several GPUs mean several processes (accelerate / torchrun)
+
+
+KINDS: dict[str, Kind] = {k.name: k for k in (
+    Kind("probe", ProbeParams, "runners.probe", dataset=True),
+    Kind("grpo", GrpoParams, "runners.grpo", model=True, resumable=True, trains=True),
+    Kind("rollout", RolloutParams, "runners.rollout", dataset=True),
+    Kind("fkl", FklParams, "runners.fkl", model=True, resumable=True, trains=True),
+    Kind("opd", OpdParams, "runners.opd", model=True, resumable=True, trains=True),
+    Kind("eval", EvalParams, "runners.eval"),
+)}
+_plugins_loaded = False
+
+
+def register_kind(kind: Kind) -> None:
+    """Add a kind (a test fake); product kinds cannot be replaced. The same module may
+    register twice (imported as a plugin and run as ``__main__``): the first stays."""
+    known = KINDS.get(kind.name)
+    if known is not None and known.module != kind.module:
+        raise ValueError(f"stage kind {kind.name!r} is already defined by {known.module}")
+    KINDS.setdefault(kind.name, kind)
+
+
+def _load_plugins() -> None:
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    for name in filter(None, (m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(","))):
+        importlib.import_module(name)
+
+
+def kind_of(name: str) -> Kind:
+    """The kind called ``name``; ConfigurationError naming the known ones otherwise."""
+    _load_plugins()
+    if name not in KINDS:
+        hint = difflib.get_close_matches(str(name), list(KINDS), n=1)
+        raise ConfigurationError(f"unknown stage kind {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                                 + f"; known: {', '.join(KINDS)}")
+    return KINDS[name]
+
+
+# ---------------------------------------------------------------- the stage
+
+
+class Resources(_Frozen):
+    gpus: int = Field(default=1, ge=0, le=4096)
+
+
+class StageEstimate(_Frozen):
+    gpu_hours: float = Field(default=0.0, ge=0)
+    peak_mem_gb_per_gpu: float = Field(default=0.0, ge=0)
+    strategy: str | None = None  # the cost model's choice: single, fsdp, lora, tp<k> ...
+
+
+class Stage(_Frozen):
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=MAX_STAGE_ID)
+    kind: str
+    policy: ModelOrRef  # a model (registry name, hub id, local path) or @stage_id
+    teacher: ModelOrRef | None = None  # distillation kinds
+    needs: tuple[str, ...] = ()
+    data: StageData = StageData()
+    params: SerializeAsAny[Params] = Params()
+    resources: Resources = Resources()
+    estimated: StageEstimate = StageEstimate()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _typed_params(cls, raw: Any) -> Any:
+        """Parse ``params`` with the model of the stage's kind (a tagged union keyed on
+        ``kind``, dispatched through ``KINDS`` so that a test can register a fake)."""
+        if not isinstance(raw, dict) or isinstance(raw.get("params"), Params):
+            return raw
+        kind = kind_of(raw.get("kind")) if isinstance(raw.get("kind"), str) else None
+        if kind is None:
+            raise ValueError("kind: a stage needs a kind")
+        given = raw.get("params") if raw.get("params") is not None else {}
+        if not isinstance(given, dict):
+            raise ValueError(f"params: expected a mapping, got {type(given).__name__}")
+        try:
+            params = kind.params.model_validate(given)
+        except ValidationError as exc:
+            raise ValueError("; ".join(_param_problem(kind, e) for e in exc.errors())) from None
+        return {**raw, "params": params}
+
+    def references(self) -> Iterator[tuple[str, str]]:
+        """(field, stage id) of every ``@stage`` reference this stage makes."""
+        for name, value in (("policy", self.policy), ("teacher", self.teacher), ("data.rollouts", self.data.rollouts)):
+            ref = stage_ref(value)
+            if ref is not None:
+                yield name, ref
+
+    def labels_spent(self) -> int:
+        return self.data.labels_spent()
+
+
+def _param_problem(kind: Kind, err: dict[str, Any]) -> str:
+    where = "params." + ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        name = str(err["loc"][-1])
+        known = sorted(kind.params.model_fields)
+        hint = difflib.get_close_matches(name, known, n=1)
+        return (f"{where}: unknown parameter of a {kind.name} stage"
+                + (f" (did you mean {hint[0]!r}?)" if hint else "") + f"; known: {', '.join(known)}")
+    return f"{where}: {err['msg']}" + (f" (got {err['input']!r})" if "input" in err and
+                                        isinstance(err["input"], (str, int, float, bool)) else "")
+
+
+# ---------------------------------------------------------------- the spec file and outputs
+
+
+class StageSpec(_Frozen):
+    """What the executor hands one attempt of a runner (``SPEC.json``).
+
+    ``inputs`` holds every reference resolved: a model name or path passes through,
+    ``@stage`` becomes that stage's output directory. The runner works in ``work_dir``
+    (the same path on every attempt, so a resumable runner continues there) and calls
+    ``finalize``; metrics are JSON lines appended to ``metrics_path``."""
+
+    run_id: str
+    attempt: int = Field(ge=1)
+    stage: Stage
+    inputs: dict[str, str] = Field(default_factory=dict)
+    output_dir: Path
+    work_dir: Path
+    metrics_path: Path
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    cache_key: str = ""
+
+    @property
+    def params(self) -> Any:
+        return self.stage.params
+
+    @property
+    def data(self) -> StageData:
+        return self.stage.data
+
+    @property
+    def stage_id(self) -> str:
+        return self.stage.id
+
+
+def load_spec(path: str | Path) -> StageSpec:
+    return StageSpec.model_validate(json.loads(Path(path).read_text()))
+
+
+def write_spec(spec: StageSpec, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(spec.model_dump_json(indent=1, exclude_none=True))
+
+
+def finalize(spec: StageSpec, summary: dict[str, Any] | None = None) -> Path:
+    """Move the finished work directory into place, then mark it complete."""
+    work, out = spec.work_dir, spec.output_dir
+    if out.exists():
+        if is_complete(out):
+            raise RuntimeError(f"{out} is already complete; refusing to overwrite it")
+        shutil.rmtree(out)  # renamed into place right before a crash, never marked
+    os.replace(work, out)
+    marker = {"stage": spec.stage_id, "run_id": spec.run_id, "attempt": spec.attempt,
+              "time": time.time(), "summary": summary or {}}
+    tmp = out / (COMPLETE_MARKER + ".tmp")
+    tmp.write_text(json.dumps(marker))
+    os.replace(tmp, out / COMPLETE_MARKER)
+    return out
+
+
+def is_complete(path: str | Path) -> bool:
+    return (Path(path) / COMPLETE_MARKER).exists()

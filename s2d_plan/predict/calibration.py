@@ -1,0 +1,83 @@
+"""The calibration file, ``<home>/calibration.json``: its one reader and its one writer.
+
+``s2d-plan calibrate`` writes it (keys ``"outcome"`` and ``"costs"``, constants by their
+lower-case names, and ``"fit"``: how the fit was made); ``recommend`` reads it through
+``load_calibration``. A missing or unreadable file means the shipped constants; an
+unknown name or a non-number is ignored, never an error in the middle of a plan.
+
+    >>> cal = load_calibration("/nonexistent")
+    >>> cal.costs.mfu_train, cal.fit is None
+    (0.3, True)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from s2d_plan.predict.costs import DEFAULT_CONSTANTS, CostConstants
+from s2d_plan.predict.outcome import DEFAULT_OUTCOME, OutcomeConstants
+
+FILENAME = "calibration.json"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    costs: CostConstants = DEFAULT_CONSTANTS
+    outcome: OutcomeConstants = DEFAULT_OUTCOME
+    fit: dict[str, Any] | None = None  # how the stored constants were fitted
+    raw: dict[str, Any] | None = None  # the document as read (None: no file)
+    path: Path | None = None
+
+
+def _override(base: Any, raw: Any) -> Any:
+    if not isinstance(raw, dict):
+        return base
+    known = {f.name for f in fields(base)}
+    picked = {k: type(getattr(base, k))(v) for k, v in raw.items()
+              if k in known and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return replace(base, **picked)
+
+
+def load_calibration(home: str | Path | None) -> Calibration:
+    """The constants in force for ``home`` (the shipped ones where it has no calibration)."""
+    if home is None:
+        return Calibration()
+    path = Path(home) / FILENAME
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return Calibration()
+    if not isinstance(doc, dict):
+        return Calibration()
+    fit = doc.get("fit") if isinstance(doc.get("fit"), dict) else None
+    return Calibration(_override(DEFAULT_CONSTANTS, doc.get("costs")), _override(DEFAULT_OUTCOME, doc.get("outcome")),
+                       fit, doc, path)
+
+
+def write_calibration(home: Path, doc: dict[str, Any]) -> Path:
+    """Replace ``<home>/calibration.json`` atomically."""
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / FILENAME
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def describe(cal: Calibration) -> str | None:
+    """One line for ``recommend`` when a calibration is in use, else None."""
+    if not cal.raw:
+        return None
+    keys = sorted(cal.raw.get("outcome") or {}) + sorted(cal.raw.get("costs") or {})
+    if not keys:
+        return None
+    fit = cal.fit or {}
+    if fit.get("runs"):
+        return (f"Calibrated from {fit['runs']} run(s) in the history ({cal.path}, {fit.get('time', '?')}): "
+                f"outcome error {fit['rmse_before'] * 100:.1f} -> {fit['rmse_after'] * 100:.1f} points RMSE; "
+                f"fitted {', '.join(fit.get('fitted') or ['no outcome constant'])}"
+                + (f"; cost time factor {fit['costs']['factor']:.3g}" if fit.get("costs") else "") + ".")
+    return f"Constants overridden by {cal.path}: {', '.join(keys)}."

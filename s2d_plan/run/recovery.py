@@ -1,0 +1,68 @@
+"""Recovery of what a dead executor left behind: stages still RUNNING in the history.
+
+We hold the history's write lock, so normally no other executor is alive and every
+RUNNING row is stale. Locks on a network filesystem can fail, so a run whose executor
+still looks alive (its pid on this host, or a fresh heartbeat from another host) stops
+us instead. A runner that outlived its executor is killed; the rest of its metrics file
+is ingested; the stage is marked FAILED (or FINISHED, when its output completed just
+before its executor died) and runs again as a new attempt.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from s2d_plan.contract import is_complete
+from s2d_plan.errors import HistoryError
+from s2d_plan.history.store import HistoryWriter, utcnow
+from s2d_plan.paths import attempt_file
+from s2d_plan.run import procs as _procs
+
+STALE_HEARTBEAT_S = 60.0  # a RUNNING stage on another host counts as dead after this
+
+
+def recover_stale(db: HistoryWriter, home: Path, new_run: str) -> list[str]:
+    """Close what a dead executor left RUNNING; return one line per stage recovered."""
+    report = []
+    for (run_id, stage_id, attempt, key, pid, heartbeat, metrics_path, offset, log_path, start, gpus,
+         executor_pid, host, output_dir) in db.stale_stages():
+        _refuse_if_alive(run_id, executor_pid, host, heartbeat)
+        killed = _procs.kill_stale(pid, str(attempt_file(home, run_id, stage_id, attempt or 0, "spec.json")))
+        if metrics_path:  # what the runner wrote after the last flush is still on disk
+            _ingest_rest(db, run_id, stage_id, attempt, key, Path(metrics_path), int(offset))
+        log = _procs.log_tail(Path(log_path)) if log_path else ""
+        why = (f"executor died during the stage; runner pid {pid} "
+               f"{'still alive, killed now' if killed else 'gone'}, last heartbeat {heartbeat:%H:%M:%S} UTC"
+               if heartbeat else "executor died during the stage")
+        last_metric = db.last_metric_time(run_id, stage_id, attempt)
+        end = max([t for t in (heartbeat, last_metric) if t is not None], default=utcnow())
+        wall = (end - start).total_seconds() if start else None  # up to the last sign of life
+        # the runner may have completed its output just before its executor died
+        status = "FINISHED" if output_dir and is_complete(output_dir) else "FAILED"
+        db.update_stage(run_id, stage_id, status=status, end_time=end, wall_s=wall,
+                        gpu_hours=None if wall is None else wall / 3600 * (gpus or 0),
+                        error=None if status == "FINISHED" else why + ("\n--- log tail ---\n" + log if log else ""))
+        report.append(f"{stage_id}: left RUNNING by run {run_id}, marked {status} ({why})")
+    db.close_dead_runs(new_run)
+    return report
+
+
+def _refuse_if_alive(run_id: str, executor_pid: int | None, host: str | None, heartbeat: Any) -> None:
+    if host == os.uname().nodename:
+        if executor_pid != os.getpid() and _procs.pid_alive(executor_pid) \
+                and _procs.cmdline_mentions(executor_pid, "s2d"):
+            raise HistoryError(f"run {run_id} is still executing here (pid {executor_pid}); stop it first")
+    elif heartbeat is not None and (utcnow() - heartbeat).total_seconds() < STALE_HEARTBEAT_S:
+        raise HistoryError(f"run {run_id} on {host} sent a heartbeat {heartbeat:%H:%M:%S} UTC; "
+                           f"if it is dead, retry after {STALE_HEARTBEAT_S:.0f} s")
+
+
+def _ingest_rest(db: HistoryWriter, run_id: str, stage_id: str, attempt: int, key: str,
+                 path: Path, offset: int) -> None:
+    tail = _procs.MetricTail(path, offset=offset)
+    chunk = tail.read(final=True)
+    while chunk:
+        db.append_metrics(run_id, stage_id, attempt, key, chunk, tail.offset)
+        chunk = tail.read(final=True)

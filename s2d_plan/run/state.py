@@ -1,0 +1,56 @@
+"""What the executor knows about a run while it goes: one ``StageState`` per stage, and
+the ``RunResult`` it returns."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from s2d_plan.contract import Stage
+from s2d_plan.run.procs import MetricTail
+
+
+# -- state of one stage during a run ---------------------------------------------------
+@dataclass
+class StageState:
+    stage: Stage
+    key: str
+    output_dir: Path
+    status: str = "PENDING"
+    attempt: int | None = None
+    forced: bool = False
+    proc: subprocess.Popen | None = None
+    tail: MetricTail | None = None
+    gpu_ids: list[int] = field(default_factory=list)
+    started: float | None = None
+    ended: float | None = None
+    buffered: list[str] = field(default_factory=list)  # metric lines not yet in the history
+    spec_path: Path | None = None
+    log_path: Path | None = None
+    error: str | None = None
+    aside: Path | None = None  # a forced stage's previous output, until the new one completes
+
+    def elapsed(self) -> float | None:
+        if self.started is None:
+            return None
+        return (self.ended or time.monotonic()) - self.started
+
+    def est_seconds(self) -> float | None:
+        hours = self.stage.estimated.gpu_hours
+        return hours * 3600 / max(self.stage.resources.gpus, 1) if hours else None
+
+    def total_steps(self) -> int | None:
+        steps = getattr(self.stage.params, "steps", None)
+        return steps if isinstance(steps, int) else None
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    status: str  # FINISHED / FAILED / KILLED
+    stages: dict[str, str]  # stage id -> final status
+    failures: list[str]  # one line per failed or killed stage
+    exit_code: int
+    home: Path

@@ -1,0 +1,67 @@
+"""Cache keys come from what a stage really runs: its runner module and every project
+module that module imports, transitively, and nothing else. Checked on a copy of the
+project whose files are edited, each key computed in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+KINDS = ("grpo", "opd", "fkl", "rollout", "eval", "probe")
+GRAPH = {"plan": "p", "stages": [
+    {"id": k, "kind": k, "policy": "m", "teacher": "t" if k in ("opd", "fkl") else None} for k in KINDS]}
+KEYS = ("import json, sys; from s2d_plan.graph import parse_graph; from s2d_plan.run.identity import cache_keys; "
+        "print(json.dumps(cache_keys(parse_graph(json.loads(sys.argv[1])))))")
+
+
+@pytest.fixture
+def copy(tmp_path: Path) -> Path:
+    for package in ("s2d_plan", "runners", "tinyworld"):
+        shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    return tmp_path
+
+
+def keys(project: Path) -> dict[str, str]:
+    graph = {**GRAPH, "stages": [{k: v for k, v in s.items() if v is not None} for s in GRAPH["stages"]]}
+    out = subprocess.run([sys.executable, "-c", KEYS, json.dumps(graph)], cwd=project, capture_output=True,
+                         text=True, env={"PYTHONPATH": str(project), "PATH": "/usr/bin:/bin"}, check=True)
+    return json.loads(out.stdout)
+
+
+def edit(path: Path) -> None:
+    path.write_text(path.read_text() + "\n# an edit\n")
+
+
+def test_editing_a_module_opd_imports_changes_the_opd_key_only_where_imported(copy):
+    before = keys(copy)
+    edit(copy / "runners" / "grpo.py")  # opd imports use_vllm from it
+    after = keys(copy)
+    assert after["opd"] != before["opd"] and after["grpo"] != before["grpo"]
+    assert {k: after[k] for k in ("fkl", "rollout", "eval", "probe")} == \
+        {k: before[k] for k in ("fkl", "rollout", "eval", "probe")}
+
+
+def test_editing_the_tiny_model_builder_changes_no_key(copy):
+    before = keys(copy)
+    edit(copy / "runners" / "tiny.py")
+    edit(copy / "tinyworld" / "build.py")
+    assert keys(copy) == before
+
+
+def test_editing_a_shared_module_or_the_contract_changes_every_key_that_runs_it(copy):
+    before = keys(copy)
+    edit(copy / "runners" / "verifier.py")  # imported lazily by every sampling/training runner
+    mid = keys(copy)
+    assert all(mid[k] != before[k] for k in KINDS)
+    edit(copy / "s2d_plan" / "contract.py")
+    contract = keys(copy)
+    assert all(v != mid[k] for k, v in contract.items())
+    edit(copy / "s2d_plan" / "plan" / "spec.py")  # the planner: no runner imports these
+    edit(copy / "s2d_plan" / "allocate" / "allocator.py")
+    assert keys(copy) == contract
