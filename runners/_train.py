@@ -24,10 +24,6 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
 def device_of(spec: StageSpec) -> str:
     """``auto`` means cuda where available, else cpu; bf16 on CUDA, fp32 on CPU."""
     import torch
@@ -183,8 +179,10 @@ def completion_text(completion: Any) -> str:
     return str(completion)
 
 
-def signal_yield(group_keys: list, scores: list[float]) -> float:
-    """Share of prompt groups whose samples disagree (some right, some wrong)."""
+def observed_signal_yield(group_keys: list, scores: list[float]) -> float:
+    """Share of this batch's prompt groups whose samples disagree (some right, some wrong):
+    the observed counterpart of the probe's per-prompt estimate (runners/probe.py) and of
+    the planner's expectation under a Beta of solve rates (s2d_plan/predict/outcome.py)."""
     groups: dict[Any, set] = {}
     for k, s in zip(group_keys, scores):
         groups.setdefault(k, set()).add(s > 0.5)
@@ -204,7 +202,7 @@ def verifier_reward(verifier, writer: MetricWriter | None):
         if log_metric is not None:
             for k, v in batch_metrics(verdicts).items():
                 log_metric(k, v)
-            log_metric("signal_yield", signal_yield(list(index) if index is not None else list(answer), scores))
+            log_metric("signal_yield", observed_signal_yield(list(index) if index is not None else list(answer), scores))
         step = trainer_state.global_step + 1 if trainer_state is not None else 0
         watchdog.update(step, verdicts, texts)
         return scores

@@ -103,8 +103,8 @@ def run_main(run: Callable[[StageSpec, MetricWriter], dict[str, Any] | None], ar
         sys.exit(2)
     try:
         spec = load_spec(argv[0])
-    except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
-        print(f"stage spec {argv[0]} cannot be run: {exc}", file=sys.stderr)
+    except (OSError, ValueError) as exc:  # ConfigurationError is a ValueError
+        print(f"cannot run: {exc}", file=sys.stderr)
         sys.exit(2)
     spec.work_dir.mkdir(parents=True, exist_ok=True)
     main = process_rank() == 0

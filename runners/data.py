@@ -62,50 +62,68 @@ def load_rows(source: str, fmt: str | None = None, split: str = "train") -> list
     fmt = fmt or detect_format(source)
     if fmt not in FORMATS:
         raise DataError(f"{source}: unknown format {fmt!r} (known: {', '.join(FORMATS)})")
+    if fmt == "hub":
+        return _hub_rows(source, split)
     path = Path(source)
-    if fmt != "hub" and not path.exists():
+    if not path.exists():
         raise DataError(f"{source}: no such file or directory (relative paths start at {Path.cwd()})")
     try:
-        if fmt == "jsonl":
-            rows = []
-            with open(path, encoding="utf-8") as f:
-                for n, line in enumerate(f, 1):
-                    if line.strip():
-                        try:
-                            rows.append(json.loads(line))
-                        except json.JSONDecodeError as exc:
-                            raise DataError(f"{source}:{n}: not JSON ({exc.msg})") from None
-            return rows
-        if fmt == "json":
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(data, dict) and "data" in data:
-                data = data["data"]
-            if not isinstance(data, list):
-                raise DataError(f"{source}: a .json source holds a list of objects")
-            return data
-        if fmt == "parquet":
-            import pyarrow.parquet as pq
-
-            return pq.read_table(path).to_pylist()
-        if fmt == "csv":
-            import csv
-
-            with open(path, newline="", encoding="utf-8") as f:
-                return list(csv.DictReader(f))
-        if fmt == "disk":
-            from datasets import DatasetDict, load_from_disk
-
-            ds = load_from_disk(str(path))
-            if isinstance(ds, DatasetDict):
-                if split not in ds:
-                    raise DataError(f"{source}: no split {split!r} (has {', '.join(ds)})")
-                ds = ds[split]
-            return ds.to_list()
+        return _READERS[fmt](path, split)
     except DataError:
         raise
     except Exception as exc:  # a corrupt file: name it, do not print a library traceback
         raise DataError(f"{source}: cannot read as {fmt} ({type(exc).__name__}: {exc})") from None
-    # hub
+
+
+def _jsonl_rows(path: Path, split: str) -> list[dict[str, Any]]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{path}:{n}: not JSON ({exc.msg})") from None
+    return rows
+
+
+def _json_rows(path: Path, split: str) -> list[dict[str, Any]]:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(data, dict) and "data" in data:
+        data = data["data"]
+    if not isinstance(data, list):
+        raise DataError(f"{path}: a .json source holds a list of objects")
+    return data
+
+
+def _parquet_rows(path: Path, split: str) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
+
+
+def _csv_rows(path: Path, split: str) -> list[dict[str, Any]]:
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def _disk_rows(path: Path, split: str) -> list[dict[str, Any]]:
+    from datasets import DatasetDict, load_from_disk
+
+    ds = load_from_disk(str(path))
+    if isinstance(ds, DatasetDict):
+        if split not in ds:
+            raise DataError(f"{path}: no split {split!r} (has {', '.join(ds)})")
+        ds = ds[split]
+    return ds.to_list()
+
+
+_READERS = {"jsonl": _jsonl_rows, "json": _json_rows, "parquet": _parquet_rows, "csv": _csv_rows, "disk": _disk_rows}
+
+
+def _hub_rows(source: str, split: str) -> list[dict[str, Any]]:
     if not _hub_reachable():
         raise DataError(
             f"{source}: looks like a hub dataset id, but the hub cannot be reached from here (no network, or "

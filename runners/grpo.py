@@ -29,7 +29,7 @@ import json
 import os
 
 from runners import _train
-from runners.common import MetricWriter, StageSpec, model_path, run_main
+from runners.common import MetricWriter, StageSpec, model_path, process_rank, run_main
 from runners.data import as_chat, load_labeled
 from s2d_plan.contract import ConfigurationError
 
@@ -67,7 +67,7 @@ def order_logger(spec: StageSpec):
     path = spec.work_dir / "data_order.jsonl"
 
     def record(step: int, indices: list[int]) -> None:
-        if _train.rank() == 0:
+        if process_rank() == 0:
             with open(path, "a") as f:
                 f.write(json.dumps({"step": step, "indices": sorted(set(indices))}) + "\n")
 
@@ -102,7 +102,7 @@ def run(spec: StageSpec, writer: MetricWriter) -> dict:
         use_vllm=use_vllm(device),
         vllm_mode="colocate",
     )
-    reward = _train.verifier_reward(verifier, writer if _train.rank() == 0 else None)
+    reward = _train.verifier_reward(verifier, writer if process_rank() == 0 else None)
     record = order_logger(spec)
 
     def reward_with_order(prompts, completions, answer, index=None, trainer_state=None, **kw):

@@ -29,8 +29,10 @@ from s2d_plan.contract import EVIDENCE_FILE, ROLLOUTS_FILE, ConfigurationError
 
 
 
-def signal_yield(correct: int, samples: int, group: int = 8) -> float:
-    """Chance that a group of ``group`` samples has mixed outcomes, estimated from c of m correct."""
+def prompt_signal_yield(correct: int, samples: int, group: int = 8) -> float:
+    """Chance that a group of ``group`` samples of this prompt has mixed outcomes, estimated
+    from ``correct`` of ``samples`` (unbiased when samples >= group: drawing without
+    replacement); the planner's version is the expectation over a Beta of solve rates."""
     if samples >= group:
         same = (comb(correct, group) + comb(samples - correct, group)) / comb(samples, group)
         return 1.0 - same
@@ -69,7 +71,7 @@ def run(spec: StageSpec, writer: MetricWriter) -> dict:
                                 "score": v.score, "status": v.status}, ensure_ascii=False) + "\n")
     n = max(1, len(rows))
     solve = sum(c / m for c in correct) / n
-    yield8 = sum(signal_yield(c, m) for c in correct) / n
+    yield8 = sum(prompt_signal_yield(c, m) for c in correct) / n
     writer.log(0, "probe/solve_rate", solve)
     writer.log(0, "probe/signal_yield@8", yield8)
     from runners.verifier import batch_metrics

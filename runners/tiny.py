@@ -70,12 +70,18 @@ def chat_text(row: dict[str, str]) -> list[dict[str, str]]:
             {"role": "assistant", "content": solution_text(row)}]
 
 
-def build_tokenizer(texts: list[str], vocab_size: int, out: Path, model_max_length: int = 512):
+def build_tokenizer(texts: list[str], vocab_size: int, out: Path, model_max_length: int = 512,
+                    split_digits: bool = False):
+    """A byte-level BPE tokenizer with the shared specials and chat template, saved to ``out``
+    (``split_digits``: one token per digit, as arithmetic worlds want)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if split_digits:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                     pre_tokenizers.ByteLevel(add_prefix_space=False)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
@@ -89,22 +95,29 @@ def build_tokenizer(texts: list[str], vocab_size: int, out: Path, model_max_leng
     return fast
 
 
-def build_model(tokenizer, layers: int, hidden: int, seed: int, train_rows: list[dict], steps: int, out: Path,
-                vocab_size: int = VOCAB) -> None:
-    """A Qwen3 of the given shape, trained ``steps`` steps on the chat-formatted rows."""
-    import torch
+def tiny_qwen3(tokenizer, layers: int, hidden: int, intermediate: int, vocab_size: int = 0):
+    """An untrained Qwen3 of the given shape that ends turns with the tokenizer's EOS."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    torch.manual_seed(seed)
     cfg = Qwen3Config(
-        vocab_size=max(vocab_size, len(tokenizer)), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4, max_position_embeddings=512,
-        tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=None,
+        vocab_size=max(vocab_size, len(tokenizer)), hidden_size=hidden, intermediate_size=intermediate,
+        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4,
+        max_position_embeddings=512, tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
     )
     model = Qwen3ForCausalLM(cfg)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def build_model(tokenizer, layers: int, hidden: int, seed: int, train_rows: list[dict], steps: int, out: Path,
+                vocab_size: int = VOCAB) -> None:
+    """A Qwen3 of the given shape, trained ``steps`` steps on the chat-formatted rows."""
+    import torch
+
+    torch.manual_seed(seed)
+    model = tiny_qwen3(tokenizer, layers, hidden, hidden * 2, vocab_size)
     if steps:
         texts = [tokenizer.apply_chat_template(chat_text(r), tokenize=False) for r in train_rows]
         # loss on the answer only: with the prompt in the loss the model spends itself on predicting
@@ -142,14 +155,8 @@ def build(out_dir: str | Path, seed: int = 0, teacher_steps: int = 300, student_
 
     out = Path(out_dir)
     want = {"recipe": RECIPE, "seed": seed}
-    marker = out / "BUILT"
-    if marker.exists():
-        try:
-            have = json.loads(marker.read_text())
-        except ValueError:
-            have = {}
-        if {k: have.get(k) for k in want} == want:
-            return out
+    if _built(out, want):
+        return out
     import torch
     from transformers.utils import logging as hf_logging
 
@@ -161,11 +168,7 @@ def build(out_dir: str | Path, seed: int = 0, teacher_steps: int = 300, student_
     rng = random.Random(seed)
     rows = [make_problem(rng) for _ in range(2400)]
     train, labeled, prompts, evals = rows[:1600], rows[1600:1856], rows[1856:2112], rows[2112:2176]
-    (tmp / "data").mkdir(parents=True, exist_ok=True)
-    for name, part in (("labeled", labeled), ("prompts", prompts), ("eval", evals)):
-        with open(tmp / "data" / f"{name}.jsonl", "w") as f:
-            for r in part:
-                f.write(json.dumps(r) + "\n")
+    _write_data(tmp / "data", {"labeled": labeled, "prompts": prompts, "eval": evals})
 
     probe = build_tokenizer(["x"], 300, tmp / "_tmp_tok")  # template rendering needs a tokenizer
     texts = [probe.apply_chat_template(chat_text(r), tokenize=False) for r in rows[:800]]
@@ -183,6 +186,23 @@ def build(out_dir: str | Path, seed: int = 0, teacher_steps: int = 300, student_
     os.replace(tmp, out)
     shutil.rmtree(old, ignore_errors=True)
     return out
+
+
+def _built(out: Path, want: dict) -> bool:
+    """Whether ``out`` holds a complete build of this recipe and seed."""
+    try:
+        have = json.loads((out / "BUILT").read_text())
+    except (OSError, ValueError):
+        return False
+    return {k: have.get(k) for k in want} == want
+
+
+def _write_data(folder: Path, parts: dict[str, list[dict]]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, rows in parts.items():
+        with open(folder / f"{name}.jsonl", "w") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -50,7 +50,7 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Sequence
+from typing import Sequence
 
 SOFT_TIMEOUT_S = 3.0  # the worker's own alarm per pair
 HARD_MARGIN_S = 2.0  # the parent's deadline = soft + margin (a hang the alarm cannot stop)
@@ -66,9 +66,6 @@ class Verdict:
     gold_parsed: list[str] = field(default_factory=list)
     answer_parsed: list[str] = field(default_factory=list)
     detail: str = ""
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def batch_metrics(verdicts: Sequence[Verdict], prefix: str = "verifier/") -> dict[str, float]:
@@ -312,33 +309,40 @@ class Verifier:
                 for key in list(sel.get_map().values()):
                     sel.unregister(key.fileobj)
                 for key, _ in events:
-                    i = key.data
-                    w = self._workers[i]
-                    try:
-                        got = w.read_lines()
-                    except EOFError:  # the worker died: the request it was on errs, the rest retry
-                        idx, _ = w.inflight.popleft()
-                        results[idx] = Verdict(0.0, "error", detail="verifier worker died")
-                        todo -= 1
-                        self._replace(i, pending)
-                        continue
-                    for res in got:
-                        idx = res.pop("id")
-                        if w.inflight and w.inflight[0][0] == idx:
-                            w.inflight.popleft()
-                        results[idx] = Verdict(**res)
-                        todo -= 1
-                        w.head_since = time.monotonic()
-                now = time.monotonic()
-                for i, w in enumerate(self._workers):
-                    if w.inflight and now - w.head_since > self.hard_timeout:
-                        idx, _ = w.inflight.popleft()
-                        results[idx] = Verdict(0.0, "timeout", detail=f"over {self.hard_timeout:g}s (worker killed)")
-                        todo -= 1
-                        self._replace(i, pending)
+                    todo -= self._collect(key.data, results, pending)
+                todo -= self._expire(results, pending)
         finally:
             sel.close()
         return results  # type: ignore[return-value]
+
+    def _collect(self, i: int, results: list, pending: deque[int]) -> int:
+        """Read what worker ``i`` answered; returns how many requests it settled."""
+        w = self._workers[i]
+        try:
+            got = w.read_lines()
+        except EOFError:  # the worker died: the request it was on errs, the rest retry
+            idx, _ = w.inflight.popleft()
+            results[idx] = Verdict(0.0, "error", detail="verifier worker died")
+            self._replace(i, pending)
+            return 1
+        for res in got:
+            idx = res.pop("id")
+            if w.inflight and w.inflight[0][0] == idx:
+                w.inflight.popleft()
+            results[idx] = Verdict(**res)
+            w.head_since = time.monotonic()
+        return len(got)
+
+    def _expire(self, results: list, pending: deque[int]) -> int:
+        """Kill every worker past the hard deadline on its oldest request; returns how many timed out."""
+        now, expired = time.monotonic(), 0
+        for i, w in enumerate(self._workers):
+            if w.inflight and now - w.head_since > self.hard_timeout:
+                idx, _ = w.inflight.popleft()
+                results[idx] = Verdict(0.0, "timeout", detail=f"over {self.hard_timeout:g}s (worker killed)")
+                self._replace(i, pending)
+                expired += 1
+        return expired
 
     def close(self) -> None:
         for w in self._workers:
@@ -359,10 +363,6 @@ def shared_verifier(workers: int | None = None) -> Verifier:
             n = workers or max(1, min(4, os.cpu_count() or 1))
             _shared = Verifier(workers=n)
         return _shared
-
-
-def score_texts(golds: Iterable[str], answers: Iterable[str]) -> list[Verdict]:
-    return shared_verifier().score_many(list(golds), list(answers))
 
 
 if __name__ == "__main__":

@@ -305,7 +305,7 @@ def _param_problem(kind: Kind, err: dict[str, Any]) -> str:
         name = str(err["loc"][-1])
         known = sorted(kind.params.model_fields)
         hint = difflib.get_close_matches(name, known, n=1)
-        return (f"{where}: unknown parameter of a {kind.name} stage"
+        return (f"{where}: unknown {kind.name} parameter"
                 + (f" (did you mean {hint[0]!r}?)" if hint else "") + f"; known: {', '.join(known)}")
     return f"{where}: {err['msg']}" + (f" (got {err['input']!r})" if "input" in err and
                                         isinstance(err["input"], (str, int, float, bool)) else "")
@@ -346,7 +346,17 @@ class StageSpec(_Frozen):
 
 
 def load_spec(path: str | Path) -> StageSpec:
-    return StageSpec.model_validate(json.loads(Path(path).read_text()))
+    """The spec file of one attempt; ConfigurationError listing every problem."""
+    try:
+        return StageSpec.model_validate(json.loads(Path(path).read_text()))
+    except ValidationError as exc:
+        lines = [f"{'.'.join(map(str, loc))}: {msg}" for loc, msg in validation_problems(exc)]
+        raise ConfigurationError(f"stage spec {path}:\n  " + "\n  ".join(lines)) from None
+
+
+def validation_problems(exc: ValidationError) -> list[tuple[tuple, str]]:
+    """(location, message) of every error, without pydantic's boilerplate."""
+    return [(tuple(e["loc"]), e["msg"].removeprefix("Value error, ")) for e in exc.errors()]
 
 
 def write_spec(spec: StageSpec, path: Path) -> None:

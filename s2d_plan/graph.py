@@ -22,7 +22,7 @@ from typing import Any, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from s2d_plan.contract import Stage
+from s2d_plan.contract import Stage, validation_problems
 from s2d_plan.errors import GraphError
 
 GRAPH_VERSION = 1
@@ -172,12 +172,11 @@ def parse_graph(raw: Any, source: str = "graph") -> StageGraph:
     except ValidationError as exc:
         stages = raw.get("stages") if isinstance(raw.get("stages"), list) else []
         lines = []
-        for err in exc.errors():
-            loc = list(err["loc"])
+        for loc, msg in validation_problems(exc):
+            where = ".".join(map(str, loc))
             if len(loc) >= 2 and loc[0] == "stages" and isinstance(loc[1], int) and loc[1] < len(stages):
                 sid = stages[loc[1]].get("id") if isinstance(stages[loc[1]], dict) else None
-                loc[:2] = [f"stage {sid!r}" if sid else f"stages[{loc[1]}]"]
-            where = ".".join(str(p) for p in loc).replace("' .", "' ").replace(".", " ", 1) if loc else ""
-            msg = err["msg"].removeprefix("Value error, ")
+                rest = ".".join(map(str, loc[2:]))
+                where = (f"stage {sid!r}" if sid else f"stages[{loc[1]}]") + (f" {rest}" if rest else "")
             lines.append(f"{where}: {msg}" if where else msg)
         raise GraphError(f"{source}: invalid stage graph:\n  " + "\n  ".join(lines)) from None

@@ -143,7 +143,7 @@ def test_validate_graph_rejects_a_mistyped_parameter_before_anything_runs(cli, t
     for verb in ("validate", "execute"):
         out = cli(verb, str(path))
         assert out.returncode == 2, out.stderr
-        assert "stage 'student_opd': params.learning_rat: unknown parameter of a opd stage" in out.stderr
+        assert "stage 'student_opd': params.learning_rat: unknown opd parameter" in out.stderr
         assert "(did you mean 'learning_rate'?)" in out.stderr
         assert "stage 'teacher_grpo': params.num_generations: Input should be a valid integer" in out.stderr
     assert not (tmp_path / "home").exists() or not list((tmp_path / "home").rglob("*.spec.json"))

@@ -170,7 +170,7 @@ def test_opd_refuses_other_tokenizer_before_loading_weights(tiny, tmp_path):
 def test_unknown_param_is_an_error(tiny, tmp_path):
     stage, inputs = grpo_stage(tiny, num_generation=4)
     r, _ = run_stage(tmp_path, "grpo", stage, inputs)
-    assert r.returncode == 2 and "params.num_generation: unknown parameter of a grpo stage" in r.stderr
+    assert r.returncode == 2 and "params.num_generation: unknown grpo parameter" in r.stderr
     assert "did you mean 'num_generations'" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -313,8 +313,8 @@ def test_zero_reward_watchdog_warns(capsys, tmp_path):
 
 
 def test_signal_yield_estimators():
-    from runners._train import signal_yield as batch_yield
-    from runners.probe import signal_yield
+    from runners._train import observed_signal_yield as batch_yield
+    from runners.probe import prompt_signal_yield as signal_yield
 
     assert signal_yield(0, 8) == 0 and signal_yield(8, 8) == 0
     assert signal_yield(4, 8) == 1.0  # all 8 samples drawn: 4 right, 4 wrong, always mixed

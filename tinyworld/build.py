@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import multiprocessing as mp
 import random
 import time
@@ -42,23 +41,10 @@ VOCAB = 384
 
 
 def build_tokenizer(texts: list[str], out: Path):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    """The tiny models' tokenizer recipe (runners/tiny.py), one token per digit."""
+    from runners.tiny import build_tokenizer as build
 
-    from runners.tiny import CHAT_TEMPLATE, SPECIALS
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(texts, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   padding_side="left", model_max_length=512)
-    fast.chat_template = CHAT_TEMPLATE
-    fast.save_pretrained(out)
-    return fast
+    return build(texts, VOCAB, out, split_digits=True)
 
 
 def _chat(problem: str, answer_text: str | None = None) -> list[dict]:
@@ -71,20 +57,16 @@ def _chat(problem: str, answer_text: str | None = None) -> list[dict]:
 def pretrain(name: str, out: str, tok_dir: str, rows: list[dict], seed: int, fast: bool) -> dict:
     """Train one model from scratch (runs in its own process, one thread)."""
     import torch
-    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+    from transformers import AutoTokenizer
+
+    from runners.tiny import tiny_qwen3
 
     torch.set_num_threads(1)
     torch.manual_seed(seed)
     layers, hidden, steps, (lr0, lr1) = SHAPES[name]
     steps = FAST_STEPS[name] if fast else steps
     tok = AutoTokenizer.from_pretrained(tok_dir)
-    cfg = Qwen3Config(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 4,
-                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4,
-                      max_position_embeddings=512, tie_word_embeddings=True, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id, bos_token_id=None)
-    model = Qwen3ForCausalLM(cfg)
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.generation_config.pad_token_id = tok.pad_token_id
+    model = tiny_qwen3(tok, layers, hidden, hidden * 4)
     rng = random.Random(f"{name}/{seed}")
     opt = torch.optim.AdamW(model.parameters(), lr=lr0, weight_decay=0.01)
     t0 = time.time()

@@ -131,41 +131,41 @@ def observations(home: str | Path) -> tuple[list[Observation], dict[str, int]]:
             by_run.setdefault(run_id, {}).setdefault(stage_id, []).append((metric, key_, float(value)))
     out: list[Observation] = []
     skipped: dict[str, int] = {}
-    seen: set[str] = set()
-
-    def skip(why: str) -> None:
-        skipped[why] = skipped.get(why, 0) + 1
-
+    seen: set[str] = set()  # cache keys of final evals already counted
     for run_id, text in runs:
-        try:
-            graph = json.loads(text) if text else {}
-        except ValueError:
-            skip("graph not readable")
-            continue
-        meta = graph.get("meta") or {}
-        if not meta.get("outcome_inputs"):
-            skip("no outcome inputs in its graph (not compiled by recommend or the benchmark)")
-            continue
-        objective = (graph.get("predicted") or {}).get("eval") or meta.get("objective")
-        measured = by_run.get(run_id, {})
-        # the objective's avg@k from the last stage (graph order) that measured it
-        found = None
-        for st in graph.get("stages", []):
-            k = (st.get("params") or {}).get("k")
-            for metric, key_, value in measured.get(st.get("id"), []):
-                if metric.startswith(f"eval/{objective}/avg@") and (k is None or metric.endswith(f"@{k}")):
-                    found = (key_, value, metric)
-        if not objective or found is None:
-            skip(f"no eval/{objective}/avg@k measured")
-            continue
-        if found[0] in seen:
-            skip("its final eval was already counted (a cached rerun)")
-            continue
-        seen.add(found[0])
-        student, rates, pipe = inputs_from_meta(meta["outcome_inputs"])
-        out.append(Observation(run_id, json.dumps(meta["outcome_inputs"], sort_keys=True),
-                               str(meta.get("structure") or graph.get("plan")), found[2], found[1], student, rates, pipe))
+        obs = _observation(run_id, text, by_run.get(run_id, {}), seen)
+        if isinstance(obs, str):
+            skipped[obs] = skipped.get(obs, 0) + 1
+        else:
+            out.append(obs)
     return out, skipped
+
+
+def _observation(run_id: str, text: str | None, measured: dict[str, list[tuple[str, str, float]]],
+                 seen: set[str]) -> Observation | str:
+    """One finished run as an observation, or why it is skipped."""
+    try:
+        graph = json.loads(text) if text else {}
+    except ValueError:
+        return "graph not readable"
+    meta = graph.get("meta") or {}
+    if not meta.get("outcome_inputs"):
+        return "no outcome inputs in its graph (not compiled by recommend or the benchmark)"
+    objective = (graph.get("predicted") or {}).get("eval") or meta.get("objective")
+    found = None  # the objective's avg@k from the last stage (graph order) that measured it
+    for st in graph.get("stages", []):
+        k = (st.get("params") or {}).get("k")
+        for metric, key_, value in measured.get(st.get("id"), []):
+            if metric.startswith(f"eval/{objective}/avg@") and (k is None or metric.endswith(f"@{k}")):
+                found = (key_, value, metric)
+    if not objective or found is None:
+        return f"no eval/{objective}/avg@k measured"
+    if found[0] in seen:
+        return "its final eval was already counted (a cached rerun)"
+    seen.add(found[0])
+    student, rates, pipe = inputs_from_meta(meta["outcome_inputs"])
+    return Observation(run_id, json.dumps(meta["outcome_inputs"], sort_keys=True),
+                       str(meta.get("structure") or graph.get("plan")), found[2], found[1], student, rates, pipe)
 
 
 # ---------------------------------------------------------------- the fit
