@@ -18,6 +18,8 @@ from s2d_plan.graph import load_graph
 from s2d_plan.history.read import load_evidence, open_reader, query
 from s2d_plan.history.store import HistoryWriter
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 @pytest.fixture
 def finished_run(write_graph, s2d_home) -> str:
@@ -67,6 +69,19 @@ def test_runs_and_show(finished_run, cli):
     assert "loss=null" in next(line for line in lines if line.startswith("student"))
     missing = cli("show", "nope")
     assert missing.returncode == 2 and "no run matches" in missing.stderr
+
+
+def test_every_row_printing_command_takes_the_same_output_options(finished_run, cli):
+    runs = json.loads(cli("runs", "--json").stdout)
+    assert [r["run_id"] for r in runs] == [finished_run] and runs[0]["status"] == "FINISHED"
+    show = cli("show", finished_run, "--csv").stdout.splitlines()
+    assert show[0].startswith("stage,kind,status,attempt") and {r.split(",")[0] for r in show[1:]} == {"teacher", "student"}
+    rec = cli("recommend", str(ROOT / "plans" / "budget.yaml"), "--csv", "--trials", "10")
+    rows = rec.stdout.splitlines()
+    assert rec.returncode == 0 and rows[0] == "structure,role,predicted,low,high,gpu_hours", rec.stderr
+    assert rows[1].split(",")[1] == "recommended" and any(",baseline," in r for r in rows)
+    both = cli("runs", "--csv", "--json")
+    assert both.returncode == 2 and "choose one of --table, --csv, --json" in both.stderr
 
 
 def test_no_history_is_a_clear_error(cli, s2d_home):
