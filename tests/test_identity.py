@@ -65,3 +65,14 @@ def test_editing_a_shared_module_or_the_contract_changes_every_key_that_runs_it(
     edit(copy / "s2d_plan" / "plan" / "spec.py")  # the planner: no runner imports these
     edit(copy / "s2d_plan" / "allocate" / "allocator.py")
     assert keys(copy) == contract
+
+
+def test_computing_keys_imports_no_heavy_library():
+    """The executor hashes runner sources without importing them (nor trl, torch)."""
+    code = KEYS.replace("print(json.dumps(cache_keys(parse_graph(json.loads(sys.argv[1])))))",
+                        "cache_keys(parse_graph(json.loads(sys.argv[1]))); "
+                        "print([m for m in ('torch', 'transformers', 'trl', 'runners.grpo') if m in sys.modules])")
+    graph = {**GRAPH, "stages": [{k: v for k, v in s.items() if v is not None} for s in GRAPH["stages"]]}
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(graph)], cwd=ROOT, capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

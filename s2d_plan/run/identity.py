@@ -34,19 +34,43 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _module_file(name: str) -> Path | None:
-    """The source file of a project module, without importing it (None: not ours)."""
+    """The source file of a project module (None: not ours, or a namespace package)."""
+    spec = _project_spec(name)
+    origin = Path(spec.origin) if spec is not None and spec.origin else None
+    return origin if origin is not None and origin.suffix == ".py" else None
+
+
+@lru_cache(maxsize=None)
+def _project_spec(name: str) -> Any:
+    """The import spec of a project module, found without running any runner code:
+    ``find_spec("a.b")`` imports ``a``, so a name is looked up only under a package
+    (``from runners.grpo import use_vllm`` names a function, and looking up
+    ``runners.grpo.use_vllm`` would import runners.grpo), and a dependency is recognised by
+    its top-level package alone (looking up ``trl.x`` would import trl, and torch)."""
+    parent = name.rpartition(".")[0]
+    if parent:
+        above = _project_spec(parent)
+        if above is None or above.submodule_search_locations is None:
+            return None
     try:
         spec = importlib.util.find_spec(name)
     except (ImportError, ValueError):
         return None
-    origin = Path(spec.origin) if spec is not None and spec.origin else None
-    if origin is None or origin.suffix != ".py" or "site-packages" in origin.parts:
+    if spec is None:
         return None
+    places = ([Path(spec.origin)] if spec.origin and spec.origin not in ("namespace", "built-in") else []) + \
+        [Path(p) for p in (spec.submodule_search_locations or [])]
+    return spec if places and all(_in_project(p) for p in places) else None
+
+
+def _in_project(path: Path) -> bool:
+    if "site-packages" in path.parts:
+        return False
     try:
-        origin.resolve().relative_to(PROJECT_ROOT)
+        path.resolve().relative_to(PROJECT_ROOT)
     except ValueError:
-        return None
-    return origin
+        return False
+    return True
 
 
 def _imported(name: str, path: Path) -> set[str]:
