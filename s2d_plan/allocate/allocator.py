@@ -181,12 +181,12 @@ def allocate(ctx: Context, trials: int | None = None, seed: int | None = None) -
     pick, simpler = choice.simplest_within_noise(finals)
     finals = [pick] + [a for a in finals if a is not pick]
     best = _maybe_probe(ctx, finals)
-    direct = next((a for a in finals if a.structure.direct), None)
+    direct = best if best.structure.direct else next((a for a in finals if a.structure.direct), None)
     recipe = default_structure(ctx, allowed)
     paper = next((a for want in ([recipe, replace(recipe, stage3=False)] if recipe else [])
                   for a in finals if a.structure == want), None)
     info = {"structures": len(allowed), "local_evaluations": len(record), "posterior": ctx.post.info}
-    return SearchResult(best, [a for a in finals[1:] if a is not direct], direct, infeasible, trial_rows(record),
+    return SearchResult(best, [a for a in finals[1:] if not a.structure.direct], direct, infeasible, trial_rows(record),
                         list(dict.fromkeys(ctx.notes)), info, paper, choice.sensitivity(ctx, finals), simpler)
 
 

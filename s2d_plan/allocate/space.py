@@ -62,10 +62,11 @@ class Structure:
 
     @property
     def label(self) -> str:
+        probe = "probe -> " if self.probe else ""
         if self.direct:
-            return "direct GRPO on the student"
+            return probe + "direct GRPO on the student"
         if self.teacher is None:
-            return "no training (student as is)"
+            return probe + "no training (student as is)"
         name = self.teacher.split("/")[-1]
         parts = [f"GRPO {name}" if self.teacher_rl else f"raw {name}"]
         bridge = {"fkl+opd": "FKL->OPD", "opd": "OPD", "fkl": "FKL"}[self.bridge or "fkl"]
