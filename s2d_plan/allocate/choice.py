@@ -78,7 +78,7 @@ def simplest_within_noise(finals: list[Allocation]) -> tuple[Allocation, dict[st
                        "extra_points": (values[top] - values[j]) * 100, "noise_points": STAGE_NOISE * 100}
 
 
-def sensitivity(ctx: Context, finals: list[Allocation], top: int = 6, draws: int = 16) -> list[dict[str, Any]]:
+def sensitivity(ctx: Context, finals: list[Allocation], top: int = 5, draws: int = 12) -> list[dict[str, Any]]:
     """Constants whose range moves the choice or the pick's margin, most influential first.
     Each end of a constant's range is scored as the expected accuracy over a few posterior
     draws of the other constants (paired across candidates and ends)."""

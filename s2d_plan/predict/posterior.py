@@ -47,7 +47,7 @@ from s2d_plan.predict.priors import (DEFAULT_OUTCOME, ESTIMATED_LOGIT_SD, PRIORS
                                      PUBLISHED_LOGIT_SD, SEED_SD, OutcomeConstants)
 
 MODEL_VERSION = "outcome-3"  # bump when the closed forms change: cached posteriors are then refitted
-DRAWS = 240  # predictive draws: quantiles to ~1/4 point, P(best) to ~3%
+DRAWS = 200  # predictive draws: quantiles to ~1/4 point, P(best) to ~3%
 CACHE_DIR = "posterior"
 
 
@@ -160,6 +160,12 @@ class Posterior:
 
     def draws(self, n: int = DRAWS, seed: int = 0) -> list[OutcomeConstants]:
         """``n`` posterior draws of the constants (the sampler's, else the Laplace Gaussian's)."""
+        memo = self.__dict__.setdefault("_draw_memo", {})  # frozen: memoized beside the fields
+        if (n, seed) not in memo:
+            memo[(n, seed)] = self._draws(n, seed)
+        return memo[(n, seed)]
+
+    def _draws(self, n: int, seed: int) -> list[OutcomeConstants]:
         rng = np.random.default_rng(seed)
         if self.samples_x:
             pick = rng.choice(len(self.samples_x), size=n, replace=len(self.samples_x) < n)
@@ -275,7 +281,7 @@ def _sample(preds, x, cov, sigma, y, sd, x0, prior_sd, lo, hi, free_sigma: bool,
 
 
 def evidence_key(evidence: list[Datum], pins: dict[str, float] | None = None) -> str:
-    doc = {"model": MODEL_VERSION, "pins": pins or {}, "seed_sd": SEED_SD,
+    doc = {"model": MODEL_VERSION, "pins": pins or {}, "seed_sd": SEED_SD, "sampler": [WALKERS, STEPS, BURN],
            "priors": {n: [p.center, p.lo, p.hi, p.log, p.floor, p.ceil] for n, p in PRIORS.items()},
            "evidence": [datum_to_json(d) for d in evidence]}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:20]
