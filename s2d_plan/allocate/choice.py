@@ -107,3 +107,18 @@ def sensitivity(ctx: Context, finals: list[Allocation], top: int = 5, draws: int
                      "source": prior.source})
     rows.sort(key=lambda r: (r["flips"] is None, -(r["margin_points"][1] - r["margin_points"][0])))
     return [r for r in rows if r["flips"] or r["margin_points"][1] - r["margin_points"][0] > 0.05][:6]
+
+
+def full_bridge(ctx: Context, teacher: str) -> tuple[dict[str, float], float]:
+    """A full-size raw bridge from ``teacher`` (one pass over the prompt pool): its
+    predictive summary and the probability it beats leaving the student as it is. Shown
+    when the pick is to do nothing, so that the choice is visible, not implied."""
+    from s2d_plan.allocate.space import Quantities
+
+    info = ctx.teachers[teacher][0]
+    bridge = "fkl+opd" if info.shares_tokenizer(ctx.student) else "fkl"
+    s = Structure(teacher, False, bridge, info.shares_tokenizer(ctx.student))
+    q = Quantities(fkl_rollouts=float(ctx.pool), opd_rollouts=float(ctx.pool) if "opd" in bridge else 0.0)
+    draws = predictive(ctx.post, ctx.student, ctx.rates, [pipeline(ctx, s, q), pipeline(ctx, Structure(), Quantities())])
+    st = summarize(draws[:, :1])
+    return {k: float(v[0]) for k, v in st.items()}, float((draws[:, 0] > draws[:, 1]).mean())

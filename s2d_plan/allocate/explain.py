@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from s2d_plan.allocate.allocator import Allocation, Context, SearchResult
+from s2d_plan.allocate.choice import full_bridge
 from s2d_plan.allocate.space import MAX_EPOCHS, MAX_PASSES, pipeline
 from s2d_plan.predict.posterior import outcome_inputs
 from s2d_plan.predict.outcome import rl_gain, signal_yield
@@ -173,6 +174,13 @@ def _student_reasons(ctx: Context, r: SearchResult) -> list[str]:
         ys = signal_yield(ctx.rates.mean, ctx.rates.kappa, q.group_size)
         out.append(f"Labels go to GRPO on the student because {why}: a group of {q.group_size} has mixed "
                    f"outcomes on {ys:.0%} of its prompts.")
+    if s.teacher is None and not s.direct and ctx.labels == 0:
+        for name in ctx.teachers:
+            if ctx.teachers[name][0].params_b > ctx.student.params_b:
+                st, p = full_bridge(ctx, name)
+                out.append(f"A full raw bridge from {_short(name)} (one pass over the {ctx.pool:,} prompts) is "
+                           f"predicted at {st['median']:.1%} [{st['low']:.1%} - {st['high']:.1%}]: it beats the "
+                           f"student as it is with probability {p:.0%}.")
     if s.teacher is None and not s.direct:
         out.append("No candidate is predicted to improve the student by more than a run's noise within the budget"
                    + (" (with no labels only a raw teacher is left, and raw-teacher transfer is predicted not to pay: "
