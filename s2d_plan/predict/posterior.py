@@ -292,7 +292,8 @@ _MEMO: dict[str, Posterior] = {}
 
 def posterior_for(evidence: list[Datum], home: Path | None = None, pins: dict[str, float] | None = None) -> Posterior:
     """The posterior for ``evidence``: from this process, the home's cache, or a fresh fit
-    (then cached in ``<home>/posterior/``; an unwritable home only costs the next refit)."""
+    (then cached in ``<home>/posterior/`` if the home exists: planning never creates a
+    home, and an unwritable one only costs the next refit)."""
     key = evidence_key(evidence, pins)
     if key in _MEMO:
         return _MEMO[key]
@@ -301,7 +302,7 @@ def posterior_for(evidence: list[Datum], home: Path | None = None, pins: dict[st
     if post is None:
         post = fit(evidence, pins)
         post.info["key"] = key
-        if path is not None:
+        if path is not None and path.parent.parent.is_dir():
             _write(path, post)
     _MEMO[key] = post
     return post
