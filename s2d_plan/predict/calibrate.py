@@ -24,11 +24,10 @@ estimate scales by it); the per-kind ratios are stored beside it for inspection.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
