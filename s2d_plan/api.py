@@ -34,6 +34,7 @@ from s2d_plan.plan.spec import PlanSpec, load_plan
 from s2d_plan.predict.calibrate import calibrate
 from s2d_plan.predict.calibration import Calibration, load_calibration
 from s2d_plan.predict.evidence import load_rates
+from s2d_plan.predict.posterior import paper_evidence, posterior_for
 from s2d_plan.rules import RuleProblem, rule_problems
 from s2d_plan.run.executor import RunResult, execute_graph
 
@@ -63,7 +64,8 @@ def recommend(plan: str | Path | PlanSpec, home: str | Path | None = None, trial
     spec = plan if isinstance(plan, PlanSpec) else load_plan(plan)
     home = resolve_home(home)
     cal = load_calibration(home)
-    ctx = Context.from_spec(spec, load_rates(spec, home), cal.costs, cal.outcome)
+    post = posterior_for(paper_evidence() + cal.evidence, home, cal.pins)
+    ctx = Context.from_spec(spec, load_rates(spec, home), cal.costs, post)
     result = allocate(ctx, trials)
     return Recommendation(ctx, result, compile_graph(ctx, result, graph_meta(ctx, result)), cal)
 

@@ -23,7 +23,7 @@ from s2d_plan.allocate.allocator import MIN_STEPS, Allocation, Context, SearchRe
 from s2d_plan.errors import ConfigurationError
 from s2d_plan.predict import costs
 from s2d_plan.contract import LabeledSlice, PromptSlice, Resources, Stage, StageEstimate
-from s2d_plan.graph import Band, GraphEstimate, StageGraph
+from s2d_plan.graph import Band, GraphEstimate, Sensitive, StageGraph
 from s2d_plan.plan.spec import PlanSpec
 
 
@@ -154,13 +154,24 @@ def compile_graph(ctx: Context, result: SearchResult, meta: dict[str, Any] | Non
     """The recommended allocation as a runnable, self-contained stage graph."""
     best = result.best
     stages = compile_stages(ctx, best)
-    p = best.prediction
     return StageGraph(
-        plan=ctx.spec.name, plan_hash=ctx.spec.hash(),
-        predicted=Band(eval=ctx.spec.objective.eval, value=round(p.value, 4), low=round(p.low, 4),
-                       high=round(p.high, 4)),
+        plan=ctx.spec.name, plan_hash=ctx.spec.hash(), predicted=band(ctx.spec.objective.eval, result),
         estimated=GraphEstimate(gpu_hours=round(sum(st.estimated.gpu_hours for st in stages), 4)),
         stages=tuple(stages), meta=meta or {})
+
+
+def band(eval_name: str, result: SearchResult) -> Band:
+    """The graph's ``predicted`` block from the recommended allocation's distribution."""
+    p = result.best.prediction
+
+    def r(v: float | None) -> float | None:
+        return None if v is None else round(v, 4)
+
+    sens = tuple(Sensitive(constant=row["constant"], assumed=row["assumed"], low=round(row["range"][0], 6),
+                           high=round(row["range"][1], 6), flips_to=(row["flips"] or {}).get("to"))
+                 for row in result.sensitivity)
+    return Band(eval=eval_name, value=r(p.value), low=r(p.low), high=r(p.high), mean=r(p.mean), p_best=r(p.p_best),
+                p_beats_direct=r(p.p_beats_direct), sensitive=sens)
 
 
 def compile_probe_graph(spec: PlanSpec) -> StageGraph:

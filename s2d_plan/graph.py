@@ -33,11 +33,26 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class Sensitive(_Frozen):
+    constant: str  # an outcome constant (s2d_plan.predict.priors)
+    assumed: bool  # its range is our judgement and the evidence has not narrowed it
+    low: float  # the range it was moved across
+    high: float
+    flips_to: str | None = None  # the structure chosen instead somewhere in that range
+
+
 class Band(_Frozen):
+    """The prediction of the recommended pipeline: ``value`` is the predictive median,
+    ``low``/``high`` the 80% interval of what one run would measure."""
+
     eval: str  # the objective eval set the value refers to
     value: float  # predicted accuracy in [0, 1]
     low: float
     high: float
+    mean: float | None = None  # predictive mean (what the choice maximizes)
+    p_best: float | None = None  # probability it measures highest of the candidates
+    p_beats_direct: float | None = None  # probability it measures above direct GRPO on the student
+    sensitive: tuple[Sensitive, ...] = ()  # constants the choice depends on
 
 
 class GraphEstimate(_Frozen):

@@ -3,9 +3,8 @@
 Only physics and the user are rules: GPU memory, GPU-hours, labels available (and not
 spent twice unless the plan allows it), tokenizer compatibility for token-level
 distillation, a teacher larger than the student, and labels never spent on GRPO when
-there are none. Everything else is the allocator's judgement, not a rule. (The paper's
-"no GRPO on the cold student while a usable teacher exists" is kept as a named rule
-here so a graph that breaks it is caught; the allocator decides whether to plan it.)
+there are none. Everything else, including whether GRPO on the cold student beats a
+bridge from an available teacher, is the allocator's judgement from its posterior.
 
 Every problem names its rule, so a test can feed a graph that breaks one rule and
 check that exactly that rule is reported.
@@ -24,7 +23,7 @@ from s2d_plan.plan.registry import ModelInfo
 from s2d_plan.plan.spec import PlanSpec
 
 RULES = ("memory", "budget", "labels-available", "labels-overlap", "labels-slice", "grpo-without-labels",
-         "teacher-not-larger", "tokenizer-mismatch", "cold-student-grpo")
+         "teacher-not-larger", "tokenizer-mismatch")
 
 
 @dataclass(frozen=True)
@@ -63,16 +62,6 @@ def _root(ref: str | None, by_id: dict[str, Stage]) -> str | None:
     return ref
 
 
-def _ancestors(st: Stage, by_id: dict[str, Stage]) -> set[str]:
-    out, todo = set(), list(st.needs)
-    while todo:
-        sid = todo.pop()
-        if sid not in out and sid in by_id:
-            out.add(sid)
-            todo.extend(by_id[sid].needs)
-    return out
-
-
 def _stage_problems(spec: PlanSpec, st: Stage, by_id: dict[str, Stage], models: dict[str, ModelInfo],
                     student: ModelInfo) -> list[RuleProblem]:
     out = []
@@ -89,16 +78,8 @@ def _stage_problems(spec: PlanSpec, st: Stage, by_id: dict[str, Stage], models: 
         if teacher is not None and token and not teacher.shares_tokenizer(student):
             out.append(RuleProblem("tokenizer-mismatch", st.id, f"token-level distillation across tokenizers "
                                                                 f"({teacher.tokenizer} vs {student.tokenizer})"))
-    if st.kind == "grpo":
-        if spec.data.labeled.size == 0:
-            out.append(RuleProblem("grpo-without-labels", st.id, "GRPO, but the plan has no labeled data"))
-        usable = [t for t in spec.teachers if t.info.params_b > student.params_b
-                  and spec.pins.teacher in (None, t.model)]
-        on_student = _root(st.policy, by_id) == spec.resolve_path(spec.student.model)
-        bridged = any(by_id[a].kind in ("opd", "fkl") for a in _ancestors(st, by_id))
-        if on_student and usable and not bridged:
-            out.append(RuleProblem("cold-student-grpo", st.id, "GRPO on the cold student while a usable teacher "
-                                                               "exists and no bridge ran before it"))
+    if st.kind == "grpo" and spec.data.labeled.size == 0:
+        out.append(RuleProblem("grpo-without-labels", st.id, "GRPO, but the plan has no labeled data"))
     lab = st.data.labeled
     size = spec.data.labeled.size
     if lab is not None and lab.offset + (lab.count or 0) > size:

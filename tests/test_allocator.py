@@ -1,5 +1,7 @@
-"""Allocator scenarios: every rule holds, budgets and memory are respected, and the
-teacher-first, bridge-then-Stage-3 structure wins where the paper says it does."""
+"""Allocator scenarios: every rule holds, budgets and memory are respected, the model
+(not a rule) decides the structure, and on plans no other test contains the choices stay
+physical: no prediction above the teacher, no tiny stage, no pick worse than an
+alternative by more than noise."""
 
 import json
 from pathlib import Path
@@ -7,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from s2d_plan.allocate.allocator import Context, allocate, random_search
+from s2d_plan.allocate.choice import full_bridge
 from s2d_plan.compiler import compile_graph
 from s2d_plan.rules import rule_problems
 from s2d_plan.errors import InfeasibleError
@@ -76,8 +79,8 @@ def test_paper_setting_goes_teacher_first_then_bridge_then_stage3():
 def test_other_tokenizer_teacher_gets_sequence_level_fkl_only():
     spec, ctx, result, graph = recommend(ROOT / "tests/plans/cross-tokenizer.yaml")
     assert "student_opd" not in [s.id for s in graph.stages]
-    assert graph.stage("student_fkl").params.mode == "sequence"
-    assert "sequence-level" in result.best.structure.label
+    bridged = [a for a in [result.best] + result.alternatives if a.structure.teacher]
+    assert bridged and all(a.structure.bridge == "fkl" and "sequence-level" in a.structure.label for a in bridged)
     _, _, _, llama = recommend(ROOT / "plans/llama-cross-family.yaml")
     for st in llama.stages:
         if st.kind in ("opd", "fkl") and getattr(st.params, "mode", "token") == "token":
@@ -103,10 +106,20 @@ def test_zero_labels_means_no_grpo():
     assert "raw Llama-3.3-70B" in result.best.structure.label
 
 
-def test_few_labels_still_go_to_the_teacher_first():
-    _, _, _, graph = recommend(ROOT / "tests/plans/few-labels.yaml")
-    grpo = [s for s in graph.stages if s.kind == "grpo"]
-    assert grpo[0].id == "teacher_grpo" and graph.labels_spent() <= 300
+def test_few_labels_are_spent_only_where_they_raise_the_prediction():
+    """Was: 300 labels always went to the teacher first (a 2-step GRPO). Now a stage that
+    adds less than a run's noise is not planned, and no stage is below a useful size."""
+    from s2d_plan.allocate.choice import STAGE_NOISE, stages_of
+
+    _, ctx, result, graph = recommend(ROOT / "tests/plans/few-labels.yaml")
+    assert graph.labels_spent() <= 300
+    for st in graph.stages:
+        assert (getattr(st.params, "steps", None) or 10) >= 10, st.id
+    best = result.best
+    label_free = [a for a in [best] + result.alternatives if a.labels_spent == 0]
+    if best.labels_spent:
+        assert all(best.prediction.mean > a.prediction.mean + STAGE_NOISE for a in label_free
+                   if stages_of(a.structure) < stages_of(best.structure))
 
 
 def test_budgets_large_and_small():
@@ -144,17 +157,30 @@ def test_pins_are_respected():
     assert [s.id for s in g.stages if s.id != "probe"] == ["direct_grpo", "final_eval"]
 
 
+def _point(ctx, result, label):
+    """The search's own score (at the posterior mode) of its allocation for a structure."""
+    from s2d_plan.allocate.space import evaluate
+
+    a = next(a for a in [result.best, *result.alternatives, result.baseline]
+             if a is not None and a.structure.label.removeprefix("probe -> ") == label)
+    return evaluate(ctx, a.structure, a.quantities).prediction.value
+
+
 def test_search_is_seeded_and_beats_random_search():
+    """Within each structure the local search finds quantities at least as good (at the
+    posterior mode) as the best of a uniform random search over the same space."""
     spec = load_plan(ROOT / "plans/budget.yaml")
-    a = allocate(Context.from_spec(spec))
+    ctx = Context.from_spec(spec)
+    a = allocate(ctx)
     b = allocate(Context.from_spec(spec))
     assert a.best.quantities == b.best.quantities
     rand = random_search(Context.from_spec(spec), 2000)
-    assert a.best.prediction.value >= rand.value - 0.002
+    assert _point(ctx, a, rand.structure.label) >= rand.value - 0.002
     for name in ("tiny-budget", "small-gpu"):  # budget-bound and memory-bound spaces
         ctx = Context.from_spec(load_plan(ROOT / f"tests/plans/{name}.yaml"))
-        best = allocate(ctx).best.prediction.value
-        assert best >= random_search(ctx, 1500, project=True).value - 0.002, name
+        result = allocate(ctx)
+        rand = random_search(ctx, 1500, project=True)
+        assert _point(ctx, result, rand.structure.label) >= rand.value - 0.002, name
 
 
 def test_tiny_cpu_plan_is_tiny():
@@ -171,11 +197,13 @@ def test_tiny_cpu_plan_is_tiny():
     assert graph.stage("final_eval").params.k <= 2
 
 
-def test_optuna_starts_from_the_rule_based_default():
+def test_the_search_records_its_posterior_and_uses_no_optuna():
+    """Was: Optuna's first trial was the rule-based default. TPE added nothing measurable
+    (benchmarks/recommend_bench.py), so the recommend path no longer runs it."""
     spec, ctx, result, graph = recommend(ROOT / "plans/budget.yaml")
-    optuna = graph.meta["search"]["optuna"]
-    assert optuna["first_trial"]["structure"] == "GRPO Qwen3-8B -> FKL->OPD -> Stage 3 GRPO"
-    assert optuna["sampler"] == "TPESampler" and 8 <= optuna["trials"] <= 64
+    assert "optuna" not in graph.meta["search"]
+    post = graph.meta["search"]["posterior"]
+    assert post["data"] == 8 and post["sampler"]["library"].startswith("emcee")
 
 
 def test_conflicting_pins_are_explained():
@@ -229,9 +257,85 @@ def test_random_plans_never_break_a_rule(tmp_path):
             ctx = Context.from_spec(spec)
             graph = compile_graph(ctx, allocate(ctx, trials=16))
         except InfeasibleError as exc:
-            assert "short" in str(exc) or "pins" in str(exc)
+            assert "short" in str(exc) or "pins" in str(exc) or "too few" in str(exc)
             outcomes["infeasible"] += 1
             continue
         assert rule_problems(spec, graph) == [], plan
         outcomes["graph"] += 1
     assert outcomes["graph"] >= 4 and outcomes["infeasible"] >= 1
+
+
+# ---------------------------------------------------------------- plans no other test contains
+
+SCENARIOS = {  # other sizes and families, labels 0 to 50k, one small GPU to 64 GPUs for 200 h
+    "qwen0.6b-from-32b-50k": ("Qwen/Qwen3-0.6B", ["Qwen/Qwen3-32B"], 50000, "H100-80GB", 8, 200),
+    "qwen4b-from-8b-14b-2k": ("Qwen/Qwen3-4B", ["Qwen/Qwen3-8B", "Qwen/Qwen3-14B"], 2000, "H100-80GB", 8, 24),
+    "qwen1.7b-from-32b-zero": ("Qwen/Qwen3-1.7B", ["Qwen/Qwen3-32B"], 0, "H100-80GB", 8, 48),
+    "qwen1.7b-64gpus-50k": ("Qwen/Qwen3-1.7B", ["Qwen/Qwen3-8B", "Qwen/Qwen3-32B"], 50000, "H100-80GB", 64, 200),
+    "llama1b-from-70b-50k": ("meta-llama/Llama-3.2-1B-Instruct", ["meta-llama/Llama-3.3-70B-Instruct"], 50000,
+                             "H100-80GB", 8, 200),
+    "llama3b-from-8b-500": ("meta-llama/Llama-3.2-3B-Instruct", ["meta-llama/Llama-3.1-8B-Instruct"], 500,
+                            "A100-80GB", 4, 48),
+    "qwen0.6b-one-4090-5k": ("Qwen/Qwen3-0.6B", ["Qwen/Qwen3-4B"], 5000, "RTX-4090", 1, 200),
+}
+
+
+def scenario(tmp_path_factory, name):
+    import yaml
+
+    student, teachers, labels, gpu, gpus, hours = SCENARIOS[name]
+    objective = "math" if "llama" in student.lower() else "math500"
+    plan = {"name": name, "objective": {"eval": objective}, "student": {"model": student},
+            "teachers": [{"model": t} for t in teachers],
+            "data": {"labeled": {"source": "org/labels", "size": labels},
+                     "prompts": {"source": "org/prompts", "size": 40000}},
+            "compute": {"gpu": gpu, "gpus": gpus, "hours": hours}, "eval": [{"name": objective}]}
+    path = tmp_path_factory.mktemp("scenarios") / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(plan))
+    return recommend(path)
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_scenarios_stay_physical(tmp_path_factory, name):
+    from s2d_plan.allocate.choice import STAGE_NOISE
+    from s2d_plan.allocate.space import evaluate
+
+    spec, ctx, result, graph = scenario(tmp_path_factory, name)
+    assert rule_problems(spec, graph) == []
+    for a in [result.best, *result.alternatives, *([result.baseline] if result.baseline else [])]:
+        point = evaluate(ctx, a.structure, a.quantities).prediction
+        if a.structure.teacher:  # no prediction above the teacher the student learns from
+            assert point.value <= max(point.parts["teacher"], ctx.rates.mean) + 1e-9, a.structure.label
+            assert a.prediction.value <= max(point.parts["teacher"], ctx.rates.mean) + 0.01, a.structure.label
+        assert a.prediction.low <= a.prediction.value <= a.prediction.high
+    for st in graph.stages:  # no stage below a useful size
+        if st.kind in ("grpo", "opd", "fkl"):
+            assert getattr(st.params, "steps", None) is None or st.params.steps >= ctx.min_steps, st.id
+    # the pick is never predicted worse than an available alternative (beyond a run's noise)
+    means = [a.prediction.mean for a in result.alternatives + ([result.baseline] if result.baseline else [])]
+    assert all(result.best.prediction.mean >= m - STAGE_NOISE for m in means)
+
+
+def test_zero_labels_and_a_much_stronger_teacher_distill_unless_it_likely_hurts(tmp_path_factory):
+    spec, ctx, result, graph = scenario(tmp_path_factory, "qwen1.7b-from-32b-zero")
+    assert graph.labels_spent() == 0
+    nothing = next((a for a in [result.best] + result.alternatives if a.structure.teacher is None), None)
+    if result.best.structure.teacher is None:  # "do nothing" only when distillation likely hurts
+        assert full_bridge(ctx, "Qwen/Qwen3-32B")[1] < 0.5
+    else:
+        assert nothing is None or result.best.prediction.mean > nothing.prediction.mean
+
+
+def test_doing_nothing_with_zero_labels_shows_the_bridge_it_declined():
+    """Qwen3-8B raw into Qwen3-1.7B: the paper measured raw-teacher transfer below the
+    student's own 73.0 (71.5), so doing nothing may be right, but only with the evidence."""
+    from s2d_plan.allocate.explain import rationale
+
+    _, ctx, result, graph = recommend(ROOT / "tests/plans/zero-labels.yaml")
+    if result.best.structure.teacher is None:
+        summary, p = full_bridge(ctx, "Qwen/Qwen3-8B")
+        assert p < 0.5 and summary["low"] < ctx.rates.mean < summary["high"] + 0.02
+        assert any("A full raw bridge from Qwen3-8B" in line for line in rationale(ctx, result))
+    else:
+        nothing = next(a for a in result.alternatives if a.structure.teacher is None)
+        assert result.best.prediction.mean > nothing.prediction.mean

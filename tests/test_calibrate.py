@@ -1,5 +1,6 @@
-"""`s2d-plan calibrate`: a real DuckDB history built by executing graphs, refusal, and a fit
-that must reduce the prediction error (and that recommend then uses and announces)."""
+"""`s2d-plan calibrate`: a real DuckDB history built by executing graphs, refusal, and an
+update of the outcome posterior by those runs that must reduce its error on them (and that
+recommend then uses and announces)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from s2d_plan.predict.calibration import describe, load_calibration
 from s2d_plan.errors import S2DError
 from s2d_plan.run.executor import execute_graph
 from s2d_plan.graph import StageGraph
-from s2d_plan.predict.outcome import DEFAULT_OUTCOME, Pipeline, SolveRates
+from s2d_plan.predict.outcome import Pipeline, SolveRates
+from s2d_plan.predict.priors import SEED_SD
 from s2d_plan.plan.registry import ModelInfo
 
 STUDENT = ModelInfo(name="student", params_b=0.5, layers=2, hidden=64, heads=4, kv_heads=2, vocab=512, tokenizer="t")
@@ -67,14 +69,19 @@ def test_fit_reduces_error_and_recommend_uses_it(s2d_home, cli):
     print(out.stdout)
     doc = json.loads((s2d_home / "calibration.json").read_text())
     fit = doc["fit"]
-    assert fit["runs"] == 4 and fit["fitted"] and fit["time"]
-    assert fit["rmse_after"] < 0.5 * fit["rmse_before"]
-    assert f"before {fit['rmse_before'] * 100:.2f}, after {fit['rmse_after'] * 100:.2f}" in out.stdout
-    k = load_calibration(s2d_home).outcome
-    assert k != DEFAULT_OUTCOME and all(getattr(k, n) == doc["outcome"][n] for n in fit["fitted"])
+    assert fit["runs"] == 4 and fit["time"] and 0 < fit["sigma_model"]
+    # was: constants refitted to zero degrees of freedom; now each run is a datum with its noise
+    assert len(doc["evidence"]) == 4 and all(d["sd"] >= SEED_SD for d in doc["evidence"])
+    assert doc["outcome"] == {}  # nothing pinned: the posterior holds the constants
+    assert fit["rmse_after"] < 0.7 * fit["rmse_before"]  # not zero: sigma_model takes what the forms miss
+    assert f"paper evidence alone {fit['rmse_before'] * 100:.2f}, with these runs {fit['rmse_after'] * 100:.2f}" \
+        in out.stdout
+    cal = load_calibration(s2d_home)
+    assert len(cal.evidence) == 4 and cal.pins == {}
     assert doc["costs"]["mfu_train"] > 0 and fit["costs"]["stages"] >= 4
-    assert "Calibrated from 4 run(s)" in describe(load_calibration(s2d_home))
+    assert "Posterior updated by 4 run(s)" in describe(cal)
 
     rec = cli("recommend", "plans/tiny-cpu.yaml", "--trials", "20", timeout=180)
     assert rec.returncode == 0, rec.stderr
-    assert "Calibrated from 4 run(s)" in rec.stdout
+    assert "Posterior updated by 4 run(s)" in rec.stdout
+    assert (s2d_home / "posterior" / f"{fit['posterior']}.json").exists()  # recommend found calibrate's fit

@@ -28,8 +28,31 @@ def test_human_output_has_pipeline_alternatives_baseline_and_rationale():
     assert result.exit_code == 0, result.output
     out = result.output
     for needle in ("Recommended: ", "stage", "labels", "GPU-h", "mem/GPU", "teacher_grpo", "predicted math500",
-                   "Alternatives", "direct GRPO on the student (baseline)", "Why:", "Labels go to Qwen3-8B"):
+                   "80% interval", "P(beats direct GRPO)", "P(best of the candidates)", "Candidates",
+                   "direct GRPO on the student", "(the usual practice)", "Sensitivity", "Why:", "Labels go to Qwen3-"):
         assert needle in out, needle
+
+
+def test_json_and_csv_carry_the_distribution():
+    result = runner.invoke(app, ["recommend", BUDGET, "--json"])
+    p = json.loads(result.stdout)["predicted"]
+    assert p["low"] < p["value"] < p["high"] and 0 < p["p_best"] <= 1 and 0.5 < p["p_beats_direct"] <= 1
+    assert p["sensitive"] and {"constant", "assumed", "low", "high"} <= set(p["sensitive"][0])
+    meta = json.loads(result.stdout)["meta"]
+    assert meta["paper_recipe"]["structure"].startswith("GRPO Qwen3-8B") and meta["sensitivity"]
+    csv = runner.invoke(app, ["recommend", BUDGET, "--csv"]).output.splitlines()
+    assert csv[0] == "structure,role,predicted,low,high,mean,p_best,p_beats_direct,gpu_hours"
+    rows = [line.split(",") for line in csv[1:]]
+    assert rows[0][1] == "recommended" and any(r[1] == "baseline" for r in rows)
+    assert all(0 <= float(r[6]) <= 1 for r in rows)
+
+
+def test_a_plan_where_the_model_prefers_something_else_says_so():
+    """plans/few-labels-4b.yaml: 2,000 labels, a Qwen3-4B student already close to its
+    teachers. The paper's recipe is a candidate, not a rule; the output says why it lost."""
+    result = runner.invoke(app, ["recommend", str(ROOT / "plans/few-labels-4b.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "The paper's recipe (GRPO Qwen3-" in result.output and "is not the pick here" in result.output
 
 
 def test_json_prints_only_the_graph_and_o_writes_an_executable_file(tmp_path):

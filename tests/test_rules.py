@@ -80,12 +80,6 @@ def token_distillation_across_tokenizers(g: dict) -> Path:
     return CROSS
 
 
-def grpo_on_the_cold_student(g: dict) -> Path:
-    g["stages"].insert(0, grpo_stage("cold_grpo", "Qwen/Qwen3-1.7B", 7000, 500))
-    stage(g, "student_grpo")["data"]["labeled"]["count"] = 100  # keep the label budget intact
-    return BUDGET
-
-
 BREAKERS = {
     "memory": over_memory,
     "budget": over_budget,
@@ -95,7 +89,6 @@ BREAKERS = {
     "grpo-without-labels": grpo_with_zero_labels,
     "teacher-not-larger": teacher_smaller_than_student,
     "tokenizer-mismatch": token_distillation_across_tokenizers,
-    "cold-student-grpo": grpo_on_the_cold_student,
 }
 
 

@@ -1,24 +1,25 @@
-"""Allocator: which structure, and how much of everything, maximizes predicted accuracy.
+"""Allocator: which structure, and how much of everything, maximizes expected accuracy.
 
 The discrete structure (teacher or none, raw or RL-improved, bridge, Stage 3, probe) is
-enumerated, never sampled: there are at most a few dozen structures and the rules prune
-most of them. Within a structure, quantities (labels to the teacher vs Stage 3, GRPO
-epochs and group size, bridge rollouts) are searched cheaply: the cost model is linear in
-each quantity once a structure and group size are fixed, so every candidate is projected
-onto the GPU-hour budget in closed form and scored by the outcome model (~10 us). Optuna
-then refines the best structures with TPE (seeded; constraints through
-``trial.set_constraint``; the rule-based default plan enqueued as the first trial).
+enumerated, never sampled: there are at most a few dozen. Within a structure, quantities
+(labels to the teacher vs Stage 3, GRPO epochs and group size, bridge rollouts) are
+searched cheaply at the posterior's mode: the cost model is linear in each quantity once
+a structure and group size are fixed, so every candidate is projected onto the GPU-hour
+budget in closed form and scored by the outcome model (~10 us). The best allocation of
+each structure then gets its predictive distribution (``choice``), and the choice is
+the highest expected accuracy, except that a candidate whose extra stages add less than
+a run's noise gives way to the simpler one.
 
-Rules no allocation breaks (``rule_problems`` checks a compiled graph against them):
-no GRPO on the student before a bridge when a usable teacher exists; token-level
-distillation (OPD, token forward-KL) only with a shared tokenizer; a teacher is larger
-than the student; no stage over GPU memory; GPU-hours within budget; labels spent within
-labels available (twice only with ``reuse_labels``); zero labels means no GRPO at all.
+Only physics and the user are hard rules (``rule_problems`` checks a compiled graph
+against them): GPU memory, GPU-hours, labels available (twice only with
+``reuse_labels``), token-level distillation only with a shared tokenizer, a teacher
+larger than the student, the plan's pins, and no stage below a useful size. The paper's
+recipe is one candidate among the others; ``recommend`` says when it is not the pick.
 
     >>> from s2d_plan.plan.spec import load_plan
     >>> result = allocate(Context.from_spec(load_plan("plans/budget.yaml")))
-    >>> result.best.structure.label
-    'probe -> GRPO Qwen3-8B -> FKL->OPD -> Stage 3 GRPO'
+    >>> result.best.structure.teacher
+    'Qwen/Qwen3-8B'
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ import random
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from s2d_plan.allocate.search import MIN_GAIN, Candidate, _Search, optuna_refine, priced, search_random, trial_rows
-from s2d_plan.allocate.space import (MIN_STEPS, Allocation, Context, LinearCost, Quantities, Scale, Structure, box,
-                             evaluate, pipeline, stage_costs)
+from s2d_plan.allocate import choice
+from s2d_plan.allocate.search import Candidate, _Search, priced, search_random, trial_rows
+from s2d_plan.allocate.space import (MIN_STEPS, Allocation, Context, Quantities, Scale, Structure, box, evaluate,
+                                     pipeline, stage_costs, too_small)
 from s2d_plan.predict import costs
 from s2d_plan.errors import InfeasibleError
 
@@ -37,6 +39,7 @@ __all__ = ["MIN_STEPS", "Allocation", "Context", "Quantities", "Scale", "SearchR
            "default_structure", "evaluate", "pipeline", "random_search", "stage_costs", "structures"]
 
 PROBE_BUDGET_FRACTION = 0.02  # a probe is worth at most this share of the GPU-hours
+PROBE_BELOW_P_BEST = 0.6  # probe first when the pick is this unlikely to be the best candidate
 TOP_STRUCTURES = 4  # structures whose other group sizes are searched too
 
 
@@ -56,7 +59,9 @@ def usable_teachers(ctx: Context) -> tuple[list[str], list[str]]:
 
 
 def structures(ctx: Context) -> list[Structure]:
-    """Every structure the rules and the plan's pins allow (probe decided later)."""
+    """Every structure physics and the plan's pins allow (probe decided later). Nothing
+    else prunes: direct GRPO with a teacher available, a raw teacher where RL would fit,
+    and no training at all are candidates like the paper's recipe, ranked by the posterior."""
     pins = ctx.spec.pins
     usable, notes = usable_teachers(ctx)
     ctx.notes.extend(notes)
@@ -74,32 +79,27 @@ def structures(ctx: Context) -> list[Structure]:
         bridges = ["fkl+opd", "opd", "fkl"] if shared else ["fkl"]
         if pins.bridge:
             bridges = [b for b in bridges if b == pins.bridge]
-        labels_left = ctx.labels - (pins.teacher_labels if pins.teacher_labels is not None else 1)
-        # A raw teacher only where Stage 1 cannot happen (no labels, or GRPO on it fits no
-        # GPU memory): otherwise a token raw bridge would only be a way to spend labels on
-        # an essentially cold student.
-        rls = [False] if ctx.labels == 0 else [True] if (pins.teacher_labels or _rl_fits(ctx, name)) else [False]
-        for rl in rls:
-            for bridge in bridges:
-                for stage3 in (False, True):
-                    if stage3 and (ctx.labels == 0 or pins.stage3 is False):
-                        continue
-                    if not stage3 and pins.stage3 is True:
-                        continue
-                    if rl and stage3 and not ctx.reuse and labels_left < 1:
-                        if pins.stage3:
-                            raise InfeasibleError(
-                                f"labels are short: Stage 3 is pinned on, but Stage 1 takes "
-                                f"{ctx.labels - labels_left:,} of the {ctx.labels:,} labels and reuse_labels is "
-                                f"off (short by at least 1 label; lower pins.teacher_labels or allow reuse)")
-                        continue
-                    out.append(Structure(name, rl, bridge, shared, stage3))
-    if ctx.labels > 0 and not usable and pins.stage3 is not True:
+        rls = [False]
+        if ctx.labels > 0 and (pins.teacher_labels or _rl_fits(ctx, name)):
+            rls = [True] if pins.teacher_labels else [False, True]
+        for rl, bridge, stage3 in ((r, b, s3) for r in rls for b in bridges for s3 in (False, True)):
+            if stage3 and (ctx.labels == 0 or pins.stage3 is False) or (not stage3 and pins.stage3 is True):
+                continue
+            if rl and stage3 and not ctx.reuse and ctx.labels - (pins.teacher_labels or 1) < 1:
+                if pins.stage3:
+                    raise InfeasibleError(
+                        f"labels are short: Stage 3 is pinned on, but Stage 1 takes {pins.teacher_labels or 1:,} "
+                        f"of the {ctx.labels:,} labels and reuse_labels is off (short by at least 1 label; lower "
+                        "pins.teacher_labels or allow reuse)")
+                continue
+            out.append(Structure(name, rl, bridge, shared, stage3))
+    free = pins.teacher in (None, "none") and not pins.bridge and not pins.stage3
+    if ctx.labels > 0 and free:
         out.append(Structure(direct=True))
-    if not out and (pins.teacher not in (None, "none") or pins.bridge or pins.stage3):
+    if not out and not free:
         raise InfeasibleError("the plan's pins leave no valid pipeline: " + _pin_conflict(ctx, notes))
-    if ctx.labels == 0 or not out:
-        out.append(Structure())  # nothing worth training: evaluate the student as is
+    if free:
+        out.append(Structure())  # evaluate the student as it is
     return out
 
 
@@ -132,26 +132,29 @@ class SearchResult:
     infeasible: dict[str, str]  # structure label -> why it cannot run
     trials: list[dict[str, Any]]
     notes: list[str]
-    search: dict[str, Any] = field(default_factory=dict)  # how the search went (counts, Optuna)
+    search: dict[str, Any] = field(default_factory=dict)  # how the search went (counts)
+    paper: Allocation | None = None  # the paper's recipe for this plan, when it can run
+    sensitivity: list[dict[str, Any]] = field(default_factory=list)  # constants the choice depends on
+    simpler: dict[str, Any] | None = None  # a richer candidate set aside because its extra stages add < noise
 
 
-def default_structure(ctx: Context, allowed: list[Structure]) -> Structure:
-    """The rule-based plan (the paper's recipe): the first usable teacher that shares the
-    tokenizer, RL on it, FKL->OPD (sequence FKL across tokenizers), Stage 3 when labels
-    allow, else the first allowed structure."""
+def default_structure(ctx: Context, allowed: list[Structure]) -> Structure | None:
+    """The paper's recipe for this plan: the first usable teacher, RL on it, FKL->OPD
+    (sequence FKL across tokenizers), Stage 3 when labels allow; None if none is allowed."""
     for s in allowed:
         if s.teacher and s.teacher_rl and s.bridge in ("fkl+opd", "fkl") and (s.fkl_token or s.bridge == "fkl"):
             want_s3 = any(x.stage3 for x in allowed if x.teacher == s.teacher)
             pick = replace(s, stage3=want_s3)
             if pick in allowed:
                 return pick
-    return allowed[0]
+    return None
 
 
 def allocate(ctx: Context, trials: int | None = None, seed: int | None = None) -> SearchResult:
-    """Search structures and quantities; raise InfeasibleError when nothing fits."""
+    """Search structures and quantities at the posterior mode, then rank the best of each
+    structure by its predictive distribution; raise InfeasibleError when nothing fits.
+    (``trials`` is accepted for compatibility; the local search sizes itself.)"""
     seed = ctx.spec.search.seed if seed is None else seed
-    trials = trials or ctx.spec.search.trials
     allowed = structures(ctx)
     rng = random.Random(seed)
     record: list[Candidate] = []
@@ -165,34 +168,26 @@ def allocate(ctx: Context, trials: int | None = None, seed: int | None = None) -
         groups = box(ctx, s).groups
         _search_structure(ctx, s, 8 if 8 in groups else groups[0], state)
     ranked = sorted(best_of, key=lambda x: -best_of[x][0].value)
-    # the leaders, and every variant of the leader's teacher (the rationale compares them)
     leaders = ranked[:TOP_STRUCTURES] + [x for x in ranked[TOP_STRUCTURES:] if ranked and
                                          (x.teacher, x.teacher_rl) == (ranked[0].teacher, ranked[0].teacher_rl)]
     for s in leaders:
         for group in box(ctx, s).groups:
             if group != best_of[s][1].group:
                 _search_structure(ctx, s, group, state)
-    if not best_of:
-        raise InfeasibleError(_shortfall_message(ctx, shortfalls))
-    n_local = len(record)
-    before = max(c.value for c, _, _ in best_of.values())
-    default = default_structure(ctx, allowed)
-    optuna_info = optuna_refine(ctx, default, best_of, record, trials, seed)
-    optuna_info["improved_by_points"] = round((max(c.value for c, _, _ in best_of.values()) - before) * 100, 4)
-    ranked = sorted(best_of.values(), key=lambda x: -x[0].value)
-    finals = [_finalize(ctx, c.structure, c.quantities) for c, _, _ in ranked]
-    finals = [a for a in finals if a is not None]
+    finals = [a for a in (_finalize(ctx, c.structure, c.quantities) for c, _, _ in best_of.values()) if a]
     if not finals:
         raise InfeasibleError(_shortfall_message(ctx, shortfalls))
-    finals.sort(key=lambda a: -a.prediction.value)
-    top = finals[0].prediction.value
-    # where structures tie (the outcome model is flat), the paper's recipe wins the tie
-    lead = next((a for a in finals if a.structure == default and a.prediction.value >= top - MIN_GAIN), finals[0])
-    finals = [lead] + [a for a in finals if a is not lead]
+    finals = choice.with_predictive(ctx, finals)
+    pick, simpler = choice.simplest_within_noise(finals)
+    finals = [pick] + [a for a in finals if a is not pick]
     best = _maybe_probe(ctx, finals)
-    base = _baseline(ctx, rng)
-    info = {"structures": len(allowed), "local_evaluations": n_local, "optuna": optuna_info}
-    return SearchResult(best, finals[1:], base, infeasible, trial_rows(record), list(dict.fromkeys(ctx.notes)), info)
+    direct = best if best.structure.direct else next((a for a in finals if a.structure.direct), None)
+    recipe = default_structure(ctx, allowed)
+    paper = next((a for want in ([recipe, replace(recipe, stage3=False)] if recipe else [])
+                  for a in finals if a.structure == want), None)
+    info = {"structures": len(allowed), "local_evaluations": len(record), "posterior": ctx.post.info}
+    return SearchResult(best, [a for a in finals[1:] if not a.structure.direct], direct, infeasible, trial_rows(record),
+                        list(dict.fromkeys(ctx.notes)), info, paper, choice.sensitivity(ctx, finals), simpler)
 
 
 @dataclass
@@ -218,6 +213,11 @@ def _search_structure(ctx: Context, s: Structure, group: int, st: _LocalState) -
     search = _Search(ctx, s, group, lc)
     u, cand = search.local(st.rng, st.n_random, st.record)
     if not cand.feasible:
+        small = too_small(ctx, s, search.raw((0.5, 1, 1, 1, 1)))
+        if small:
+            st.infeasible.setdefault(s.label, f"too few labels or prompts for a useful {small} "
+                                              f"({ctx.min_steps} steps)")
+            return
         floor = lc(search.raw((u[0], 0, 0, 0, 0)))
         st.infeasible.setdefault(s.label, f"needs at least {floor:.3g} GPU-hours at minimum steps")
         st.shortfalls.append(("GPU-hours", floor - ctx.budget, f"the cheapest allocation ({s.label}) needs "
@@ -255,8 +255,7 @@ def _maybe_probe(ctx: Context, finals: list[Allocation]) -> Allocation:
     pin = ctx.spec.pins.probe
     if pin is False or ctx.labels == 0:
         return best
-    close = len(finals) > 1 and best.prediction.value - finals[1].prediction.value < \
-        (best.prediction.high - best.prediction.value)
+    close = len(finals) > 1 and (best.prediction.p_best or 0.0) < PROBE_BELOW_P_BEST
     no_evidence = not ctx.rates.source.startswith("probe")
     if pin is None and not (close and no_evidence):
         return best
@@ -265,19 +264,8 @@ def _maybe_probe(ctx: Context, finals: list[Allocation]) -> Allocation:
     cost = probed.costs["probe"].gpu_hours
     if pin is None and cost > PROBE_BUDGET_FRACTION * ctx.budget:
         return best
-    return _finalize(ctx, s, best.quantities) or best
-
-
-def _baseline(ctx: Context, rng: random.Random) -> Allocation | None:
-    if ctx.labels == 0:
-        return None
-    s = Structure(direct=True)
-    group = ctx.spec.pins.group_size or (4 if ctx.scale.tiny else 8)
-    lc = LinearCost(ctx, s, group)
-    if lc.infeasible_stage():
-        return None
-    _, cand = _Search(ctx, s, group, lc).local(rng, 8, [])
-    return _finalize(ctx, s, cand.quantities) if cand.feasible else None
+    probed = _finalize(ctx, s, best.quantities)
+    return replace(probed, prediction=best.prediction) if probed else best
 
 
 def random_search(ctx: Context, n: int, seed: int = 1, project: bool = False) -> Candidate:

@@ -1,21 +1,22 @@
-"""Quantity search inside structures: projected local search, Optuna TPE refinement,
-and the uniform random search the benchmark compares against."""
+"""Quantity search inside structures: projected local search, and the uniform random
+search the benchmark compares against.
+
+Optuna's TPE used to refine the best structures after the local search; measured on
+every shipped plan it added nothing the local search had not found (see
+``benchmarks/recommend_bench.py``, which still runs it as a yardstick), so the
+recommend path does without it. Where a model-based sampler earns its place is a noisy,
+expensive objective: the pilots of adaptive execution."""
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass, replace
 from typing import Any
 
-from s2d_plan.allocate.space import Context, LinearCost, Quantities, Structure, box, pipeline, quantities
+from s2d_plan.allocate.space import Context, LinearCost, Quantities, Structure, box, pipeline, quantities, too_small
 from s2d_plan.predict.outcome import predict
 
 TRIALS_KEPT = 300
-# TPE refinement trials at most (~2 ms each here). The local search has already evaluated
-# thousands of projected points; measured on the shipped plans TPE rarely adds more than
-# a few hundredths of a point, so more trials would only buy time.
-OPTUNA_TRIALS_MAX = 64
 # A move away from the rule-based starting point must buy at least this much predicted
 # accuracy (0.01 points): where the outcome model is flat (tiny plans), the recipe's
 # default quantities stand instead of noise-level optima.
@@ -79,6 +80,7 @@ class _Search:
     def score(self, u: tuple[float, ...]) -> Candidate:
         q, cost, ok = self.project(u)
         ctx = self.ctx
+        ok = ok and too_small(ctx, self.s, q) is None
         value = predict(ctx.student, ctx.rates, pipeline(ctx, self.s, q, self.lc.memory), ctx.k).value
         return Candidate(self.s, q, value if ok else -1.0, cost, ok)
 
@@ -107,14 +109,6 @@ class _Search:
         return best_u, best
 
 
-def _u_of(r: tuple[float, float], value: float) -> float:
-    if r[1] <= r[0]:
-        return 0.0
-    if r[0] > 0 and value > 0:
-        return min(1.0, max(0.0, math.log(value / r[0]) / math.log(r[1] / r[0])))
-    return 0.5
-
-
 def trial_rows(record: list[Candidate]) -> list[dict[str, Any]]:
     rows = [{"number": i, "structure": c.structure.label, "params": c.quantities.params(),
              "value": round(c.value, 5) if c.feasible else None, "gpu_hours": round(c.gpu_hours, 4),
@@ -132,54 +126,6 @@ def trial_rows(record: list[Candidate]) -> list[dict[str, Any]]:
             break
         kept.setdefault(r["number"], r)
     return sorted(kept.values(), key=lambda r: r["number"])
-
-
-def optuna_refine(ctx: Context, default: Structure, best_of: dict, record: list[Candidate],
-                  trials: int, seed: int) -> dict[str, Any]:
-    """TPE over the best few structures' quantities, seeded, the rule-based default first."""
-    import optuna  # lazy: ~0.15 s, paid only by recommend
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    ranked = sorted(best_of.items(), key=lambda kv: -kv[1][0].value)
-    top = [s for s, _ in ranked[:2]]
-    if default in best_of and default not in top:
-        top.append(default)
-    labels = {s.label: s for s in top}
-    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=8)
-    study = optuna.create_study(direction="maximize", sampler=sampler)
-    d = default if default in labels.values() else top[0]
-    db = box(ctx, d)
-    g = 8 if 8 in db.groups else db.groups[0]
-    study.enqueue_trial({"structure": d.label, f"group_size[{d.label}]": g, "u_frac": _u_of((0.2, 0.95), 0.8),
-                         "u_teacher_epochs": _u_of(db.teacher_epochs, 2.0), "u_fkl": _u_of(db.fkl_passes, 1.0),
-                         "u_opd": _u_of(db.opd_passes, 1.0), "u_student_epochs": _u_of(db.student_epochs, 2.0)})
-    for s in top:
-        cand, search, u = best_of[s]
-        study.enqueue_trial({"structure": s.label, f"group_size[{s.label}]": search.group,
-                             **dict(zip(_Search.DIMS, u))})
-    searches: dict[tuple[Structure, int], _Search] = {}
-    n = max(8, min(trials, OPTUNA_TRIALS_MAX))
-    for _ in range(n):
-        trial = study.ask()
-        s = labels[trial.suggest_categorical("structure", list(labels))]
-        group = trial.suggest_categorical(f"group_size[{s.label}]", list(box(ctx, s).groups))
-        u = tuple(trial.suggest_float(name, 0.0, 1.0) for name in _Search.DIMS)
-        key = (s, group)
-        if key not in searches:
-            searches[key] = _Search(ctx, s, group, LinearCost(ctx, s, group))
-        search = searches[key]
-        q = search.raw(u)
-        cost = search.lc(q)
-        value = predict(ctx.student, ctx.rates, pipeline(ctx, s, q, search.lc.memory), ctx.k).value
-        trial.set_constraint("gpu_hours_over_budget", cost - ctx.budget)
-        study.tell(trial, value)
-        feasible = cost <= ctx.budget
-        record.append(Candidate(s, q, value if feasible else -1.0, cost, feasible))
-        if feasible and value > best_of[s][0].value + MIN_GAIN:
-            best_of[s] = (record[-1], search, u)
-    first = study.trials[0]
-    return {"trials": n, "sampler": "TPESampler", "seed": seed, "structures": list(labels),
-            "first_trial": {"structure": first.params.get("structure"), "enqueued": "rule-based default"}}
 
 
 def priced(ctx: Context, s: Structure, group: int) -> tuple[Structure, LinearCost, tuple | None]:
@@ -220,7 +166,7 @@ def search_random(ctx: Context, allowed: list[Structure], n: int, seed: int = 1,
             q = search.raw(u)
             cost = search.lc(q)
             value = predict(ctx.student, ctx.rates, pipeline(ctx, s, q, search.lc.memory), ctx.k).value
-            cand = Candidate(s, q, value, cost, cost <= ctx.budget)
+            cand = Candidate(s, q, value, cost, cost <= ctx.budget and too_small(ctx, s, q) is None)
         if cand.feasible and cand.value > best.value:
             best = cand
     return best

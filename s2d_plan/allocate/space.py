@@ -13,14 +13,18 @@ from typing import Any
 
 from s2d_plan.predict import costs
 from s2d_plan.predict.costs import CostConstants, Estimate
-from s2d_plan.predict.outcome import (DEFAULT_OUTCOME, OutcomeConstants, Pipeline, Prediction, SolveRates, estimate_accuracy,
-                              predict)
+from s2d_plan.predict.outcome import (OutcomeConstants, Pipeline, Prediction, SolveRates, estimate_accuracy,
+                                      predict)
+from s2d_plan.predict.posterior import Posterior, default_posterior
 from s2d_plan.plan.registry import GPUInfo, ModelInfo
 
 GROUPS = (4, 8, 16)
 MAX_EPOCHS = 4.0
 MAX_PASSES = 2.0  # bridge rollouts, in passes over the prompt pool
-MIN_STEPS = 2  # a stage shorter than this is not a stage
+MIN_STEPS = 2  # a stage shorter than this is not a stage (tiny CPU plans)
+# The shortest training stage worth planning on real GPUs: a 2-step GRPO or a 3-step OPD
+# measures nothing but noise (and pays a model load for it).
+USEFUL_STEPS = 10
 
 
 @dataclass(frozen=True)
@@ -58,10 +62,11 @@ class Structure:
 
     @property
     def label(self) -> str:
+        probe = "probe -> " if self.probe else ""
         if self.direct:
-            return "direct GRPO on the student"
+            return probe + "direct GRPO on the student"
         if self.teacher is None:
-            return "no training (student as is)"
+            return probe + "no training (student as is)"
         name = self.teacher.split("/")[-1]
         parts = [f"GRPO {name}" if self.teacher_rl else f"raw {name}"]
         bridge = {"fkl+opd": "FKL->OPD", "opd": "OPD", "fkl": "FKL"}[self.bridge or "fkl"]
@@ -117,13 +122,28 @@ class Context:
     reuse: bool
     scale: Scale
     c: CostConstants = costs.DEFAULT_CONSTANTS
-    k: OutcomeConstants = DEFAULT_OUTCOME
+    posterior: Posterior | None = None  # over the outcome constants; None: the shipped one
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def k(self) -> OutcomeConstants:
+        """The constants the search scores with: the posterior's mode."""
+        return self.post.mode
+
+    @property
+    def post(self) -> Posterior:
+        if self.posterior is None:
+            self.posterior = default_posterior()
+        return self.posterior
+
+    @property
+    def min_steps(self) -> int:
+        return MIN_STEPS if self.scale.tiny else USEFUL_STEPS
 
     @staticmethod
     def from_spec(spec: Any, evidence: dict[str, SolveRates] | None = None,
                   constants: CostConstants = costs.DEFAULT_CONSTANTS,
-                  outcome: OutcomeConstants = DEFAULT_OUTCOME) -> "Context":
+                  posterior: Posterior | None = None) -> "Context":
         evidence = evidence or {}
         objective = spec.objective.eval
         student = spec.student.info
@@ -134,7 +154,7 @@ class Context:
         return Context(spec, student, evidence.get(spec.student.model) or estimate_accuracy(student, objective),
                        teachers, spec.compute.gpu_info, gpus, spec.compute.gpu_hours, spec.data.labeled.size,
                        max(pool, 1), spec.data.reuse_labels, Scale.for_plan(spec.compute.gpu_info, student, spec.data.completion_tokens),
-                       constants, outcome)
+                       constants, posterior)
 
     def eval_problems(self) -> int:
         return sum(e.size or self.scale.eval_default_size for e in self.spec.eval)
@@ -182,7 +202,31 @@ def pipeline(ctx: Context, s: Structure, q: Quantities, costs_: dict[str, Estima
         student_labels=q.student_labels if (s.stage3 or s.direct) else 0, student_epochs=q.student_epochs,
         group_size=q.group_size, pool=ctx.pool,
         lora_teacher=lora.get("teacher_grpo", False),
-        lora_student=any(lora.get(k, False) for k in ("student_fkl", "student_opd", "student_grpo", "direct_grpo")))
+        lora_student=any(lora.get(k, False) for k in ("student_fkl", "student_opd", "student_grpo", "direct_grpo")),
+        completion_tokens=None if ctx.scale.tiny else ctx.scale.max_new)
+
+
+def stage_steps(ctx: Context, s: Structure, q: Quantities) -> dict[str, float]:
+    """Optimizer steps of each training stage the structure runs (before rounding)."""
+    sc = ctx.scale
+    out = {}
+    if s.teacher_rl:
+        out["teacher_grpo"] = q.teacher_labels * q.teacher_epochs / sc.prompts_per_step
+    if "fkl" in (s.bridge or ""):
+        out["student_fkl"] = q.fkl_rollouts / sc.fkl_batch
+    if "opd" in (s.bridge or ""):
+        out["student_opd"] = q.opd_rollouts / sc.prompts_per_step
+    if s.stage3 or s.direct:
+        out["student_grpo" if s.stage3 else "direct_grpo"] = q.student_labels * q.student_epochs / sc.prompts_per_step
+    return out
+
+
+def too_small(ctx: Context, s: Structure, q: Quantities) -> str | None:
+    """The first training stage below a useful size, or None."""
+    for sid, steps in stage_steps(ctx, s, q).items():
+        if steps < ctx.min_steps - 1e-6:
+            return sid
+    return None
 
 
 def evaluate(ctx: Context, s: Structure, q: Quantities) -> Allocation:
@@ -211,16 +255,17 @@ def box(ctx: Context, s: Structure) -> Box:
     groups = (pins.group_size,) if pins.group_size else GROUPS
     if sc.tiny and not pins.group_size:
         groups = (4,)
-    lo_pass = min(MIN_STEPS * max(sc.prompts_per_step, sc.fkl_batch) / ctx.pool, MAX_PASSES)
+    lo_pass = min(ctx.min_steps * max(sc.prompts_per_step, sc.fkl_batch) / ctx.pool, MAX_PASSES)
     frac = (1.0, 1.0)
     if s.teacher_rl and s.stage3 and not ctx.reuse:
-        frac = (0.2, 0.95)
+        least = ctx.min_steps * sc.prompts_per_step / (MAX_EPOCHS * max(ctx.labels, 1))  # share a useful stage needs
+        frac = (max(0.2, least), min(0.95, 1 - least))
     if pins.teacher_labels is not None and s.teacher_rl:
         f = pins.teacher_labels / max(ctx.labels, 1)
         frac = (f, f)
 
     def epochs(labels_hint: float, pinned: str) -> tuple[float, float]:
-        lo = min(MIN_STEPS * sc.prompts_per_step / max(labels_hint, 1), MAX_EPOCHS)
+        lo = min(ctx.min_steps * sc.prompts_per_step / max(labels_hint, 1), MAX_EPOCHS)
         if pinned in pins.steps:
             e = pins.steps[pinned] * sc.prompts_per_step / max(labels_hint, 1)
             return (e, e)

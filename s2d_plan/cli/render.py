@@ -30,25 +30,66 @@ def _short(name: str) -> str:
     return name if name.startswith("@") else name.split("/")[-1]
 
 
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.0%}"
+
+
+def _candidates(rec: Recommendation) -> list[tuple[Any, str]]:
+    r = rec.result
+    out = [(r.best, "recommended")] + [(a, "alternative") for a in r.alternatives]
+    if r.baseline and r.baseline is not r.best:
+        out.append((r.baseline, "baseline"))
+    return out
+
+
 def alternatives(rec: Recommendation) -> tuple[list[str], list[tuple]]:
     """The recommendation and every alternative as rows (what --table/--csv print)."""
-    r = rec.result
-    rows = [(a.structure.label, role, round(a.prediction.value, 4), round(a.prediction.low, 4),
-             round(a.prediction.high, 4), round(a.gpu_hours, 4))
-            for a, role in [(r.best, "recommended")] + [(a, "alternative") for a in r.alternatives]
-            + ([(r.baseline, "baseline")] if r.baseline else [])]
-    return ["structure", "role", "predicted", "low", "high", "gpu_hours"], rows
+    rows = []
+    for a, role in _candidates(rec):
+        p = a.prediction
+        rows.append((a.structure.label, role, round(p.value, 4), round(p.low, 4), round(p.high, 4),
+                     None if p.mean is None else round(p.mean, 4), None if p.p_best is None else round(p.p_best, 3),
+                     None if p.p_beats_direct is None else round(p.p_beats_direct, 3), round(a.gpu_hours, 4)))
+    return ["structure", "role", "predicted", "low", "high", "mean", "p_best", "p_beats_direct", "gpu_hours"], rows
 
 
 def recommendation(rec: Recommendation) -> str:
     """What `s2d-plan recommend` prints: the pipeline, its prediction, alternatives, why."""
     ctx, r, graph = rec.ctx, rec.result, rec.graph
     p = graph.predicted
+    beats = "" if p.p_beats_direct is None else f"P(beats direct GRPO) {_pct(p.p_beats_direct)}, "
     lines = [f"plan {ctx.spec.name}: maximize {p.eval} on {ctx.gpus} x {ctx.gpu.name}, "
              f"{hours(ctx.budget)} GPU-hours, {ctx.labels:,} labels",
              "", f"Recommended: {r.best.structure.label}",
-             f"  predicted {p.eval} {p.value:.1%}  (band {p.low:.1%} - {p.high:.1%}; student today {ctx.rates.mean:.1%})"
-             f"  ·  {hours(graph.estimated.gpu_hours)} of {hours(ctx.budget)} GPU-hours", ""]
+             f"  predicted {p.eval} {p.value:.1%}  (80% interval {p.low:.1%} - {p.high:.1%}; student today "
+             f"{ctx.rates.mean:.1%})  ·  {hours(graph.estimated.gpu_hours)} of {hours(ctx.budget)} GPU-hours",
+             f"  {beats}P(best of the candidates) {_pct(p.p_best)}", ""]
+    lines += _stage_table(graph)
+    lines += ["", f"Candidates (predicted {p.eval}: median [80% interval], P(best), P(beats direct GRPO), GPU-hours):"]
+    shown = _candidates(rec)[:8]
+    if r.baseline and all(a is not r.baseline for a, _ in shown):
+        shown.append((r.baseline, "baseline"))
+    width = max([len(a.structure.label) for a, _ in shown] + [10])
+    for a, role in shown:
+        ap = a.prediction
+        tag = {"recommended": " <- recommended", "baseline": " (the usual practice)"}.get(role, "")
+        lines.append(f"  {a.structure.label.ljust(width)}  {ap.value:6.1%} [{ap.low:.1%} - {ap.high:.1%}]  "
+                     f"{_pct(ap.p_best):>4}  {_pct(ap.p_beats_direct):>4}  {hours(a.gpu_hours):>6}{tag}")
+    if not r.baseline:
+        lines.append("  direct GRPO on the student: impossible here (no labels, the pins, or it does not fit)")
+    by_reason: dict[str, list[str]] = {}
+    for label, why in r.infeasible.items():
+        by_reason.setdefault(why, []).append(label)
+    for why, labels in by_reason.items():
+        more = f" and {len(labels) - 1} more like it" if len(labels) > 1 else ""
+        lines.append(f"  cannot run: {labels[0]}{more} ({why})")
+    lines += _sensitivity_lines(rec)
+    lines += ["", "Why:"] + [f"  - {line}" for line in rationale(ctx, r)]
+    note = describe(rec.calibration)
+    return "\n".join(lines + (["", note] if note else []))
+
+
+def _stage_table(graph: Any) -> list[str]:
     header = ("stage", "model", "labels", "steps", "GPU-h", "mem/GPU", "strategy")
     rows = [header]
     for st in graph.stages:
@@ -59,28 +100,27 @@ def recommendation(rec: Recommendation) -> str:
                      hours(st.estimated.gpu_hours), gigabytes(st.estimated.peak_mem_gb_per_gpu),
                      st.estimated.strategy or ""))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
+    return ["  " + "  ".join(str(c).ljust(w) if i < 2 or i == 6 else str(c).rjust(w)
+                             for i, (c, w) in enumerate(zip(row, widths))).rstrip() for row in rows]
+
+
+def _sensitivity_lines(rec: Recommendation) -> list[str]:
+    rows = rec.result.sensitivity
+    if not rows:
+        return []
+    out = ["", "Sensitivity (each constant moved alone across its range; margin = pick minus the next candidate, "
+               "points):"]
     for row in rows:
-        lines.append("  " + "  ".join(str(c).ljust(w) if i < 2 or i == 6 else str(c).rjust(w)
-                                      for i, (c, w) in enumerate(zip(row, widths))).rstrip())
-    lines += ["", f"Alternatives (predicted {p.eval}, band, GPU-hours):"]
-    alts = [(a.structure.label, a) for a in r.alternatives[:6]]
-    if r.baseline:
-        alts.append(("direct GRPO on the student (baseline)", r.baseline))
-    width = max([len(label) for label, _ in alts] + [10])
-    for label, a in alts:
-        ap = a.prediction
-        lines.append(f"  {label.ljust(width)}  {ap.value:6.1%}  [{ap.low:.1%} - {ap.high:.1%}]  {hours(a.gpu_hours):>6}")
-    if not r.baseline:
-        lines.append("  direct GRPO on the student (baseline): impossible (no labels or it does not fit)")
-    by_reason: dict[str, list[str]] = {}
-    for label, why in r.infeasible.items():
-        by_reason.setdefault(why, []).append(label)
-    for why, labels in by_reason.items():
-        more = f" and {len(labels) - 1} more like it" if len(labels) > 1 else ""
-        lines.append(f"  cannot run: {labels[0]}{more} ({why})")
-    lines += ["", "Why:"] + [f"  - {line}" for line in rationale(ctx, r)]
-    note = describe(rec.calibration)
-    return "\n".join(lines + (["", note] if note else []))
+        lo, hi = row["range"]
+        kind = "assumed, prior range" if row["assumed"] else \
+            ("data-backed, posterior 80%" if row["data_backed"] else "published range")
+        m0, m1 = row["margin_points"]
+        flip = (f"; the pick flips to {row['flips']['to']} at {row['flips']['at']:.3g}" if row["flips"] else "")
+        out.append(f"  {row['constant']} ({kind} {lo:.3g}-{hi:.3g}): margin {m0:+.1f} to {m1:+.1f}{flip}")
+    if any(row["flips"] and row["assumed"] for row in rows):
+        out.append("  The pick rests on an assumed constant the evidence has not narrowed: a pilot or a run in the "
+                   "history that measures it would settle the choice.")
+    return out
 
 
 def pareto_plot(rec: Recommendation, path: Path) -> None:
@@ -180,12 +220,14 @@ def calibration_report(report: dict[str, Any]) -> str:
     lines.append(f"  {'structure'.ljust(width)}  measured  before   after")
     for r in report["table"]:
         lines.append(f"  {r['structure'].ljust(width)}  {r['measured']:7.1%}  {r['before']:6.1%}  {r['after']:6.1%}")
-    lines.append(f"prediction error (RMSE, points): before {fit['rmse_before'] * 100:.2f}, "
-                 f"after {fit['rmse_after'] * 100:.2f}")
+    lines.append(f"prediction error on these runs (RMSE, points, posterior mode): paper evidence alone "
+                 f"{fit['rmse_before'] * 100:.2f}, with these runs {fit['rmse_after'] * 100:.2f}")
+    lines.append(f"model error beyond seed noise (sigma_model): {fit['sigma_model'] * 100:.2f} points")
     if fit["fitted"]:
-        lines.append("fitted: " + ", ".join(f"{n}={report['outcome'][n]:.4g}" for n in fit["fitted"]))
+        lines.append("narrowed by the evidence (posterior 80% range): " + ", ".join(
+            f"{n} {lo:.3g}-{hi:.3g}" for n, (lo, hi) in fit["ranges"].items()))
     else:
-        lines.append("no outcome constant changed (none identifiable, or no fit beat the constants in use)")
+        lines.append("no constant narrowed to under half its prior spread: the runs say little about them")
     if fit["costs"]:
         c = fit["costs"]
         lines.append(f"costs: measured/estimated time over {c['stages']} stage(s) = {c['factor']:.3g} "

@@ -1,4 +1,4 @@
-"""`s2d-plan calibrate`: refit the outcome model (and the cost model's speed) to finished runs.
+"""`s2d-plan calibrate`: the history's finished runs become evidence for the outcome posterior.
 
 Every graph the planner compiles records the exact inputs of its prediction in
 ``meta["outcome_inputs"]`` (student size and solve rates, teacher, and the ``Pipeline``
@@ -6,21 +6,16 @@ quantities: labels, epochs, rollouts, replay); the benchmark's hand-built graphs
 the same. A finished run pairs those inputs with what its final eval measured
 (``eval/<objective>/avg@k`` of the graph's last eval stage, read from ``metrics_latest``
 through the stage's cache key, so a CACHED eval counts once, for the run that computed
-it). The fit is bounded least squares (scipy) on the prediction error in accuracy points:
-
-- only constants that move the observed runs' predictions are freed (each moved alone to
-  its bounds, and the GRPO efficiency constants also together; the most influential first, at most one fewer than the distinct runs, at
-  most ``MAX_FREE``), the rest keep their values;
-- a weak pull toward the current values (``PRIOR``, in log-ratio units) keeps constants
-  that the data barely identify where they were instead of letting them wander;
-- amounts (rollouts and labels at which effects saturate) are fitted on a log scale.
+it). Each becomes a datum with its own noise (seed spread plus the eval's binomial noise
+from its number of problems) and is stored in ``<home>/calibration.json``
+(``"evidence"``); ``recommend`` then conditions the posterior on the paper's numbers and
+these (``s2d_plan.predict.posterior``; cached by the evidence's hash). Nothing is fitted
+to zero error: the report shows the error of the prior-only posterior (the paper alone)
+and of the updated one, on these runs.
 
 Costs: the measured GPU-hours of every stage that ran (not CACHED) over its estimate give
 one time factor, applied to every speed constant of the cost model at once (so every
 estimate scales by it); the per-kind ratios are stored beside it for inspection.
-
-The fit goes to ``<home>/calibration.json`` (keys ``"outcome"`` and ``"costs"``, read by
-``s2d_plan.predict.calibration``; ``"fit"`` says how it was made).
 
     >>> calibrate("/nonexistent")
     Traceback (most recent call last):
@@ -29,71 +24,28 @@ The fit goes to ``<home>/calibration.json`` (keys ``"outcome"`` and ``"costs"``,
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from s2d_plan.errors import S2DError
 from s2d_plan.predict.calibration import load_calibration, write_calibration
-from s2d_plan.predict.outcome import OutcomeConstants, Pipeline, SolveRates, predict
 from s2d_plan.plan.registry import ModelInfo
+from s2d_plan.predict.outcome import OutcomeConstants, Pipeline, SolveRates, predict
+from s2d_plan.predict.posterior import (Datum, datum_to_json, eval_sd, inputs_from_meta, outcome_inputs,
+                                        paper_evidence, posterior_for)
+
+__all__ = ["calibrate", "fit_costs", "observations", "outcome_inputs", "rmse"]
 
 MIN_RUNS = 3  # distinct finished runs (with outcome inputs and a measured eval) needed to fit anything
-MAX_FREE = 8
-PRIOR = 0.02  # weight of the pull toward current values, per unit of log-ratio (in accuracy units)
-# constant -> (lower, upper, log scale): what calibrate may move, and within which bounds
-FITTABLE: dict[str, tuple[float, float, bool]] = {
-    "eta_rl": (1e-3, 1.0, True),
-    "eta_size_exp": (0.0, 1.0, False),
-    "l_rl": (1.0, 1e6, True),
-    "delta_unshaped": (0.0, 0.6, False),
-    "l_shape": (1.0, 1e6, True),
-    "rho_ref": (0.02, 0.95, False),
-    "tau_bridge": (10.0, 1e7, True),
-    "f_max": (0.01, 1.0, False),
-    "o_max": (0.01, 1.0, False),
-    "k_c": (0.0, 0.7, False),
-    "replay_value": (0.0, 1.0, False),
-    "r_boost": (0.0, 10.0, False),
-}
-# Constants that are flat one at a time but not together, probed jointly at these values:
-# GRPO's efficiency shrinks with size from a 1.7B reference, so on a tiny model eta_rl,
-# its size exponent and l_rl each alone move nothing.
-GROUPS = ({"eta_rl": 1.0, "eta_size_exp": 0.0, "l_rl": 1.0},)
 _COST_SPEED_UP = ("mfu_train", "gen_bandwidth_eff", "gen_compute_eff", "load_gbs")  # divide by the factor
 _COST_SLOW_DOWN = ("decode_step_s", "stage_startup_s")  # multiply by it
 
 
 # ---------------------------------------------------------------- what a graph predicted from
-
-
-def outcome_inputs(student: ModelInfo, rates: SolveRates, p: Pipeline) -> dict[str, Any]:
-    """The inputs of one ``predict`` call as JSON (a graph's ``meta["outcome_inputs"]``)."""
-    pipe = {f.name: getattr(p, f.name) for f in dataclasses.fields(Pipeline)
-            if f.name not in ("teacher", "teacher_rates")}
-    out: dict[str, Any] = {"student": _model(student), "rates": _rates(rates), "pipeline": pipe,
-                           "teacher": _model(p.teacher) if p.teacher else None,
-                           "teacher_rates": _rates(p.teacher_rates) if p.teacher_rates else None}
-    return out
-
-
-def _model(m: ModelInfo) -> dict[str, Any]:
-    return m.model_dump(mode="json", exclude={"accuracy"})
-
-
-def _rates(r: SolveRates) -> dict[str, Any]:
-    return {"mean": r.mean, "kappa": r.kappa, "source": r.source, "estimated": r.estimated}
-
-
-def inputs_from_meta(d: dict[str, Any]) -> tuple[ModelInfo, SolveRates, Pipeline]:
-    teacher = ModelInfo(**d["teacher"]) if d.get("teacher") else None
-    trates = SolveRates(**d["teacher_rates"]) if d.get("teacher_rates") else None
-    return ModelInfo(**d["student"]), SolveRates(**d["rates"]), Pipeline(teacher=teacher, teacher_rates=trates,
-                                                                          **d["pipeline"])
 
 
 @dataclass(frozen=True)
@@ -106,6 +58,7 @@ class Observation:
     student: ModelInfo
     rates: SolveRates
     pipeline: Pipeline
+    problems: int | None = None  # eval problems behind ``measured`` (its binomial noise)
 
     def predicted(self, k: OutcomeConstants) -> float:
         return predict(self.student, self.rates, self.pipeline, k).value
@@ -157,7 +110,9 @@ def _observation(run_id: str, text: str | None, measured: dict[str, list[tuple[s
         k = (st.get("params") or {}).get("k")
         for metric, key_, value in measured.get(st.get("id"), []):
             if metric.startswith(f"eval/{objective}/avg@") and (k is None or metric.endswith(f"@{k}")):
-                found = (key_, value, metric)
+                sizes = [e.get("size") for e in (st.get("data") or {}).get("eval") or []
+                         if isinstance(e, dict) and e.get("name") == objective]
+                found = (key_, value, metric, sizes[0] if sizes and isinstance(sizes[0], int) else None)
     if not objective or found is None:
         return f"no eval/{objective}/avg@k measured"
     if found[0] in seen:
@@ -165,73 +120,20 @@ def _observation(run_id: str, text: str | None, measured: dict[str, list[tuple[s
     seen.add(found[0])
     student, rates, pipe = inputs_from_meta(meta["outcome_inputs"])
     return Observation(run_id, json.dumps(meta["outcome_inputs"], sort_keys=True),
-                       str(meta.get("structure") or graph.get("plan")), found[2], found[1], student, rates, pipe)
+                       str(meta.get("structure") or graph.get("plan")), found[2], found[1], student, rates, pipe,
+                       found[3])
 
 
-# ---------------------------------------------------------------- the fit
-
-
-def _to_x(name: str, value: float) -> float:
-    lo, hi, log = FITTABLE[name]
-    v = min(max(value, lo), hi)
-    return math.log(v) if log else v
-
-
-def _from_x(name: str, x: float) -> float:
-    return math.exp(x) if FITTABLE[name][2] else x
-
-
-def _bounds(name: str) -> tuple[float, float]:
-    lo, hi, log = FITTABLE[name]
-    return (math.log(lo), math.log(hi)) if log else (lo, hi)
+# ---------------------------------------------------------------- the update
 
 
 def rmse(obs: list[Observation], k: OutcomeConstants) -> float:
     return math.sqrt(sum((o.predicted(k) - o.measured) ** 2 for o in obs) / max(len(obs), 1))
 
 
-def sensitive_constants(obs: list[Observation], k: OutcomeConstants) -> list[tuple[str, float]]:
-    """(name, reach), most influential first: reach is the RMS change of the runs' predictions
-    when the constant alone moves to either bound. A global probe, not a gradient: at the
-    shipped constants GRPO gains on a model far below the reference size are ~0 and flat in
-    every GRPO constant, yet a joint move can open them up."""
-    base = [o.predicted(k) for o in obs]
-
-    def moved_by(**values: float) -> float:
-        moved = replace(k, **values)
-        return math.sqrt(sum((o.predicted(moved) - b) ** 2 for o, b in zip(obs, base)) / len(obs))
-
-    reach = {name: max(moved_by(**{name: bound}) for bound in FITTABLE[name][:2]) for name in FITTABLE}
-    for group in GROUPS:
-        joint = moved_by(**group)
-        for name in group:
-            reach[name] = max(reach[name], joint)
-    return sorted(((n, r) for n, r in reach.items() if r > 1e-3), key=lambda t: -t[1])
-
-
-def fit_outcome(obs: list[Observation], start: OutcomeConstants) -> tuple[OutcomeConstants, list[str]]:
-    """Bounded least squares of the freed constants; returns (constants, names freed)."""
-    from scipy.optimize import least_squares
-
-    distinct = len({o.key for o in obs})
-    names = [n for n, _ in sensitive_constants(obs, start)][:max(0, min(MAX_FREE, distinct - 1))]
-    if not names:
-        return start, []
-    x0 = [_to_x(n, getattr(start, n)) for n in names]
-    lo, hi = zip(*[_bounds(n) for n in names])
-    scale = [1.0 if FITTABLE[n][2] else max(abs(v), 0.05) for n, v in zip(names, x0)]
-
-    def constants(x) -> OutcomeConstants:
-        return replace(start, **{n: _from_x(n, float(v)) for n, v in zip(names, x)})
-
-    def residuals(x):
-        k = constants(x)
-        fit = [o.predicted(k) - o.measured for o in obs]
-        pull = [PRIOR * (v - v0) / s for v, v0, s in zip(x, x0, scale)]
-        return fit + pull
-
-    res = least_squares(residuals, x0, bounds=(lo, hi), method="trf", x_scale="jac", max_nfev=400)
-    return constants(res.x), names
+def as_data(obs: list[Observation]) -> list[Datum]:
+    return [Datum(f"run {o.run_id}: {o.label}", o.student, o.rates, o.pipeline, o.measured,
+                  eval_sd(o.measured, o.problems), f"history ({o.metric})") for o in obs]
 
 
 def fit_costs(home: Path) -> dict[str, Any] | None:
@@ -260,16 +162,15 @@ def calibrate(home: str | Path | None = None, min_runs: int = MIN_RUNS) -> dict[
                        + (f" (skipped {why})" if why else "")
                        + ". Execute graphs compiled by `s2d-plan recommend` (or benchmarks/tinyworld.py) first.")
     in_force = load_calibration(home)
-    current = in_force.outcome
-    fitted, names = fit_outcome(obs, current)
-    before, after = rmse(obs, current), rmse(obs, fitted)
-    if after > before:  # never store a fit worse than what is in use
-        fitted, names, after = current, [], before
-    table = [{"run_id": o.run_id, "structure": o.label, "measured": o.measured, "before": o.predicted(current),
+    prior_only = posterior_for(paper_evidence(), home, in_force.pins).mode
+    data = as_data(obs)
+    updated = posterior_for(paper_evidence() + data, home, in_force.pins)
+    fitted = updated.mode
+    before, after = rmse(obs, prior_only), rmse(obs, fitted)
+    table = [{"run_id": o.run_id, "structure": o.label, "measured": o.measured, "before": o.predicted(prior_only),
               "after": o.predicted(fitted)} for o in obs]
     old = in_force.raw or {}
-    outcome = dict(old.get("outcome", {}))
-    outcome.update({n: getattr(fitted, n) for n in names})
+    names = [n for n in updated.names if updated.narrowed(n) < 0.5]
     cost_fit = fit_costs(home)
     cost_out = dict(old.get("costs", {}))
     if cost_fit:
@@ -281,6 +182,10 @@ def calibrate(home: str | Path | None = None, min_runs: int = MIN_RUNS) -> dict[
            "metrics": sorted({o.metric for o in obs}), "fitted": names,
            "rmse_before": before, "rmse_after": after, "skipped": skipped,
            "costs": cost_fit}
-    doc = {"outcome": outcome, "costs": cost_out, "fit": fit}
+    fit["sigma_model"] = updated.sigma_model
+    fit["ranges"] = {n: list(updated.interval(n)) for n in names}
+    fit["posterior"] = updated.info.get("key")
+    doc = {"outcome": dict(old.get("outcome", {})), "evidence": [datum_to_json(d) for d in data],
+           "costs": cost_out, "fit": fit}
     path = write_calibration(home, doc)
     return {**doc, "table": table, "path": str(path)}

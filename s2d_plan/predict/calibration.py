@@ -1,9 +1,13 @@
 """The calibration file, ``<home>/calibration.json``: its one reader and its one writer.
 
-``s2d-plan calibrate`` writes it (keys ``"outcome"`` and ``"costs"``, constants by their
-lower-case names, and ``"fit"``: how the fit was made); ``recommend`` reads it through
-``load_calibration``. A missing or unreadable file means the shipped constants; an
-unknown name or a non-number is ignored, never an error in the middle of a plan.
+``s2d-plan calibrate`` writes it: ``"evidence"`` (the finished runs of the history as
+data for the outcome posterior: each run's prediction inputs, its measured accuracy and
+the noise of that measurement), ``"costs"`` (cost constants by their lower-case names)
+and ``"fit"`` (how it was made). ``"outcome"`` holds outcome constants a user pins by
+hand: they leave the posterior and keep that value. ``recommend`` reads it through
+``load_calibration``. A missing or unreadable file means the shipped constants and the
+paper's evidence alone; an unknown name, a non-number or a malformed datum is ignored,
+never an error in the middle of a plan.
 
     >>> cal = load_calibration("/nonexistent")
     >>> cal.costs.mfu_train, cal.fit is None
@@ -19,6 +23,7 @@ from typing import Any
 
 from s2d_plan.predict.costs import DEFAULT_CONSTANTS, CostConstants
 from s2d_plan.predict.outcome import DEFAULT_OUTCOME, OutcomeConstants
+from s2d_plan.predict.posterior import Datum, datum_from_json
 
 FILENAME = "calibration.json"
 
@@ -30,6 +35,23 @@ class Calibration:
     fit: dict[str, Any] | None = None  # how the stored constants were fitted
     raw: dict[str, Any] | None = None  # the document as read (None: no file)
     path: Path | None = None
+
+    @property
+    def pins(self) -> dict[str, float]:
+        """Outcome constants the file fixes (they leave the posterior)."""
+        return {n: getattr(self.outcome, n) for n in (self.raw or {}).get("outcome") or {}
+                if n in {f.name for f in fields(OutcomeConstants)}}
+
+    @property
+    def evidence(self) -> list[Datum]:
+        """The history's runs that ``calibrate`` stored, as data for the posterior."""
+        out = []
+        for raw in (self.raw or {}).get("evidence") or []:
+            try:
+                out.append(datum_from_json(raw))
+            except (KeyError, TypeError, ValueError):
+                continue
+        return out
 
 
 def _override(base: Any, raw: Any) -> Any:
@@ -71,13 +93,13 @@ def describe(cal: Calibration) -> str | None:
     """One line for ``recommend`` when a calibration is in use, else None."""
     if not cal.raw:
         return None
-    keys = sorted(cal.raw.get("outcome") or {}) + sorted(cal.raw.get("costs") or {})
+    keys = sorted(cal.raw.get("outcome") or {}) + sorted(cal.raw.get("costs") or {}) + \
+        (["evidence"] if cal.raw.get("evidence") else [])
     if not keys:
         return None
     fit = cal.fit or {}
     if fit.get("runs"):
-        return (f"Calibrated from {fit['runs']} run(s) in the history ({cal.path}, {fit.get('time', '?')}): "
-                f"outcome error {fit['rmse_before'] * 100:.1f} -> {fit['rmse_after'] * 100:.1f} points RMSE; "
-                f"fitted {', '.join(fit.get('fitted') or ['no outcome constant'])}"
+        return (f"Posterior updated by {fit['runs']} run(s) of the history ({cal.path}, {fit.get('time', '?')}): "
+                f"outcome error {fit['rmse_before'] * 100:.1f} -> {fit['rmse_after'] * 100:.1f} points RMSE"
                 + (f"; cost time factor {fit['costs']['factor']:.3g}" if fit.get("costs") else "") + ".")
     return f"Constants overridden by {cal.path}: {', '.join(keys)}."
