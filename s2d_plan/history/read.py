@@ -175,6 +175,10 @@ def query(sql: str, home: str | Path | None = None, params: Sequence[Any] | None
             message = str(exc)
             if "read-only" in message:
                 raise HistoryError(f"the history is read-only here; nothing was changed ({message})") from None
+            if isinstance(exc, duckdb.IOException):  # a block that cannot be read
+                home = resolve_home(home)
+                hit = next((p for p in (snapshot_path(home), db_path(home)) if str(p) in message), db_path(home))
+                raise _files.damaged(hit, exc) from None
             raise HistoryError(message) from None
 
 
