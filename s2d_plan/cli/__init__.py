@@ -176,7 +176,7 @@ def history(
 
         cols, rows = query(sql, home)
         written = export_query(render_rows(cols, rows, "json" if json_out else "csv"), out, home)
-        typer.echo(f"{len(rows)} rows written to {written}", err=True)
+        typer.echo(f"{len(rows)} row{'' if len(rows) == 1 else 's'} written to {written}", err=True)
         return
     _rows(*query(sql, home), table, csv, json_out, default="table" if sys.stdout.isatty() else "csv")
 

@@ -207,3 +207,23 @@ def remove_temp_files(home: Path) -> list[Path]:
         except OSError as exc:
             print(f"warning: could not remove {p}: {exc}", file=sys.stderr)
     return removed
+
+
+def open_writable(path: Path, timeout_s: float, connect) -> duckdb.DuckDBPyConnection:
+    """The writer's connection (``connect(path)``), waiting up to ``timeout_s`` for the
+    lock and saying who holds it; a file DuckDB cannot read is ``damaged``."""
+    deadline = time.monotonic() + timeout_s
+    warned = False
+    while True:
+        try:
+            return connect(path)
+        except duckdb.Error as exc:
+            if not is_lock_error(exc):
+                raise damaged(path, exc) from None
+            holder = lock_holder(exc)
+            if time.monotonic() > deadline:
+                raise HistoryError(f"the history {path} is held by {holder}; waited {timeout_s:g} s") from None
+            if not warned:  # a reader's brief open, or another executor: say which we wait for
+                print(f"waiting for the history lock, held by {holder}", file=sys.stderr, flush=True)
+                warned = True
+            time.sleep(0.2)

@@ -175,6 +175,9 @@ def query(sql: str, home: str | Path | None = None, params: Sequence[Any] | None
             message = str(exc)
             if "read-only" in message:
                 raise HistoryError(f"the history is read-only here; nothing was changed ({message})") from None
+            if isinstance(exc, duckdb.PermissionException):  # the locked connection said no
+                raise HistoryError("the history reads only its own tables: files, the network and extensions "
+                                   f"are off ({message.splitlines()[0]})") from None
             if isinstance(exc, duckdb.IOException):  # a block that cannot be read
                 home = resolve_home(home)
                 hit = next((p for p in (snapshot_path(home), db_path(home)) if str(p) in message), db_path(home))

@@ -40,7 +40,7 @@ from typing import Any, Sequence
 import duckdb
 
 from s2d_plan.history import files as _files, snapshots as _snapshots
-from s2d_plan.history.files import CLEAN_MARKER, is_lock_error as _is_lock_error
+from s2d_plan.history.files import CLEAN_MARKER
 from s2d_plan.history.migrations import LATEST, migrate
 from s2d_plan.errors import HistoryError
 from s2d_plan.paths import db_path
@@ -127,7 +127,7 @@ class HistoryWriter:
             raise HistoryError(f"cannot create the home directory {home}: {exc.strerror}") from None
         # lines for the executor to show: what was restored or cleaned at start-up
         self.notes: list[str] = [n for n in [_files.restore_from_snapshot(home, _snapshots.INFO_TABLE)] if n]
-        self.con = _open_writable(self.path, lock_timeout_s)
+        self.con = _files.open_writable(self.path, lock_timeout_s, connect)
         try:
             version = migrate(self.con)
             self.con.execute("SELECT count(*) FROM runs JOIN stages USING (run_id)").fetchall()  # reads its blocks
@@ -440,20 +440,3 @@ class HistoryWriter:
         if published:
             _files.mark_clean(self.home)
 
-
-def _open_writable(path: Path, timeout_s: float) -> duckdb.DuckDBPyConnection:
-    deadline = time.monotonic() + timeout_s
-    warned = False
-    while True:
-        try:
-            return connect(path)
-        except duckdb.Error as exc:
-            if not _is_lock_error(exc):
-                raise _files.damaged(path, exc) from None
-            holder = _files.lock_holder(exc)
-            if time.monotonic() > deadline:
-                raise HistoryError(f"the history {path} is held by {holder}; waited {timeout_s:g} s") from None
-            if not warned:  # a reader's brief open, or another executor: say which we wait for
-                print(f"waiting for the history lock, held by {holder}", file=sys.stderr, flush=True)
-                warned = True
-            time.sleep(0.2)
