@@ -66,11 +66,11 @@ def running_attempts(home: Path, since: float) -> int:
     return sum(1 for p in runs.glob("*/*.metrics.jsonl") if p.stat().st_mtime >= since)
 
 
-def chaos_cycle(graph: Path, home: Path, rng: random.Random, max_delay: float) -> tuple[bool, str]:
-    """One execute, one signal at a random time; (landed mid-run, what stderr said last)."""
+def chaos_cycle(graph: Path, home: Path, rng: random.Random, delays: tuple[float, float]) -> tuple[bool, str, bool]:
+    """One execute, one signal at a random time; (landed mid-run, the signal, a traceback?)."""
     began = time.time()
     proc = start(graph, home)
-    time.sleep(rng.uniform(0.3, max_delay))
+    time.sleep(rng.uniform(*delays))
     sig = rng.choice(SIGNALS)
     mid = proc.poll() is None and running_attempts(home, began) > 0
     if proc.poll() is None:
@@ -83,7 +83,7 @@ def chaos_cycle(graph: Path, home: Path, rng: random.Random, max_delay: float) -
         err += "\n(hung after the signal: killed)"
     if "Traceback" in err:
         print(f"traceback after {sig.name}:\n{err}", file=sys.stderr)
-    return mid, (err.strip().splitlines() or [""])[-1]
+    return mid, sig.name, "Traceback" in err
 
 
 def metric_lines(path: Path) -> int:
@@ -127,6 +127,7 @@ def main() -> None:
     ap.add_argument("--stages", type=int, default=4, help="parallel stages per graph")
     ap.add_argument("--steps", type=int, default=150, help="steps per parallel stage (0.02 s each)")
     ap.add_argument("--per-graph", type=int, default=3, help="kill cycles before the graph changes")
+    ap.add_argument("--min-delay", type=float, default=1.0, help="earliest kill, seconds after start")
     ap.add_argument("--max-delay", type=float, default=4.0, help="latest kill, seconds after start")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--home", type=Path, default=None, help="default: a new temporary directory")
@@ -135,13 +136,13 @@ def main() -> None:
     home = args.home or Path(tempfile.mkdtemp(prefix="s2d-chaos-"))
     graphs_dir = Path(tempfile.mkdtemp(prefix="s2d-chaos-graphs-"))
     started = time.monotonic()
-    mid_run, graphs = 0, []
+    mid_run, tracebacks, graphs, sent = 0, 0, [], {s.name: 0 for s in SIGNALS}
     for cycle in range(args.cycles):
         generation = cycle // args.per_graph
         if generation == len(graphs):
             graphs.append(write_graph(graphs_dir, generation, args.stages, args.steps))
-        mid, _ = chaos_cycle(graphs[generation], home, rng, args.max_delay)
-        mid_run += mid
+        mid, sig, traceback = chaos_cycle(graphs[generation], home, rng, (args.min_delay, args.max_delay))
+        mid_run, tracebacks, sent[sig] = mid_run + mid, tracebacks + traceback, sent[sig] + 1
     unfinished = 0
     for graph in graphs:  # then completion: every graph once more, undisturbed
         proc = start(graph, home)
@@ -149,7 +150,8 @@ def main() -> None:
         if proc.returncode != 0:
             unfinished += 1
             print(f"{graph.name}: exit {proc.returncode}: {err.strip().splitlines()[-1:]}", file=sys.stderr)
-    figures = {"cycles": args.cycles, "kills that landed mid-run": mid_run, "graphs": len(graphs),
+    figures = {"cycles": args.cycles, "signals sent": ", ".join(f"{k} {v}" for k, v in sent.items()),
+               "kills that landed mid-run": mid_run, "tracebacks": tracebacks, "graphs": len(graphs),
                "graphs not completed": unfinished, **tally(home)}
     width = max(len(k) for k in figures)
     for key, value in figures.items():

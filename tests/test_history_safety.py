@@ -59,6 +59,8 @@ def attacks(home: Path, victim: Path) -> list[str]:
         f"ATTACH '{victim.parent / 'other.duckdb'}' AS other",
         f"SELECT 1; COPY (SELECT 1) TO '{victim}'",
         "DELETE FROM metrics", "DROP TABLE runs", "CHECKPOINT; DELETE FROM runs",
+        f"PRAGMA profiling_output='{victim}'", "PRAGMA enable_profiling='json'", "CALL enable_logging()",
+        "PRAGMA enable_checkpoint_on_shutdown",
     ]
 
 
@@ -71,7 +73,7 @@ def test_every_attack_is_refused_and_changes_nothing(two_runs, cli, tmp_path):
         proc = cli("history", sql)
         assert proc.returncode == 2, (sql, proc.stdout)
         assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr, (sql, proc.stderr)
-        assert "read-only" in proc.stderr, (sql, proc.stderr)
+        assert "read-only" in proc.stderr or "reads only its own tables" in proc.stderr, (sql, proc.stderr)
         assert counts(home) == before and sizes(home) == before_sizes, sql
     assert not victim.exists() and not (tmp_path / "exported").exists() and not (tmp_path / "other.duckdb").exists()
     # and the next execute still works on the intact file

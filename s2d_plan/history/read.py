@@ -175,6 +175,9 @@ def query(sql: str, home: str | Path | None = None, params: Sequence[Any] | None
             message = str(exc)
             if "read-only" in message:
                 raise HistoryError(f"the history is read-only here; nothing was changed ({message})") from None
+            if "configuration has been locked" in message:
+                raise HistoryError("the history is read-only: its settings are locked; nothing was changed "
+                                   f"({message.splitlines()[0]})") from None
             if isinstance(exc, duckdb.PermissionException):  # the locked connection said no
                 raise HistoryError("the history reads only its own tables: files, the network and extensions "
                                    f"are off ({message.splitlines()[0]})") from None
