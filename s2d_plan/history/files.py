@@ -167,7 +167,12 @@ def restore_from_snapshot(home: Path, info_table: str) -> str | None:
             con.execute("CHECKPOINT")
         finally:
             con.close()
-        os.replace(tmp, path)
+        try:  # create-if-absent: a second executor restoring at once must not replace the first's
+            os.link(tmp, path)
+        except FileExistsError:
+            remove_with_wal(tmp)
+            return None
+        remove_with_wal(tmp)
     except (duckdb.Error, OSError) as exc:
         remove_with_wal(tmp)
         raise HistoryError(f"the history {path} is missing and its snapshot {snap} cannot be read "
