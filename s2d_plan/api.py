@@ -28,7 +28,10 @@ from s2d_plan.allocate.explain import graph_meta
 from s2d_plan.compiler import compile_graph, compile_probe_graph
 from s2d_plan.errors import GraphError, HistoryError
 from s2d_plan.graph import StageGraph, load_graph, parse_graph
-from s2d_plan.history.read import query
+from s2d_plan.history.doctor import CheckReport, check_metrics
+from s2d_plan.history.files import leftover_temp_files
+from s2d_plan.history.read import query, write_export
+from s2d_plan.history.store import HistoryWriter
 from s2d_plan.paths import resolve_home
 from s2d_plan.plan.spec import PlanSpec, load_plan
 from s2d_plan.predict.calibrate import calibrate
@@ -37,8 +40,10 @@ from s2d_plan.predict.evidence import load_rates
 from s2d_plan.predict.posterior import paper_evidence, posterior_for
 from s2d_plan.rules import RuleProblem, rule_problems
 from s2d_plan.run.executor import RunResult, execute_graph
+from s2d_plan.run.recovery import recover_stale
 
-__all__ = ["Recommendation", "calibrate", "execute", "graph_for_plan", "probe", "query", "recommend", "validate"]
+__all__ = ["Recommendation", "calibrate", "check_history", "execute", "export_query", "graph_for_plan", "probe",
+           "query", "recommend", "validate"]
 
 
 @dataclass(frozen=True)
@@ -160,3 +165,38 @@ def _embedded_plan(graph: StageGraph) -> PlanSpec | None:
         return None
     spec._base_dir = Path(embedded.get("base_dir") or ".")
     return spec
+
+
+def export_query(text: str, out: str | Path, home: str | Path | None = None) -> Path:
+    """Write rendered query rows to ``out`` atomically (``history --out``); never over
+    the history's own files."""
+    return write_export(out, text, home)
+
+
+def check_history(home: str | Path | None = None, repair: bool = True) -> CheckReport:
+    """Verify the history's invariants and repair what can be repaired without loss:
+    a deleted main file restored from its snapshot, leftover temporary files removed,
+    stages left RUNNING by a dead executor closed (their metrics ingested), and every
+    ended attempt's metric rows equal to the lines of its metrics file.
+
+        report = check_history(".s2d")
+        print("\\n".join(report.lines))
+    """
+    home = resolve_home(home)
+    report = CheckReport()
+    if not (home / "history.duckdb").exists() and not (home / "history.snapshot.duckdb").exists():
+        raise HistoryError(f"no history at {home / 'history.duckdb'} (nothing to check)")
+    db = HistoryWriter(home, lock_timeout_s=5.0)  # restores, cleans temp files, or names who holds it
+    try:
+        recovered = recover_stale(db, home, "history --check")
+        report.lines += recovered
+        report.problems += len(recovered)
+        check_metrics(db, report, repair)
+    finally:
+        db.close()
+    left = leftover_temp_files(home)
+    if left:
+        report.unrepaired += len(left)
+        report.lines.append("problem: temporary files left: " + ", ".join(p.name for p in left))
+    report.lines.append("history OK" if report.ok else f"{report.unrepaired} problem(s) not repaired")
+    return report

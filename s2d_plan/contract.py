@@ -50,10 +50,27 @@ EVIDENCE_FILE = "evidence.jsonl"  # a probe stage's per-prompt solve counts
 PLUGINS_ENV = "S2D_STAGE_PLUGINS"
 REF = "@"
 MAX_STAGE_ID = 64
+# Realistic upper bounds, checked when a graph is read (before anything runs), so that a
+# typo or a hostile file fails with a message instead of deep inside a runner or the
+# history (whose INTEGER columns hold 2**31 - 1).
+MAX_STEPS = 10_000_000
+MAX_ROWS = 10_000_000_000  # examples in a data source
+MAX_TOKENS = 1 << 20  # generation or sequence length
+MAX_SAMPLES = 4096  # samples per prompt, group size, k
+MAX_BATCH = 1 << 16
+MAX_SEED = 2**32 - 1  # what numpy and torch accept
+MAX_GPUS = 4096
+MAX_GPU_HOURS = 1e9
+MAX_TEXT = 4096  # a model name, path or source
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN/inf are refused in every float field (a JSON 1e400 reads as inf)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+Name = Annotated[str, Field(max_length=256)]  # a field name, split, format
+StageId = Annotated[str, Field(min_length=1, max_length=MAX_STAGE_ID)]
 
 
 # ---------------------------------------------------------------- references
@@ -75,7 +92,7 @@ def _model_or_ref(value: str) -> str:
 
 
 # a model (registry name, hub id, local path) or dataset path, or a @stage reference
-ModelOrRef = Annotated[str, Field(min_length=1, max_length=4096), AfterValidator(_model_or_ref)]
+ModelOrRef = Annotated[str, Field(min_length=1, max_length=MAX_TEXT), AfterValidator(_model_or_ref)]
 
 
 # ---------------------------------------------------------------- data slices
@@ -84,42 +101,42 @@ ModelOrRef = Annotated[str, Field(min_length=1, max_length=4096), AfterValidator
 class LabeledSlice(_Frozen):
     """Which labeled (verifiable) examples a stage reads: rows [offset, offset + count)."""
 
-    source: str
-    problem_field: str = "problem"
-    answer_field: str = "answer"
-    offset: int = Field(default=0, ge=0)
-    count: int | None = Field(default=None, ge=0)  # None: to the end of the source
-    split: str | None = None
-    format: str | None = None  # jsonl | json | parquet | csv | arrow (default: by suffix)
+    source: str = Field(max_length=MAX_TEXT)
+    problem_field: Name = "problem"
+    answer_field: Name = "answer"
+    offset: int = Field(default=0, ge=0, le=MAX_ROWS)
+    count: int | None = Field(default=None, ge=0, le=MAX_ROWS)  # None: to the end of the source
+    split: Name | None = None
+    format: Name | None = None  # jsonl | json | parquet | csv | arrow (default: by suffix)
     spend: bool = True  # False: read to measure (probe), not trained on; not a spent label
 
 
 class PromptSlice(_Frozen):
     """Unlabeled prompts (answers, if any, never read)."""
 
-    source: str
-    prompt_field: str = "problem"
-    offset: int = Field(default=0, ge=0)
-    count: int | None = Field(default=None, ge=0)
-    split: str | None = None
-    format: str | None = None
+    source: str = Field(max_length=MAX_TEXT)
+    prompt_field: Name = "problem"
+    offset: int = Field(default=0, ge=0, le=MAX_ROWS)
+    count: int | None = Field(default=None, ge=0, le=MAX_ROWS)
+    split: Name | None = None
+    format: Name | None = None
 
 
 class EvalSlice(_Frozen):
-    name: str = Field(min_length=1)
-    source: str
-    problem_field: str = "problem"
-    answer_field: str = "answer"
-    size: int | None = Field(default=None, gt=0)  # the first `size` rows
-    split: str | None = None
-    format: str | None = None
+    name: str = Field(min_length=1, max_length=256)
+    source: str = Field(max_length=MAX_TEXT)
+    problem_field: Name = "problem"
+    answer_field: Name = "answer"
+    size: int | None = Field(default=None, gt=0, le=MAX_ROWS)  # the first `size` rows
+    split: Name | None = None
+    format: Name | None = None
 
 
 class StageData(_Frozen):
     labeled: LabeledSlice | None = None
     prompts: PromptSlice | None = None
     rollouts: ModelOrRef | None = None  # teacher rollouts: @stage (a rollout stage) or a JSONL path
-    eval: tuple[EvalSlice, ...] | None = None
+    eval: tuple[EvalSlice, ...] | None = Field(default=None, max_length=256)
 
     def labels_spent(self) -> int:
         """Labeled examples this stage consumes (a probe's read-only slice: none)."""
@@ -133,63 +150,63 @@ class StageData(_Frozen):
 class Params(_Frozen):
     """Base of every kind's parameters."""
 
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
 
 
 class ProbeParams(Params):
-    samples_per_prompt: int = Field(default=8, ge=1)
-    num_prompts: int = Field(default=64, ge=1)
-    max_new_tokens: int = Field(default=512, ge=1)
-    temperature: float = Field(default=1.0, ge=0)
-    batch_size: int = Field(default=64, ge=1)
+    samples_per_prompt: int = Field(default=8, ge=1, le=MAX_SAMPLES)
+    num_prompts: int = Field(default=64, ge=1, le=MAX_ROWS)
+    max_new_tokens: int = Field(default=512, ge=1, le=MAX_TOKENS)
+    temperature: float = Field(default=1.0, ge=0, le=100)
+    batch_size: int = Field(default=64, ge=1, le=MAX_BATCH)
 
 
 class RolloutParams(Params):
-    samples_per_prompt: int = Field(default=4, ge=1)
-    max_new_tokens: int = Field(default=512, ge=1)
-    temperature: float = Field(default=1.0, ge=0)
-    batch_size: int = Field(default=64, ge=1)
+    samples_per_prompt: int = Field(default=4, ge=1, le=MAX_SAMPLES)
+    max_new_tokens: int = Field(default=512, ge=1, le=MAX_TOKENS)
+    temperature: float = Field(default=1.0, ge=0, le=100)
+    batch_size: int = Field(default=64, ge=1, le=MAX_BATCH)
 
 
 class EvalParams(Params):
-    k: int = Field(default=4, ge=1)  # samples per problem (avg@k, pass@k)
-    max_new_tokens: int = Field(default=512, ge=1)
-    temperature: float = Field(default=0.6, ge=0)
+    k: int = Field(default=4, ge=1, le=MAX_SAMPLES)  # samples per problem (avg@k, pass@k)
+    max_new_tokens: int = Field(default=512, ge=1, le=MAX_TOKENS)
+    temperature: float = Field(default=0.6, ge=0, le=100)
     greedy: bool = True  # also score one greedy completion per problem
-    batch_size: int = Field(default=64, ge=1)
+    batch_size: int = Field(default=64, ge=1, le=MAX_BATCH)
 
 
 class _TrainParams(Params):
-    steps: int | None = Field(default=100, ge=1)
-    learning_rate: float = Field(default=1e-6, gt=0)
-    save_steps: int | None = Field(default=None, ge=1)  # checkpoint every N steps (default: steps // 4)
+    steps: int | None = Field(default=100, ge=1, le=MAX_STEPS)
+    learning_rate: float = Field(default=1e-6, gt=0, le=1)
+    save_steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)  # checkpoint every N steps (default: steps // 4)
 
 
 class GrpoParams(_TrainParams):
-    num_generations: int = Field(default=8, ge=2)  # G, samples per prompt
-    prompts_per_step: int = Field(default=16, ge=1)
-    beta: float = Field(default=0.0, ge=0)  # KL to the reference (0: no reference model)
+    num_generations: int = Field(default=8, ge=2, le=MAX_SAMPLES)  # G, samples per prompt
+    prompts_per_step: int = Field(default=16, ge=1, le=MAX_BATCH)
+    beta: float = Field(default=0.0, ge=0, le=1000)  # KL to the reference (0: no reference model)
     loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = "dapo"
-    max_completion_length: int = Field(default=512, ge=1)
-    temperature: float = Field(default=1.0, gt=0)
+    max_completion_length: int = Field(default=512, ge=1, le=MAX_TOKENS)
+    temperature: float = Field(default=1.0, gt=0, le=100)
     lora: bool = False  # LoRA adapters, merged into the saved checkpoint
-    per_device_batch_size: int | None = Field(default=None, ge=1)
+    per_device_batch_size: int | None = Field(default=None, ge=1, le=MAX_BATCH)
 
 
 class FklParams(_TrainParams):
     mode: Literal["sequence", "token"] = "sequence"  # SFT on teacher text, or token-level forward KL
-    steps: int | None = Field(default=None, ge=1)  # None: `epochs` over the rollouts
-    epochs: float = Field(default=1, gt=0)
-    learning_rate: float = Field(default=1e-5, gt=0)
-    max_length: int = Field(default=1024, ge=8)
-    batch_size: int = Field(default=8, ge=1)
+    steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)  # None: `epochs` over the rollouts
+    epochs: float = Field(default=1, gt=0, le=10_000)
+    learning_rate: float = Field(default=1e-5, gt=0, le=1)
+    max_length: int = Field(default=1024, ge=8, le=MAX_TOKENS)
+    batch_size: int = Field(default=8, ge=1, le=MAX_BATCH)
 
 
 class OpdParams(_TrainParams):
     beta: float = Field(default=1.0, ge=0, le=1)  # 1: reverse KL(student || teacher) per token
-    max_completion_length: int = Field(default=512, ge=1)
-    temperature: float = Field(default=1.0, gt=0)
-    prompts_per_step: int = Field(default=16, ge=1)
+    max_completion_length: int = Field(default=512, ge=1, le=MAX_TOKENS)
+    temperature: float = Field(default=1.0, gt=0, le=100)
+    prompts_per_step: int = Field(default=16, ge=1, le=MAX_BATCH)
 
 
 # ---------------------------------------------------------------- kinds
@@ -249,21 +266,21 @@ def kind_of(name: str) -> Kind:
 
 
 class Resources(_Frozen):
-    gpus: int = Field(default=1, ge=0, le=4096)
+    gpus: int = Field(default=1, ge=0, le=MAX_GPUS)
 
 
 class StageEstimate(_Frozen):
-    gpu_hours: float = Field(default=0.0, ge=0)
-    peak_mem_gb_per_gpu: float = Field(default=0.0, ge=0)
-    strategy: str | None = None  # the cost model's choice: single, fsdp, lora, tp<k> ...
+    gpu_hours: float = Field(default=0.0, ge=0, le=MAX_GPU_HOURS)
+    peak_mem_gb_per_gpu: float = Field(default=0.0, ge=0, le=1e6)
+    strategy: Name | None = None  # the cost model's choice: single, fsdp, lora, tp<k> ...
 
 
 class Stage(_Frozen):
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=MAX_STAGE_ID)
-    kind: str
+    kind: str = Field(max_length=64)
     policy: ModelOrRef  # a model (registry name, hub id, local path) or @stage_id
     teacher: ModelOrRef | None = None  # distillation kinds
-    needs: tuple[str, ...] = ()
+    needs: tuple[StageId, ...] = Field(default=(), max_length=10_000)
     data: StageData = StageData()
     params: SerializeAsAny[Params] = Params()
     resources: Resources = Resources()
@@ -276,9 +293,9 @@ class Stage(_Frozen):
         ``kind``, dispatched through ``KINDS`` so that a test can register a fake)."""
         if not isinstance(raw, dict) or isinstance(raw.get("params"), Params):
             return raw
-        kind = kind_of(raw.get("kind")) if isinstance(raw.get("kind"), str) else None
+        kind = kind_of(raw.get("kind")) if isinstance(raw.get("kind"), str) and len(raw["kind"]) <= 64 else None
         if kind is None:
-            raise ValueError("kind: a stage needs a kind")
+            raise ValueError("kind: a stage needs a kind (a name of at most 64 characters)")
         given = raw.get("params") if raw.get("params") is not None else {}
         if not isinstance(given, dict):
             raise ValueError(f"params: expected a mapping, got {type(given).__name__}")
@@ -307,8 +324,16 @@ def _param_problem(kind: Kind, err: dict[str, Any]) -> str:
         hint = difflib.get_close_matches(name, known, n=1)
         return (f"{where}: unknown {kind.name} parameter"
                 + (f" (did you mean {hint[0]!r}?)" if hint else "") + f"; known: {', '.join(known)}")
-    return f"{where}: {err['msg']}" + (f" (got {err['input']!r})" if "input" in err and
+    return f"{where}: {err['msg']}" + (f" (got {shown_value(err['input'])})" if "input" in err and
                                         isinstance(err["input"], (str, int, float, bool)) else "")
+
+
+def shown_value(value: Any, limit: int = 60) -> str:
+    """A value for an error message, cut short (a 10**400 or a 10,000-character id)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**limit:
+        return f"an integer of {len(str(abs(value))) if abs(value) < 10**4000 else 'over 4000'} digits"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + f"… ({len(text)} characters)"
 
 
 # ---------------------------------------------------------------- the spec file and outputs
@@ -322,8 +347,8 @@ class StageSpec(_Frozen):
     (the same path on every attempt, so a resumable runner continues there) and calls
     ``finalize``; metrics are JSON lines appended to ``metrics_path``."""
 
-    run_id: str
-    attempt: int = Field(ge=1)
+    run_id: str = Field(max_length=128)
+    attempt: int = Field(ge=1, le=2**31 - 1)
     stage: Stage
     inputs: dict[str, str] = Field(default_factory=dict)
     output_dir: Path

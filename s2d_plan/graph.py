@@ -22,15 +22,18 @@ from typing import Any, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from s2d_plan.contract import Stage, validation_problems
+from s2d_plan.contract import MAX_GPU_HOURS, Stage, shown_value, validation_problems
 from s2d_plan.errors import GraphError
 
 GRAPH_VERSION = 1
 MAX_STAGES = 2000
+MAX_DEPTH = 32  # JSON nesting (a compiled graph reaches about 8)
+MAX_TRIALS = 100_000
+_INT32 = 2**31 - 1
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Sensitive(_Frozen):
@@ -45,10 +48,10 @@ class Band(_Frozen):
     """The prediction of the recommended pipeline: ``value`` is the predictive median,
     ``low``/``high`` the 80% interval of what one run would measure."""
 
-    eval: str  # the objective eval set the value refers to
-    value: float  # predicted accuracy in [0, 1]
-    low: float
-    high: float
+    eval: str = Field(max_length=256)  # the objective eval set the value refers to
+    value: float = Field(ge=-1, le=2)  # predicted accuracy in [0, 1]
+    low: float = Field(ge=-1, le=2)
+    high: float = Field(ge=-1, le=2)
     mean: float | None = None  # predictive mean (what the choice maximizes)
     p_best: float | None = None  # probability it measures highest of the candidates
     p_beats_direct: float | None = None  # probability it measures above direct GRPO on the student
@@ -56,13 +59,13 @@ class Band(_Frozen):
 
 
 class GraphEstimate(_Frozen):
-    gpu_hours: float = Field(default=0.0, ge=0)
+    gpu_hours: float = Field(default=0.0, ge=0, le=MAX_GPU_HOURS)
 
 
 class StageGraph(_Frozen):
-    version: int = GRAPH_VERSION
-    plan: str
-    plan_hash: str = ""
+    version: int = Field(default=GRAPH_VERSION, ge=1, le=GRAPH_VERSION)
+    plan: str = Field(max_length=256)
+    plan_hash: str = Field(default="", max_length=128)
     predicted: Band | None = None
     estimated: GraphEstimate = GraphEstimate()
     stages: tuple[Stage, ...] = Field(max_length=MAX_STAGES)
@@ -71,7 +74,7 @@ class StageGraph(_Frozen):
 
     @model_validator(mode="after")
     def _check_structure(self) -> "StageGraph":
-        problems = structure_problems(self)
+        problems = structure_problems(self) + trial_problems(self.meta.get("trials"))
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -141,6 +144,46 @@ def structure_problems(graph: StageGraph) -> list[str]:
     return problems
 
 
+def trial_problems(trials: Any) -> list[str]:
+    """What the history could not store of ``meta.trials`` (the allocator's search, kept
+    in the graph): a number outside INTEGER, a value that is not a finite number."""
+    if trials is None:
+        return []
+    if not isinstance(trials, list) or len(trials) > MAX_TRIALS:
+        return [f"meta.trials: expected a list of at most {MAX_TRIALS} trials"]
+    for i, t in enumerate(trials):
+        if not isinstance(t, dict):
+            return [f"meta.trials[{i}]: expected a mapping, got {type(t).__name__}"]
+        number = t.get("number")
+        if number is not None and (not isinstance(number, int) or isinstance(number, bool) or not 0 <= number <= _INT32):
+            return [f"meta.trials[{i}].number: expected a trial number in [0, {_INT32}], got {shown_value(number)}"]
+        for key in ("value", "gpu_hours"):
+            v = t.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not _below(v, 1e12)):
+                return [f"meta.trials[{i}].{key}: expected a finite number below 1e12, got {shown_value(v)}"]
+    return []
+
+
+def _below(v: int | float, bound: float) -> bool:
+    try:
+        return abs(float(v)) < bound  # False for NaN
+    except OverflowError:  # an int beyond any float
+        return False
+
+
+def nesting_problem(raw: Any, limit: int = MAX_DEPTH) -> str | None:
+    """Whether ``raw`` (parsed JSON) nests deeper than ``limit``; iterative, so a
+    hostile file cannot exhaust the stack here."""
+    todo = [(raw, 1)]
+    while todo:
+        value, depth = todo.pop()
+        if isinstance(value, (dict, list)):
+            if depth > limit:
+                return f"nested more than {limit} levels deep"
+            todo.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
+    return None
+
+
 def _find_cycle(edges: dict[str, list[str]]) -> list[str] | None:
     """One cycle of ``edges`` (node -> nodes it needs), or None. Iterative: a chain of
     thousands of stages must not hit Python's recursion limit."""
@@ -172,8 +215,10 @@ def load_graph(path: str | Path) -> StageGraph:
         raw = json.loads(path.read_text())
     except FileNotFoundError:
         raise GraphError(f"{path}: no such file") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise GraphError(f"{path}: not a JSON stage graph ({exc})") from None
+    except RecursionError:
+        raise GraphError(f"{path}: not a stage graph: nested more than {MAX_DEPTH} levels deep") from None
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, or an integer of 5000 digits
+        raise GraphError(f"{path}: not a JSON stage graph ({str(exc)[:200]})") from None
     return parse_graph(raw, source=str(path))
 
 
@@ -182,6 +227,9 @@ def parse_graph(raw: Any, source: str = "graph") -> StageGraph:
     stage (by id) and the field."""
     if not isinstance(raw, dict):
         raise GraphError(f"{source}: a stage graph is a JSON object with 'stages'")
+    deep = nesting_problem(raw)
+    if deep:
+        raise GraphError(f"{source}: not a stage graph: {deep}")
     try:
         return StageGraph.model_validate(raw)
     except ValidationError as exc:
@@ -192,6 +240,7 @@ def parse_graph(raw: Any, source: str = "graph") -> StageGraph:
             if len(loc) >= 2 and loc[0] == "stages" and isinstance(loc[1], int) and loc[1] < len(stages):
                 sid = stages[loc[1]].get("id") if isinstance(stages[loc[1]], dict) else None
                 rest = ".".join(map(str, loc[2:]))
-                where = (f"stage {sid!r}" if sid else f"stages[{loc[1]}]") + (f" {rest}" if rest else "")
+                where = (f"stage {shown_value(sid)}" if isinstance(sid, str) and sid else f"stages[{loc[1]}]") \
+                    + (f" {rest}" if rest else "")
             lines.append(f"{where}: {msg}" if where else msg)
         raise GraphError(f"{source}: invalid stage graph:\n  " + "\n  ".join(lines)) from None

@@ -64,7 +64,7 @@ def test_kill9_mid_stage_then_rerun_reuses_and_resumes(write_graph, s2d_home, cl
                              FROM metrics_latest WHERE stage_id = 'train'""") == [(80, 80, 0, 39)]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_signal_stops_the_stage_records_killed_and_flushes_metrics(sig, write_graph, s2d_home, start_cli):
     graph = write_graph([sim_stage("slow", steps=400, sleep_s=0.02),
                          sim_stage("after", ("slow",), policy="@slow", steps=1)])

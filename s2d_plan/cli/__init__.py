@@ -148,17 +148,36 @@ def execute(
 @app.command()
 @friendly
 def history(
-    sql: str = typer.Argument(..., help='SQL to run against the history ("-" reads it from stdin).'),
+    sql: Optional[str] = typer.Argument(None, help='SQL to run against the history ("-" reads it from stdin).'),
     table: bool = TABLE_OPT,
     csv: bool = CSV_OPT,
     json_out: bool = JSON_OPT,
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the rows to this file (CSV, or JSON with "
+                                       "--json), atomically; never one of the history's own files."),
+    check: bool = typer.Option(False, "--check", help="Verify the history's invariants (metric rows vs "
+                               "files, offsets, stale RUNNING, temp files) and repair what can be "
+                               "repaired without loss."),
     home: Optional[Path] = HOME_OPT,
 ) -> None:
     """Query past runs with SQL (read-only): runs, stages, metrics, artifacts, evidence, trials."""
-    from s2d_plan.api import query
+    from s2d_plan.api import check_history, export_query, query
 
+    if check:
+        report = check_history(home)
+        for line in report.lines:
+            typer.echo(line)
+        raise typer.Exit(0 if report.ok else 1)
+    if sql is None:
+        raise typer.BadParameter("give SQL to run (or --check)")
     if sql == "-":
         sql = sys.stdin.read()
+    if out is not None:
+        from s2d_plan.cli.output import render_rows
+
+        cols, rows = query(sql, home)
+        written = export_query(render_rows(cols, rows, "json" if json_out else "csv"), out, home)
+        typer.echo(f"{len(rows)} row{'' if len(rows) == 1 else 's'} written to {written}", err=True)
+        return
     _rows(*query(sql, home), table, csv, json_out, default="table" if sys.stdout.isatty() else "csv")
 
 
@@ -252,7 +271,15 @@ def reward_check(
     raise typer.Exit(subprocess.call(argv + (["--json"] if json_out else [])))
 
 
+def _show_notice(message, category, filename, lineno, file=None, line=None) -> None:
+    """History notices (a stale snapshot, a missing main file) as one `warning:` line."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def main() -> None:
+    import warnings
+
+    warnings.showwarning = _show_notice
     app()
 
 

@@ -89,3 +89,12 @@ def choose_format(table: bool, csv: bool, json_out: bool, default: str = "table"
     if sum([table, csv, json_out]) > 1:
         raise S2DError("choose one of --table, --csv, --json")
     return "json" if json_out else "csv" if csv else "table" if table else default
+
+
+def render_rows(cols: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> str:
+    """The text ``print_rows`` would print, as a string (for ``history --out``)."""
+    import io
+
+    buf = io.StringIO()
+    print_rows(cols, rows, fmt, buf)
+    return buf.getvalue()

@@ -11,7 +11,10 @@ exit the snapshot equals the main file and is read instead of it.
 
 from __future__ import annotations
 
+import os
+import re
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,24 +23,43 @@ from typing import Any, Iterator, Sequence
 import duckdb
 
 from s2d_plan.errors import HistoryError
-from s2d_plan.history import snapshots as _snapshots
-from s2d_plan.history.store import CLEAN_MARKER, READ_STATEMENTS, _WRITERS, _is_lock_error, connect
+from s2d_plan.history import files as _files, snapshots as _snapshots
+from s2d_plan.history.store import _WRITERS
 from s2d_plan.paths import db_path, resolve_home, snapshot_path
+
+# Statement types `history` runs. Everything else (INSERT, COPY, EXPORT, SET, INSTALL,
+# LOAD, ATTACH, ...) is refused before it reaches DuckDB, and EXPLAIN only of a SELECT.
+# The connection is locked as well (files.LOCKED): two locks, either one enough.
+READ_STATEMENTS = frozenset({"SELECT", "PRAGMA", "CALL", "EXPLAIN"})
+_EXPLAIN = re.compile(r"^\s*EXPLAIN\s+(?:ANALY[SZ]E\s+|\([^)]*\)\s*)?(.*)$", re.IGNORECASE | re.DOTALL)
+STALE_AFTER_S = 15.0  # a snapshot this much older than the main file's last write is called stale
+
+
+class HistoryNotice(UserWarning):
+    """Something a reader of the history should know (a stale snapshot, a missing main
+    file read from its snapshot); the CLI prints it as ``warning: ...`` on stderr."""
+
+
+def _notice(message: str) -> None:
+    warnings.warn(HistoryNotice(message), stacklevel=3)
 
 
 @contextmanager
-def open_reader(home: str | Path | None = None, timeout_s: float = 10.0) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A read-only connection to the history (the main file, or the executor's snapshot
-    while a run holds the main file). Raises HistoryError when there is no history.
+def open_reader(home: str | Path | None = None, timeout_s: float = 10.0,
+                own: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-only connection to the history that can neither write, fetch nor install
+    (the main file, or the executor's snapshot while a run holds the main file). Raises
+    HistoryError when there is no history. In the executor's own process it shares the
+    writer's connection, unless ``own`` is False (user SQL never gets the writer's).
 
         with open_reader("/path/to/.s2d") as con:
             con.sql("SELECT count(*) FROM runs").fetchall()
     """
     home = resolve_home(home)
     path, snap = db_path(home), snapshot_path(home)
-    own = _WRITERS.get(path)
-    if own is not None:  # same process as the executor: share its connection
-        cursor = own.con.cursor()
+    writer = _WRITERS.get(path)
+    if writer is not None and own:  # same process as the executor: share its connection
+        cursor = writer.con.cursor()
         try:
             yield cursor
         finally:
@@ -45,37 +67,65 @@ def open_reader(home: str | Path | None = None, timeout_s: float = 10.0) -> Iter
         return
     if not path.exists() and not snap.exists():
         raise HistoryError(f"no history at {path} (run `s2d-plan execute` first, or pass --home)")
-    con = _open_readonly(path, snap, (home / CLEAN_MARKER).exists(), timeout_s)
+    con = _open_composite_now(home) if writer is not None else _open_readonly(home, timeout_s)
     try:
         yield con
     finally:
         con.close()
 
 
-def _open_readonly(path: Path, snap: Path, clean: bool, timeout_s: float) -> duckdb.DuckDBPyConnection:
-    home = path.parent
+def _open_composite_now(home: Path) -> duckdb.DuckDBPyConnection:
+    con = _snapshots.open_composite(home)
+    if con is None:
+        raise HistoryError("the history's snapshot is not published yet; retry in a moment")
+    return con
+
+
+def _open_readonly(home: Path, timeout_s: float) -> duckdb.DuckDBPyConnection:
+    path, snap = db_path(home), snapshot_path(home)
     deadline = time.monotonic() + timeout_s
-    last: Exception | None = None
     while True:
-        if clean and snap.exists():  # the snapshot is the whole history: leave the main file alone
+        if not path.exists():
+            return _read_orphan_snapshot(path, snap)
+        if _files.snapshot_is_current(home):  # the snapshot is the whole history: leave the main file alone
             try:
-                return connect(snap, read_only=True)
-            except duckdb.Error as exc:
-                last = exc
-        elif path.exists():
-            try:
-                return connect(path, read_only=True)
-            except duckdb.Error as exc:
-                if not _is_lock_error(exc):
-                    raise HistoryError(f"cannot read the history {path}: {exc}") from None
-                last = exc
-                con = _snapshots.open_composite(home)  # an executor holds it: read its copies
-                if con is not None:
-                    return con
+                return _files.connect_locked(snap)
+            except duckdb.Error:
+                pass  # an empty or damaged snapshot: the main file is intact, read that
+        try:
+            return _files.connect_locked(path)
+        except duckdb.Error as exc:
+            if not _files.is_lock_error(exc):
+                raise _files.damaged(path, exc) from None
+            held = exc
+        con = _snapshots.open_composite(home)  # an executor holds it: read its copies
+        if con is not None:
+            _warn_if_stale(home)
+            return con
         if time.monotonic() > deadline:
-            raise HistoryError(f"the history is busy and no snapshot is available yet: {last}")
+            raise HistoryError(f"the history is held by {_files.lock_holder(held)} and no readable "
+                               "snapshot is published yet; retry in a moment")
         time.sleep(0.1)
-        clean = (home / CLEAN_MARKER).exists()
+
+
+def _read_orphan_snapshot(path: Path, snap: Path) -> duckdb.DuckDBPyConnection:
+    try:
+        con = _files.connect_locked(snap)
+    except duckdb.Error as exc:
+        raise HistoryError(f"the history {path} is missing and its snapshot {snap} cannot be read "
+                           f"({str(exc).splitlines()[0]})") from None
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snap.stat().st_mtime))
+    _notice(f"{path} is missing; reading its snapshot (written {when}). The next `s2d-plan execute` "
+            "or `s2d-plan history --check` restores the history from it")
+    return con
+
+
+def _warn_if_stale(home: Path) -> None:
+    copies = [p.stat().st_mtime for p in (snapshot_path(home), _snapshots.live_path(home)) if p.exists()]
+    behind = _files.last_write(db_path(home)) - max(copies, default=0.0)
+    if behind > STALE_AFTER_S:
+        _notice(f"the snapshot readers see is {behind:.0f} s older than the history's last write "
+                "(the executor could not publish it: disk full?); rows may be missing")
 
 
 # -- what the allocator reads ----------------------------------------------------------
@@ -110,13 +160,12 @@ def query(sql: str, home: str | Path | None = None, params: Sequence[Any] | None
     """
     if not sql.strip():
         raise HistoryError("empty SQL")
-    with open_reader(home) as con:
+    with open_reader(home, own=False) as con:
         try:
-            kinds = [st.type.name for st in con.extract_statements(sql)]
-            refused = [k for k in kinds if k not in READ_STATEMENTS]
+            refused = refused_statement(con, sql)
             if refused:
-                raise HistoryError(f"the history is read-only: {refused[0]} statements are refused; "
-                                   "nothing was changed")
+                raise HistoryError(f"the history is read-only: {refused} statements are refused; "
+                                   "nothing was changed (export with --csv/--json or --out FILE)")
             cur = con.execute(sql, params) if params else con.execute(sql)
             if cur.description is None:
                 return [], []
@@ -126,7 +175,60 @@ def query(sql: str, home: str | Path | None = None, params: Sequence[Any] | None
             message = str(exc)
             if "read-only" in message:
                 raise HistoryError(f"the history is read-only here; nothing was changed ({message})") from None
+            if "configuration has been locked" in message:
+                raise HistoryError("the history is read-only: its settings are locked; nothing was changed "
+                                   f"({message.splitlines()[0]})") from None
+            if isinstance(exc, duckdb.PermissionException):  # the locked connection said no
+                raise HistoryError("the history reads only its own tables: files, the network and extensions "
+                                   f"are off ({message.splitlines()[0]})") from None
+            if isinstance(exc, duckdb.IOException):  # a block that cannot be read
+                home = resolve_home(home)
+                hit = next((p for p in (snapshot_path(home), db_path(home)) if str(p) in message), db_path(home))
+                raise _files.damaged(hit, exc) from None
             raise HistoryError(message) from None
+
+
+def refused_statement(con: duckdb.DuckDBPyConnection, sql: str) -> str | None:
+    """The first statement type of ``sql`` that ``history`` refuses, or None."""
+    for st in con.extract_statements(sql):
+        kind = st.type.name
+        if kind == "EXPLAIN":
+            inner = _EXPLAIN.match(st.query)
+            try:
+                kinds = [s.type.name for s in con.extract_statements(inner.group(1))] if inner else []
+            except duckdb.Error:
+                kinds = []
+            if kinds != ["SELECT"]:
+                return "EXPLAIN " + ("/".join(kinds) or "(of something other than a query)")
+        elif kind not in READ_STATEMENTS:
+            return kind
+    return None
+
+
+def write_export(target: str | Path, text: str, home: str | Path | None = None) -> Path:
+    """Write ``text`` to ``target`` atomically (a temporary file beside it, then a
+    rename); refuse any of the history's own files.
+
+        write_export("/tmp/runs.csv", "run_id\\n", "/nonexistent")
+    """
+    target = Path(target).expanduser().absolute()
+    home = resolve_home(home)
+    if target.is_dir():
+        raise HistoryError(f"--out {target} is a directory; name a file")
+    ours = [db_path(home), snapshot_path(home), _snapshots.live_path(home)]
+    ours += [p.with_name(p.name + ".wal") for p in ours]
+    resolved = target.resolve()
+    if resolved.parent == home.resolve() and resolved.name.startswith(("history", ".history")) or \
+            any(p.exists() and target.exists() and os.path.samefile(p, target) for p in ours):
+        raise HistoryError(f"--out {target} is one of the history's own files; nothing was written")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise HistoryError(f"cannot write {target}: {exc.strerror}") from None
+    return target
 
 
 # -- what `runs` and `show` read -------------------------------------------------------

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import duckdb
 
+from s2d_plan.history.files import lock_down, remove_with_wal
 from s2d_plan.paths import snapshot_path
 
 INFO_TABLE = "_s2d_snapshot"  # (base_id, run_id) inside each copy
@@ -49,14 +50,19 @@ def publish_base(con: duckdb.DuckDBPyConnection, catalog: str, home: Path) -> st
     base_id = uuid.uuid4().hex
     target = snapshot_path(home)
     tmp = _tmp_for(target)
-    tmp.unlink(missing_ok=True)
-    con.execute(f"ATTACH {_lit(tmp)} AS __base")
+    remove_with_wal(tmp)
     try:
-        con.execute(f'COPY FROM DATABASE "{catalog}" TO __base')
-        con.execute(f"CREATE TABLE __base.{INFO_TABLE} AS SELECT ? AS base_id, NULL::VARCHAR AS run_id", [base_id])
-    finally:
-        con.execute("DETACH __base")
-    os.replace(tmp, target)
+        con.execute(f"ATTACH {_lit(tmp)} AS __base")
+        try:
+            con.execute(f'COPY FROM DATABASE "{catalog}" TO __base')
+            con.execute(f"CREATE TABLE __base.{INFO_TABLE} AS SELECT ? AS base_id, NULL::VARCHAR AS run_id", [base_id])
+        finally:
+            con.execute("DETACH __base")
+        os.replace(tmp, target)
+    except BaseException:  # a full disk, a kill: leave no half copy behind
+        _quietly_detach(con, "__base")
+        remove_with_wal(tmp)
+        raise
     return base_id
 
 
@@ -64,15 +70,27 @@ def publish_live(con: duckdb.DuckDBPyConnection, home: Path, base_id: str, run_i
     """Copy the rows of ``run_id`` to the live snapshot that extends base ``base_id``."""
     target = live_path(home)
     tmp = _tmp_for(target)
-    tmp.unlink(missing_ok=True)
-    con.execute(f"ATTACH {_lit(tmp)} AS __live")
+    remove_with_wal(tmp)
     try:
-        for table in RUN_TABLES:
-            con.execute(f"CREATE TABLE __live.{table} AS SELECT * FROM {table} WHERE run_id = ?", [run_id])
-        con.execute(f"CREATE TABLE __live.{INFO_TABLE} AS SELECT ? AS base_id, ? AS run_id", [base_id, run_id])
-    finally:
-        con.execute("DETACH __live")
-    os.replace(tmp, target)
+        con.execute(f"ATTACH {_lit(tmp)} AS __live")
+        try:
+            for table in RUN_TABLES:
+                con.execute(f"CREATE TABLE __live.{table} AS SELECT * FROM {table} WHERE run_id = ?", [run_id])
+            con.execute(f"CREATE TABLE __live.{INFO_TABLE} AS SELECT ? AS base_id, ? AS run_id", [base_id, run_id])
+        finally:
+            con.execute("DETACH __live")
+        os.replace(tmp, target)
+    except BaseException:
+        _quietly_detach(con, "__live")
+        remove_with_wal(tmp)
+        raise
+
+
+def _quietly_detach(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    try:
+        con.execute(f"DETACH DATABASE IF EXISTS {name}")
+    except duckdb.Error:
+        pass
 
 
 def drop_live(home: Path) -> None:
@@ -81,17 +99,25 @@ def drop_live(home: Path) -> None:
 
 def open_composite(home: Path) -> duckdb.DuckDBPyConnection | None:
     """An in-memory connection showing base + live as the history's tables and views,
-    or None when there is no base snapshot yet."""
+    locked like every reader once they are attached (``files.lock_down``), or None when
+    there is no readable base snapshot."""
     base = snapshot_path(home)
     if not base.exists():
         return None
     con = duckdb.connect(":memory:")
-    con.execute("SET enable_progress_bar = false")
     try:
         con.execute(f"ATTACH {_lit(base)} AS base (READ_ONLY)")
-    except (duckdb.IOException, duckdb.InvalidInputException):
+    except duckdb.Error:
         con.close()
-        return None  # replaced between the check and the open: the caller retries
+        return None  # replaced between the check and the open (the caller retries), or damaged
+    try:
+        return lock_down(_define_views(con, home))
+    except duckdb.Error:  # an empty or damaged copy
+        con.close()
+        return None
+
+
+def _define_views(con: duckdb.DuckDBPyConnection, home: Path) -> duckdb.DuckDBPyConnection:
     base_id = _info(con, "base")
     live = live_path(home)
     has_live = False
@@ -111,6 +137,8 @@ def open_composite(home: Path) -> duckdb.DuckDBPyConnection | None:
         con.execute(f"CREATE TEMP VIEW {table} AS SELECT * FROM base.main.{table}{union}")
     for (sql,) in con.execute("SELECT sql FROM duckdb_views() WHERE database_name = 'base' AND NOT internal").fetchall():
         con.execute(sql.replace("CREATE VIEW", "CREATE TEMP VIEW", 1))
+    if not tables:
+        raise duckdb.InvalidInputException("the snapshot holds no tables")
     return con
 
 

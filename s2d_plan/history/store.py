@@ -15,8 +15,13 @@ couple of seconds and at each stage boundary only the current run's rows
 main file read-only when no executor holds it, else base + live, so results are at
 most a few seconds stale and a query never takes a lock the run needs. After a clean
 exit the snapshot equals the main file and readers use it, so a query cannot delay the
-next ``execute`` either. ``history`` runs queries only: INSERT, DELETE, DROP, ATTACH
-and the like are refused before they reach DuckDB.
+next ``execute`` either. ``history`` runs queries only, on a connection that cannot
+write, fetch or install anything (``s2d_plan.history.read``).
+
+A write that fails (a full disk, an I/O error) makes the writer *broken*: it raises
+``HistoryWriteError`` once, takes no further writes, and never marks the snapshot clean.
+Metric lines and the offset saying how far into their file they reach commit together,
+so whatever did not commit is still on disk for the next run to ingest.
 
 The writer's verbs (``start_run``, ``add_stages``, ``start_stage``, ``finish_stage`` ...)
 are the only SQL the executor causes; the read side is ``s2d_plan.history.read``.
@@ -34,29 +39,42 @@ from typing import Any, Sequence
 
 import duckdb
 
-from s2d_plan.history import snapshots as _snapshots
+from s2d_plan.history import files as _files, snapshots as _snapshots
+from s2d_plan.history.files import CLEAN_MARKER
 from s2d_plan.history.migrations import LATEST, migrate
 from s2d_plan.errors import HistoryError
 from s2d_plan.paths import db_path
 
-CLEAN_MARKER = "history.clean"  # present while the snapshot equals the main file
+__all__ = ["CLEAN_MARKER", "HistoryWriteError", "HistoryWriter", "connect", "utcnow"]
 SNAPSHOT_EVERY_S = 2.0  # publish at most this often (more rarely when a copy is slow)
 
 # Writers open in this process, by database path: a reader in the same process (the
 # allocator calling load_evidence during `execute PLAN.yaml`) must reuse the writer's
 # connection, because DuckDB refuses a second open of a file with another configuration.
 _WRITERS: dict[Path, "HistoryWriter"] = {}
-# What `history` runs; anything else (INSERT, DELETE, DROP, ATTACH ...) is refused.
-READ_STATEMENTS = frozenset({"SELECT", "EXPLAIN", "PRAGMA", "CALL", "SET", "VARIABLE_SET", "COPY"})
 
 
-_INSERT_METRICS = """
-INSERT INTO metrics
-SELECT $1, $2, $3, m.step, m.key, CASE WHEN isfinite(m.value) THEN m.value END,
-       coalesce(make_timestamp(CAST(m.time * 1000000 AS BIGINT)), now()::TIMESTAMP), $4
+class HistoryWriteError(HistoryError):
+    """The history could not take a write (disk full, I/O error); nothing half-written
+    was committed. ``disk_full`` says which; ``path`` is the history file."""
+
+    def __init__(self, path: Path, cause: BaseException):
+        self.path, self.cause = path, cause
+        self.disk_full = _files.is_disk_full(cause)
+        first = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+        what = "disk full" if self.disk_full else "history write failed"
+        super().__init__(f"{what} at {path}: {first}")
+
+
+# The metric lines among the raw lines in _metric_lines: what is inserted, and counted.
+_METRIC_ROWS = """
 FROM (SELECT from_json(line, '{"step": "BIGINT", "key": "VARCHAR", "value": "DOUBLE", "time": "DOUBLE"}') AS m
       FROM _metric_lines WHERE json_valid(line))
 WHERE m.key IS NOT NULL AND m.step IS NOT NULL"""
+_INSERT_METRICS = """
+INSERT INTO metrics
+SELECT $1, $2, $3, m.step, m.key, CASE WHEN isfinite(m.value) THEN m.value END,
+       coalesce(make_timestamp(CAST(m.time * 1000000 AS BIGINT)), now()::TIMESTAMP), $4""" + _METRIC_ROWS
 
 
 ARTIFACT_COLUMNS = ("run_id", "stage_id", "name", "uri", "sha256", "bytes", "attempt", "cache_key", "time")
@@ -72,15 +90,20 @@ def utcnow() -> dt.datetime:
 
 
 def connect(path: Path | str, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    """duckdb.connect without the progress bar (it would draw over the live display)."""
-    con = duckdb.connect(str(path), read_only=read_only)
+    """The writer's connection (no progress bar: it would draw over the live display), or
+    with ``read_only`` a locked reader (``files.connect_locked``)."""
+    if read_only:
+        return _files.connect_locked(path)
+    con = duckdb.connect(str(path))
     con.execute("SET enable_progress_bar = false")
     return con
 
 
-def _is_lock_error(exc: Exception) -> bool:
-    text = str(exc).lower()
-    return "lock" in text and ("conflicting" in text or "could not set" in text)
+def _is_write_failure(exc: BaseException) -> bool:
+    """An error of the storage (disk full, I/O, a database DuckDB invalidated after one),
+    as opposed to a wrong statement."""
+    return isinstance(exc, (duckdb.IOException, duckdb.FatalException, OSError)) or \
+        _files.is_disk_full(exc) or "invalidated" in str(exc).lower()
 
 
 class HistoryWriter:
@@ -98,17 +121,32 @@ class HistoryWriter:
     def __init__(self, home: Path, lock_timeout_s: float = 30.0):
         self.home = home
         self.path = db_path(home)
-        home.mkdir(parents=True, exist_ok=True)
-        self.con = _open_writable(self.path, lock_timeout_s)
-        version = migrate(self.con)
+        try:
+            home.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise HistoryError(f"cannot create the home directory {home}: {exc.strerror}") from None
+        # lines for the executor to show: what was restored or cleaned at start-up
+        self.notes: list[str] = [n for n in [_files.restore_from_snapshot(home, _snapshots.INFO_TABLE)] if n]
+        self.con = _files.open_writable(self.path, lock_timeout_s, connect)
+        try:
+            version = migrate(self.con)
+            self.con.execute("SELECT count(*) FROM runs JOIN stages USING (run_id)").fetchall()  # reads its blocks
+            self.con.execute("CREATE TEMP TABLE _metric_lines (line VARCHAR)")
+            self._appender = self.con.appender("_metric_lines")
+            self._catalog = self.con.execute("SELECT current_database()").fetchall()[0][0]
+        except duckdb.Error as exc:
+            self.con.close()
+            raise _files.damaged(self.path, exc) from None
         if version > LATEST:
             self.con.close()
             raise HistoryError(f"{self.path} has schema version {version}, newer than this s2d-plan "
                                f"knows ({LATEST}); upgrade s2d-plan")
-        self.con.execute("CREATE TEMP TABLE _metric_lines (line VARCHAR)")
-        self._appender = self.con.appender("_metric_lines")
-        self._catalog = self.con.execute("SELECT current_database()").fetchall()[0][0]
-        (home / CLEAN_MARKER).unlink(missing_ok=True)
+        _files.mark_dirty(home)
+        removed = _files.remove_temp_files(home)  # we hold the lock: their writers are dead
+        if removed:
+            self.notes.append(f"history: removed {len(removed)} temporary file(s) a killed executor left "
+                              f"({', '.join(p.name for p in removed[:3])})")
+        self.broken: HistoryWriteError | None = None
         self._dirty = True
         self._last_snapshot = 0.0
         self._snapshot_cost = 0.0
@@ -118,8 +156,24 @@ class HistoryWriter:
         _WRITERS[self.path] = self
 
     # -- writes ----------------------------------------------------------------------
+    def _failed(self, exc: BaseException) -> BaseException:
+        """What to raise for ``exc``: a storage failure breaks the writer for good."""
+        if not _is_write_failure(exc):
+            return exc
+        if self.broken is None:
+            self.broken = HistoryWriteError(self.path, exc)
+        return self.broken
+
+    def _check(self) -> None:
+        if self.broken is not None:
+            raise self.broken
+
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
-        self.con.execute(sql, params or [])
+        self._check()
+        try:
+            self.con.execute(sql, params or [])
+        except Exception as exc:
+            raise self._failed(exc) from None
         self._dirty = True
 
     def insert(self, table: str, row: dict[str, Any]) -> None:
@@ -144,9 +198,13 @@ class HistoryWriter:
 
         Lines go through the appender into a temporary table as text and are parsed by
         DuckDB in one INSERT ... SELECT; lines that are not metrics (artifacts, a torn
-        write, foreign output) are skipped, and NaN/inf values are stored as NULL."""
-        self.con.execute("BEGIN")
+        write, foreign output) are skipped, and NaN/inf values are stored as NULL.
+
+        On any failure nothing is committed (neither rows nor offset) and the caller keeps
+        its lines: it must not drop them before this returns."""
+        self._check()
         try:
+            self.con.execute("BEGIN")
             if lines:
                 self._appender.append_rows([(line,) for line in lines])
                 self._appender.flush()
@@ -156,22 +214,70 @@ class HistoryWriter:
                 self.con.execute("UPDATE stages SET metrics_offset = ? WHERE run_id = ? AND stage_id = ?",
                                  [offset, run_id, stage_id])
             self.con.execute("COMMIT")
-        except Exception:
-            self.con.execute("ROLLBACK")
-            self._appender.clear()
-            raise
+        except Exception as exc:
+            self._undo()
+            raise self._failed(exc) from None
         self._dirty = True
+
+    def reingest_attempt(self, run_id: str, stage_id: str, attempt: int, cache_key: str,
+                         lines: list[str], offset: int) -> None:
+        """Replace one attempt's metric rows by its whole metrics file, in one transaction
+        (``history --check``'s repair: the file is the source of every row)."""
+        self._check()
+        try:
+            self.con.execute("BEGIN")
+            self.con.execute("DELETE FROM metrics WHERE run_id = ? AND stage_id = ? AND attempt = ?",
+                             [run_id, stage_id, attempt])
+            self._appender.append_rows([(line,) for line in lines])
+            self._appender.flush()
+            self.con.execute(_INSERT_METRICS, [run_id, stage_id, attempt, cache_key])
+            self.con.execute("DELETE FROM _metric_lines")
+            self.con.execute("UPDATE stages SET metrics_offset = ? WHERE run_id = ? AND stage_id = ?",
+                             [offset, run_id, stage_id])
+            self.con.execute("COMMIT")
+        except Exception as exc:
+            self._undo()
+            raise self._failed(exc) from None
+        self._dirty = True
+
+    def count_metric_lines(self, lines: list[str]) -> int:
+        """How many of ``lines`` are metrics (what ``append_metrics`` would insert)."""
+        self._check()
+        try:
+            self._appender.append_rows([(line,) for line in lines])
+            self._appender.flush()
+            return self.con.execute("SELECT count(*)" + _METRIC_ROWS).fetchall()[0][0]
+        finally:
+            self._undo()
+
+    def _undo(self) -> None:
+        """Roll back after a failed append. A failed COMMIT has already ended the
+        transaction ("no transaction is active"): that must not hide the real error."""
+        for undo in (lambda: self.con.execute("ROLLBACK"), self._appender.clear,
+                     lambda: self.con.execute("DELETE FROM _metric_lines")):
+            try:
+                undo()
+            except Exception:
+                pass
 
     def append_rows(self, table: str, columns: Sequence[str], rows: list[tuple]) -> None:
         if not rows:
             return
-        appender = self.con.appender(table, columns=list(columns))
-        appender.append_rows(rows)
-        appender.flush()
+        self._check()
+        try:
+            appender = self.con.appender(table, columns=list(columns))
+            appender.append_rows(rows)
+            appender.flush()
+        except Exception as exc:
+            raise self._failed(exc) from None
         self._dirty = True
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple]:
-        return self.con.execute(sql, params or []).fetchall()
+        self._check()
+        try:
+            return self.con.execute(sql, params or []).fetchall()
+        except duckdb.IOException as exc:  # a block that cannot be read: the file is damaged
+            raise _files.damaged(self.path, exc) from None
 
     # -- verbs: what the executor records -------------------------------------------
     def start_run(self, run_id: str, plan: str, plan_hash: str, graph_json: str, est_gpu_hours: float) -> None:
@@ -283,8 +389,11 @@ class HistoryWriter:
 
     def publish(self, force: bool = False) -> bool:
         """Publish what readers see, if due (or ``force``): the current run's rows when a
-        run is live, else the whole database."""
+        run is live, else the whole database. Never raises: a failed publish leaves
+        readers staler (they notice: ``s2d_plan.history.read``), not the run failed."""
         now = time.monotonic()
+        if self.broken is not None:
+            return False
         if not force and (not self._dirty or now - self._last_snapshot < max(SNAPSHOT_EVERY_S, 3 * self._snapshot_cost)):
             return False
         started = time.monotonic()
@@ -293,9 +402,11 @@ class HistoryWriter:
                 _snapshots.publish_live(self.con, self.home, self._base_id, self.live_run)
             else:
                 self._base_id = _snapshots.publish_base(self.con, self._catalog, self.home)
-        except (duckdb.Error, OSError) as exc:  # readers get staler; the run must not fail
+        except (duckdb.Error, OSError) as exc:
             if not self._publish_failed:
-                print(f"warning: could not publish the history snapshot: {exc}", file=sys.stderr)
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                print(f"warning: could not publish the history snapshot (readers see older rows): {first}",
+                      file=sys.stderr)
             self._publish_failed = True
             self._last_snapshot = time.monotonic()
             return False
@@ -305,34 +416,27 @@ class HistoryWriter:
         return True
 
     def close(self) -> None:
-        """Checkpoint, publish the whole history as the base, release the file."""
+        """Checkpoint, publish the whole history as the base, release the file; mark the
+        snapshot clean only when that publish succeeded. Never raises: what failed
+        already raised (``broken``), and committed rows are safe in the file or its log."""
         if self.path not in _WRITERS:
             return
+        published = False
         try:
-            self.con.execute("CHECKPOINT")
-            self.live_run = None
-            self.publish(force=True)
-            _snapshots.drop_live(self.home)
+            if self.broken is None:
+                self.con.execute("CHECKPOINT")
+                self.live_run = None
+                published = self.publish(force=True)
+                if published:
+                    _snapshots.drop_live(self.home)
+        except (duckdb.Error, OSError) as exc:
+            self._failed(exc)
         finally:
-            self.con.close()
+            try:
+                self.con.close()
+            except duckdb.Error:
+                pass
             _WRITERS.pop(self.path, None)
-        (self.home / CLEAN_MARKER).write_text(str(time.time()))
+        if published:
+            _files.mark_clean(self.home)
 
-
-def _open_writable(path: Path, timeout_s: float) -> duckdb.DuckDBPyConnection:
-    deadline = time.monotonic() + timeout_s
-    warned = False
-    while True:
-        try:
-            return connect(path)
-        except duckdb.Error as exc:
-            if not _is_lock_error(exc):
-                raise HistoryError(f"cannot open the history {path}: {exc}") from None
-            if time.monotonic() > deadline:
-                raise HistoryError(
-                    f"the history {path} is held by another process (is another "
-                    f"`s2d-plan execute` running with this --home?): {exc}") from None
-            if not warned:  # a reader's brief open, or another executor: say which we wait for
-                print(f"waiting for the history lock: {exc}", file=sys.stderr, flush=True)
-                warned = True
-            time.sleep(0.2)

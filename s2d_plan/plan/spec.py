@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
+from s2d_plan.contract import MAX_ROWS, MAX_SAMPLES, MAX_SEED, MAX_STEPS, MAX_TEXT, MAX_TOKENS, shown_value
 from s2d_plan.errors import PlanError
 from s2d_plan.plan.registry import GPUInfo, ModelInfo, resolve_gpu, resolve_model
 from s2d_plan.plan.checks import did_you_mean, model_ref_shorthand, semantic_problems
@@ -31,27 +32,35 @@ STAGE_IDS = ("probe", "teacher_grpo", "teacher_rollouts", "student_fkl", "studen
 _DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".arrow", ".txt")
 
 
+# Upper bounds a plan must respect, checked by `validate` before anything is planned or
+# run (the graph's own bounds live in s2d_plan.contract): a number beyond them is a typo
+# or an attack, never a plan.
+MAX_CLUSTER_GPUS = 1_000_000
+MAX_HOURS = 100_000.0  # wall-clock hours (11 years)
+MAX_LIST = 64  # teachers, eval sets, trusted models
+
+
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelRef(_Spec):
     """A model: a registry name, hub id or local path, with optional field overrides."""
 
-    model: str = Field(min_length=1)  # registry name, hub id, or local path
-    revision: str | None = None  # hub revision to pin (used by runners, never by the planner)
-    params_b: float | None = Field(default=None, gt=0)  # parameters, billions
-    layers: int | None = Field(default=None, gt=0)
-    hidden: int | None = Field(default=None, gt=0)
-    heads: int | None = Field(default=None, gt=0)
-    kv_heads: int | None = Field(default=None, gt=0)
-    head_dim: int | None = Field(default=None, gt=0)
-    intermediate: int | None = Field(default=None, gt=0)
-    vocab: int | None = Field(default=None, gt=0)
-    tokenizer: str | None = None  # tokenizer family (e.g. qwen3, llama3)
+    model: str = Field(min_length=1, max_length=MAX_TEXT)  # registry name, hub id, or local path
+    revision: str | None = Field(default=None, max_length=256)  # hub revision to pin (runners only)
+    params_b: float | None = Field(default=None, gt=0, le=100_000)  # parameters, billions
+    layers: int | None = Field(default=None, gt=0, le=10_000)
+    hidden: int | None = Field(default=None, gt=0, le=1 << 20)
+    heads: int | None = Field(default=None, gt=0, le=1 << 16)
+    kv_heads: int | None = Field(default=None, gt=0, le=1 << 16)
+    head_dim: int | None = Field(default=None, gt=0, le=1 << 16)
+    intermediate: int | None = Field(default=None, gt=0, le=1 << 22)
+    vocab: int | None = Field(default=None, gt=0, le=1 << 24)
+    tokenizer: str | None = Field(default=None, max_length=64)  # tokenizer family (e.g. qwen3, llama3)
     tied_embeddings: bool | None = None
-    context: int | None = Field(default=None, gt=0)
-    eos_token: str | None = None
+    context: int | None = Field(default=None, gt=0, le=1 << 26)
+    eos_token: str | None = Field(default=None, max_length=256)
     requires_remote_code: bool | None = None  # loading needs trust_remote_code
     accuracy: dict[str, float] | None = None  # known pass@1 per eval name, in [0, 1]
 
@@ -76,16 +85,16 @@ class ModelRef(_Spec):
 
 
 class LabeledData(_Spec):
-    source: str = ""  # local JSONL/Parquet/CSV file, a `datasets` dir on disk, or a hub id
-    size: int = Field(ge=0)  # how many labeled (verifiable) problems there are; 0 is valid
+    source: str = Field(default="", max_length=MAX_TEXT)  # local file, a `datasets` dir, or a hub id
+    size: int = Field(ge=0, le=MAX_ROWS)  # how many labeled (verifiable) problems there are; 0 is valid
     problem_field: str = "problem"
     answer_field: str = "answer"
     split: str | None = None
 
 
 class PromptPool(_Spec):
-    source: str = ""
-    size: int = Field(ge=0)  # unlabeled prompts for dense transfer
+    source: str = Field(default="", max_length=MAX_TEXT)
+    size: int = Field(ge=0, le=MAX_ROWS)  # unlabeled prompts for dense transfer
     prompt_field: str = "problem"
     split: str | None = None
 
@@ -96,16 +105,16 @@ class Data(_Spec):
     reuse_labels: bool = False  # may a label be spent twice (teacher and Stage 3)?
     # Tokens a model needs to write a full solution; sets every stage's generation length
     # (default: 1024 on GPUs, 40 for tiny CPU plans). Too short truncates answers to 0 reward.
-    completion_tokens: int | None = Field(default=None, gt=0)
+    completion_tokens: int | None = Field(default=None, gt=0, le=MAX_TOKENS)
 
 
 class Compute(_Spec):
-    gpu: str  # accelerator type from the registry (see `known_gpus()`), or a custom one
-    gpus: int = Field(gt=0)
-    hours: float = Field(gt=0)  # wall-clock hours on all `gpus`
-    memory_gb: float | None = Field(default=None, gt=0)  # overrides for a custom GPU type
-    bf16_tflops: float | None = Field(default=None, gt=0)
-    bandwidth_tbs: float | None = Field(default=None, gt=0)
+    gpu: str = Field(max_length=128)  # accelerator type from the registry (see `known_gpus()`), or a custom one
+    gpus: int = Field(gt=0, le=MAX_CLUSTER_GPUS)
+    hours: float = Field(gt=0, le=MAX_HOURS)  # wall-clock hours on all `gpus`
+    memory_gb: float | None = Field(default=None, gt=0, le=100_000)  # overrides for a custom GPU type
+    bf16_tflops: float | None = Field(default=None, gt=0, le=1_000_000)
+    bandwidth_tbs: float | None = Field(default=None, gt=0, le=1_000)
 
     @property
     def gpu_hours(self) -> float:
@@ -120,11 +129,11 @@ class Compute(_Spec):
 
 
 class EvalSet(_Spec):
-    name: str = Field(min_length=1)
-    source: str = ""
+    name: str = Field(min_length=1, max_length=256)
+    source: str = Field(default="", max_length=MAX_TEXT)
     problem_field: str = "problem"
     answer_field: str = "answer"
-    size: int | None = Field(default=None, gt=0)
+    size: int | None = Field(default=None, gt=0, le=MAX_ROWS)
     split: str | None = None
 
 
@@ -133,8 +142,8 @@ class Objective(_Spec):
 
 
 class Search(_Spec):
-    trials: int = Field(default=200, gt=0)  # allocator trials across all structures
-    seed: int = 0
+    trials: int = Field(default=200, gt=0, le=100_000)  # allocator trials across all structures
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
 
 
 class Pins(_Spec):
@@ -144,8 +153,8 @@ class Pins(_Spec):
     bridge: Literal["fkl+opd", "opd", "fkl"] | None = None
     stage3: bool | None = None  # False forbids Stage 3 GRPO on the student; True forces it
     probe: bool | None = None  # True: measure solve rates first; False: never
-    teacher_labels: int | None = Field(default=None, ge=0)  # labels spent in Stage 1
-    group_size: int | None = Field(default=None, ge=2)  # GRPO samples per prompt (G)
+    teacher_labels: int | None = Field(default=None, ge=0, le=MAX_ROWS)  # labels spent in Stage 1
+    group_size: int | None = Field(default=None, ge=2, le=MAX_SAMPLES)  # GRPO samples per prompt (G)
     steps: dict[str, int] = Field(default_factory=dict)  # stage id -> fixed steps
 
     @field_validator("steps")
@@ -155,22 +164,22 @@ class Pins(_Spec):
             if stage not in STAGE_IDS:
                 hint = did_you_mean(stage, STAGE_IDS)
                 raise ValueError(f"unknown stage {stage!r}{hint} (stages: {', '.join(STAGE_IDS)})")
-            if steps <= 0:
-                raise ValueError(f"steps for {stage} must be positive, got {steps}")
+            if not 0 < steps <= MAX_STEPS:
+                raise ValueError(f"steps for {stage} must be in [1, {MAX_STEPS}], got {shown_value(steps)}")
         return v
 
 
 class PlanSpec(_Spec):
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     objective: Objective
     student: ModelRef
-    teachers: list[ModelRef] = Field(default_factory=list)
+    teachers: list[ModelRef] = Field(default_factory=list, max_length=MAX_LIST)
     data: Data
     compute: Compute
-    eval: list[EvalSet] = Field(min_length=1)
+    eval: list[EvalSet] = Field(min_length=1, max_length=MAX_LIST)
     search: Search = Search()
     pins: Pins = Pins()
-    trust_remote_code: list[str] = Field(default_factory=list)  # models allowed to run repo code
+    trust_remote_code: list[str] = Field(default_factory=list, max_length=MAX_LIST)  # models allowed to run repo code
     _base_dir: Path = PrivateAttr(default=Path("."))
 
     @field_validator("student", mode="before")
@@ -270,7 +279,7 @@ def _describe(err: dict[str, Any], loc: tuple, doc: YamlDoc) -> str:
     if kind == "list_type":
         return f"{_where(loc, doc)}: expected a list, got a {type(err.get('input')).__name__}"
     value = err.get("input")
-    shown = f" (got {value!r})" if isinstance(value, (str, int, float, bool)) else ""
+    shown = f" (got {shown_value(value)})" if isinstance(value, (str, int, float, bool)) else ""
     return f"{_where(loc, doc)}: {msg}{shown}"
 
 

@@ -7,7 +7,9 @@ resolver only, so no tag can construct an object. Two YAML 1.1 traps are closed 
   strings, so ``country: no`` is "no", not False;
 - floats follow YAML 1.2: ``1e-5`` and ``3E4`` are numbers, not strings.
 
-Duplicate keys are an error (PyYAML silently keeps the last one).
+Duplicate keys are an error (PyYAML silently keeps the last one). Nesting deeper than
+``MAX_DEPTH`` is an error, found by walking the parser's events before the (recursive)
+composer runs, so a hostile file cannot exhaust the stack.
 
     >>> doc = read_yaml_text("a: 1e-5\\nb: no\\n", "x.yaml")
     >>> doc.data, doc.line_of(("b",))
@@ -64,6 +66,7 @@ class YamlProblem(Exception):
 
 _PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
 _MAX_NODES = 100_000
+MAX_DEPTH = 32  # a plan nests about 5 levels
 
 
 @dataclass
@@ -83,7 +86,30 @@ class YamlDoc:
             path = path[:-1]
 
 
+def _check_depth(text: str) -> None:
+    """YamlProblem if collections nest deeper than MAX_DEPTH (the parser is iterative)."""
+    loader = _Loader(text)
+    depth = 0
+    try:
+        while loader.check_event():
+            event = loader.get_event()
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    line = event.start_mark.line + 1 if event.start_mark else "?"
+                    raise YamlProblem([f"line {line}: nested more than {MAX_DEPTH} levels deep; "
+                                       "a plan is a few levels of plain keys and lists"])
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+    finally:
+        loader.dispose()
+
+
 def read_yaml_text(text: str, source: str) -> YamlDoc:
+    try:
+        _check_depth(text)
+    except yaml.YAMLError:
+        pass  # a syntax error: reported with its place by the real read below
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
@@ -152,4 +178,7 @@ def _build(node: yaml.Node, path: Path_, doc: YamlDoc, problems: list[str], load
         return loader.construct_object(node, deep=True)
     except yaml.constructor.ConstructorError as exc:
         problems.append(f"line {node.start_mark.line + 1}: {exc.problem}")
+        return None
+    except ValueError:  # an integer of more digits than Python converts (4300)
+        problems.append(f"line {node.start_mark.line + 1}: a number of {len(node.value)} characters is not a plan value")
         return None

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from s2d_plan.contract import EVIDENCE_FILE, StageSpec, is_complete, kind_of, write_spec
-from s2d_plan.errors import GraphError
+from s2d_plan.errors import GraphError, HistoryError
 from s2d_plan.graph import StageGraph
 from s2d_plan.history.store import HistoryWriter
 from s2d_plan.paths import attempt_file, partial_dir, resolve_home, stage_dir
@@ -132,7 +132,7 @@ class _Executor:
         if threading.current_thread() is not threading.main_thread():
             return {}
         old = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal closed
             old[sig] = signal.signal(sig, self._on_signal)
         return old
 
@@ -151,15 +151,32 @@ class _Executor:
             _procs.signal_group(st.proc.pid, signal.SIGKILL)
             st.proc.wait()
             st.ended = time.monotonic()
-        why = f"executor error: {type(exc).__name__}: {exc}"
+        broken = self.db.broken
+        why = str(broken) if broken is not None else f"executor error: {type(exc).__name__}: {exc}"
         try:
             for st in running:
                 st.buffered.extend(st.tail.read(final=True))
-                self._flush(st)
+                self._flush(st)  # commits lines and offset together, or neither
                 self._record_end(st, "KILLED", st.proc.returncode, why)
-            self.db.finish_run(self.run_id, "FAILED", why)
+            self.db.finish_run(self.run_id, "KILLED" if broken is not None else "FAILED", why)
         except Exception:
             pass  # the next execute recovers whatever is still marked RUNNING
+        if broken is not None:  # a full disk or an I/O error: one line, no traceback
+            kept = sum(self._lines_not_ingested(st) for st in self.states.values() if st.tail is not None)
+            what = "disk full" if broken.disk_full else "history write failed"
+            raise HistoryError(f"{what} at {broken.path}: run KILLED, {kept} metric lines kept on disk "
+                               f"for the next run to ingest ({str(broken.cause).splitlines()[0]})") from None
+
+    def _lines_not_ingested(self, st: StageState) -> int:
+        """Metric lines of a stage that the history has not committed: buffered, or on disk
+        past what was read."""
+        try:
+            with open(st.tail.path, "rb") as f:
+                f.seek(st.tail.offset)
+                rest = f.read()
+        except OSError:
+            rest = b""
+        return len(st.buffered) + len(rest.splitlines())
 
     def _record_start(self) -> None:
         g = self.graph
@@ -333,8 +350,10 @@ class _Executor:
         self.pending_hashes = keep
 
     def _flush(self, st: StageState) -> None:
-        lines, st.buffered = st.buffered, []
-        self.db.append_metrics(self.run_id, st.stage.id, st.attempt, st.key, lines, st.tail.offset)
+        # the buffer is dropped only once its lines and the offset past them committed:
+        # a failed write (disk full) leaves both where they were
+        self.db.append_metrics(self.run_id, st.stage.id, st.attempt, st.key, st.buffered, st.tail.offset)
+        st.buffered = []
 
     def _flush_if_due(self) -> None:
         now = time.monotonic()

@@ -6,6 +6,10 @@ still looks alive (its pid on this host, or a fresh heartbeat from another host)
 us instead. A runner that outlived its executor is killed; the rest of its metrics file
 is ingested; the stage is marked FAILED (or FINISHED, when its output completed just
 before its executor died) and runs again as a new attempt.
+
+An attempt that ended but whose metrics file holds more than its committed offset (its
+executor could not commit the last batch: a full disk) gets the rest ingested here too,
+so the next run, with space, ingests exactly the missing lines.
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ STALE_HEARTBEAT_S = 60.0  # a RUNNING stage on another host counts as dead after
 
 
 def recover_stale(db: HistoryWriter, home: Path, new_run: str) -> list[str]:
-    """Close what a dead executor left RUNNING; return one line per stage recovered."""
-    report = []
+    """Close what a dead executor left RUNNING and ingest metric lines a failed write left
+    on disk; return one line per thing done (the writer's start-up notes first)."""
+    report = list(db.notes)
     for (run_id, stage_id, attempt, key, pid, heartbeat, metrics_path, offset, log_path, start, gpus,
          executor_pid, host, output_dir) in db.stale_stages():
         _refuse_if_alive(run_id, executor_pid, host, heartbeat)
@@ -46,6 +51,29 @@ def recover_stale(db: HistoryWriter, home: Path, new_run: str) -> list[str]:
                         error=None if status == "FINISHED" else why + ("\n--- log tail ---\n" + log if log else ""))
         report.append(f"{stage_id}: left RUNNING by run {run_id}, marked {status} ({why})")
     db.close_dead_runs(new_run)
+    report += _ingest_leftovers(db)
+    return report
+
+
+def _ingest_leftovers(db: HistoryWriter) -> list[str]:
+    """Ended attempts whose metrics file grew past the committed offset."""
+    report = []
+    for run_id, stage_id, attempt, key, metrics_path, offset in db.query(
+            "SELECT run_id, stage_id, attempt, cache_key, metrics_path, coalesce(metrics_offset, 0) FROM stages "
+            "WHERE metrics_path IS NOT NULL AND status IN ('FINISHED', 'FAILED', 'KILLED')"):
+        path = Path(metrics_path)
+        try:
+            size = path.stat().st_size
+        except OSError:
+            continue
+        if size > offset:
+            before = db.query("SELECT count(*) FROM metrics WHERE run_id = ? AND stage_id = ? AND attempt = ?",
+                              [run_id, stage_id, attempt])[0][0]
+            _ingest_rest(db, run_id, stage_id, attempt, key, path, int(offset))
+            after = db.query("SELECT count(*) FROM metrics WHERE run_id = ? AND stage_id = ? AND attempt = ?",
+                             [run_id, stage_id, attempt])[0][0]
+            report.append(f"{stage_id}: ingested {after - before} metric line(s) of run {run_id} "
+                          f"attempt {attempt} left on disk by a failed write")
     return report
 
 

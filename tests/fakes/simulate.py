@@ -42,7 +42,7 @@ CHECKPOINT = "checkpoint.json"
 
 
 class SimulateParams(Params):
-    steps: int = Field(default=10, ge=1)
+    steps: int = Field(default=10, ge=1, le=10_000_000)
     sleep_s: float = Field(default=0.0, ge=0)
     fail_at_step: int | None = None
     fail_attempts: int | list[int] | None = None
