@@ -166,9 +166,12 @@ def train_and_save(trainer, spec: StageSpec) -> dict:
     if resume:
         print(f"{spec.stage.kind}: resuming from {resume}", flush=True)
     result = trainer.train(resume_from_checkpoint=resume)
+    params = list(trainer.accelerator.unwrap_model(trainer.model).parameters())
+    trained = sum(p.numel() for p in params if p.requires_grad)  # LoRA: the adapters only
     save_final(trainer, spec)
     return {"steps": int(trainer.state.global_step), "train_loss": float(result.training_loss),
-            "resumed_from": resume, "processes": world_size()}
+            "resumed_from": resume, "processes": world_size(), "trained_params": trained,
+            "params": sum(p.numel() for p in params)}
 
 
 def save_final(trainer, spec: StageSpec) -> Path:

@@ -55,6 +55,14 @@ def vllm_settings(est: costs.Estimate, max_len: int) -> dict[str, Any]:
             "tensor_parallel_size": max(est.tp, 1), "enable_sleep_mode": est.sleep, "max_model_len": max_len}
 
 
+def _splits(n: int, gpus: int, unit: int = 1) -> int:
+    """The smallest count >= n whose ``count * unit`` sequences split evenly over ``gpus``
+    processes (runners refuse a step that does not)."""
+    while (n * unit) % max(gpus, 1):
+        n += 1
+    return n
+
+
 def _micro(est: costs.Estimate, share: int) -> int:
     """Per-device micro-batch: the memory model's, dividing this process's share of a step."""
     m = max(1, min(est.micro_batch or share, share))
@@ -135,11 +143,12 @@ def compile_stages(ctx: Context, alloc: Allocation) -> list[Stage]:
 
 def _grpo_params(b: _Builder, sid: str, visits: float) -> dict[str, Any]:
     sc, q = b.ctx.scale, b.a.quantities
-    steps = _steps(visits, sc.prompts_per_step)
-    return {"steps": steps, "num_generations": q.group_size, "prompts_per_step": sc.prompts_per_step, "beta": 0.0,
+    per_step = _splits(sc.prompts_per_step, b.ctx.gpus, q.group_size)
+    steps = _steps(visits, per_step)
+    return {"steps": steps, "num_generations": q.group_size, "prompts_per_step": per_step, "beta": 0.0,
             "loss_type": "dapo", "max_completion_length": sc.max_new, "temperature": 1.0, "seed": b.seed,
             "learning_rate": _lr(b.ctx, "grpo", b.lora(sid)), "lora": b.lora(sid), "save_steps": max(steps // 4, 1),
-            "per_device_batch_size": b.micro(sid, sc.prompts_per_step * q.group_size), "vllm": b.vllm(sid)}
+            "per_device_batch_size": b.micro(sid, per_step * q.group_size), "vllm": b.vllm(sid)}
 
 
 def _teacher_and_bridge(b: _Builder, student: str, first: list[str]) -> tuple[str, list[str]]:
@@ -158,16 +167,17 @@ def _teacher_and_bridge(b: _Builder, student: str, first: list[str]) -> tuple[st
         b.add("teacher_rollouts", "rollout", teacher, list(first), {"prompts": b.prompts(n_prompts)},
               {"samples_per_prompt": per_prompt, "temperature": 0.7, "max_new_tokens": sc.max_new, "seed": b.seed,
                "vllm": b.vllm("teacher_rollouts")})
+        fkl_batch = _splits(sc.fkl_batch, ctx.gpus)
         last = "@" + b.add("student_fkl", "fkl", student, ["teacher_rollouts"], {"rollouts": "@teacher_rollouts"},
                            {"mode": "token" if s.fkl_token else "sequence", "epochs": 1,
-                            "steps": _steps(n_prompts * per_prompt, sc.fkl_batch),
+                            "steps": _steps(n_prompts * per_prompt, fkl_batch),
                             "learning_rate": _lr(ctx, "fkl", b.lora("student_fkl")), "lora": b.lora("student_fkl"),
-                            "max_length": sc.prompt_len + sc.max_new, "batch_size": sc.fkl_batch,
-                            "per_device_batch_size": b.micro("student_fkl", sc.fkl_batch), "seed": b.seed},
+                            "max_length": sc.prompt_len + sc.max_new, "batch_size": fkl_batch,
+                            "per_device_batch_size": b.micro("student_fkl", fkl_batch), "seed": b.seed},
                            teacher=teacher)
         last_needs = []
     if "opd" in s.bridge:
-        batch = q.opd_batch or sc.prompts_per_step
+        batch = _splits(q.opd_batch or sc.prompts_per_step, ctx.gpus)
         steps = _steps(q.opd_rollouts, batch)
         last = "@" + b.add("student_opd", "opd", last, last_needs, {"prompts": b.prompts(steps * batch)},
                            {"steps": steps, "learning_rate": _lr(ctx, "opd", b.lora("student_opd")),
