@@ -2,8 +2,9 @@
 
 A ``Structure`` is the discrete shape of a pipeline (teacher, raw or RL-improved, bridge,
 Stage 3, probe); ``Quantities`` are its continuous amounts (labels per stage, epochs,
-group size, bridge rollouts). ``stage_costs`` prices a candidate with the cost model;
-``LinearCost`` is the same, linearized per (structure, group size) for the search.
+group size, bridge rollouts, OPD's batch). ``stage_costs`` prices a candidate with the cost
+model; ``LinearCost`` is the same, linearized per (structure, group size; OPD per batch)
+for the search.
 """
 
 from __future__ import annotations
