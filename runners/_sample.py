@@ -7,12 +7,16 @@ run with the same seed, batch size and device gives the same samples.
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import sys
 from dataclasses import dataclass
+from typing import Any
 
+from runners._train import use_vllm
 from runners.data import as_chat
+from s2d_plan.contract import VllmSettings
+
+
+_ENGINES: dict[str, Any] = {}  # the vLLM engine of this process, by its arguments
 
 
 @dataclass
@@ -24,18 +28,25 @@ class Sample:
     completion_tokens: int
 
 
-def _vllm_wanted(device: str) -> bool:
-    if os.environ.get("S2D_USE_VLLM") == "0":
-        return False
-    return device == "cuda" and importlib.util.find_spec("vllm") is not None
+def llm_kwargs(model_path: str, seed: int, settings: VllmSettings | None) -> dict[str, Any]:
+    """``vllm.LLM`` arguments: the stage's memory fraction, tensor-parallel size and context
+    length as the memory model assumed them (vLLM's own defaults where a stage has none)."""
+    kw: dict[str, Any] = {"model": model_path, "seed": seed, "dtype": "bfloat16"}
+    if settings is not None:
+        kw.update(gpu_memory_utilization=settings.gpu_memory_utilization,
+                  tensor_parallel_size=settings.tensor_parallel_size)
+        if settings.max_model_len:
+            kw["max_model_len"] = settings.max_model_len
+    return kw
 
 
 def sample(model_path: str, problems: list, n: int, max_new_tokens: int, temperature: float, seed: int,
-           device: str, batch_size: int = 64) -> list[Sample]:
-    """``n`` completions per problem; ``temperature <= 0`` means greedy (then ``n`` should be 1)."""
-    if _vllm_wanted(device):
+           device: str, batch_size: int = 64, vllm: VllmSettings | None = None) -> list[Sample]:
+    """``n`` completions per problem; ``temperature <= 0`` means greedy (then ``n`` should be 1).
+    ``vllm``: the stage's settings, applied where vLLM runs, recorded and ignored elsewhere."""
+    if use_vllm(device):
         try:
-            return _sample_vllm(model_path, problems, n, max_new_tokens, temperature, seed)
+            return _sample_vllm(problems, n, max_new_tokens, temperature, seed, llm_kwargs(model_path, seed, vllm))
         except Exception as exc:  # vLLM is an accelerator, never a requirement
             print(f"vLLM sampling failed ({type(exc).__name__}: {exc}); using transformers generate",
                   file=sys.stderr)
@@ -76,10 +87,14 @@ def _sample_hf(model_path, problems, n, max_new_tokens, temperature, seed, devic
     return out
 
 
-def _sample_vllm(model_path, problems, n, max_new_tokens, temperature, seed) -> list[Sample]:
+def _sample_vllm(problems, n, max_new_tokens, temperature, seed, kwargs: dict[str, Any]) -> list[Sample]:
     from vllm import LLM, SamplingParams  # GPU extra only
 
-    llm = LLM(model=model_path, seed=seed, dtype="bfloat16")
+    key = repr(sorted(kwargs.items()))
+    if key not in _ENGINES:  # one engine per process: a second one would find its memory taken
+        _ENGINES.clear()
+        _ENGINES[key] = LLM(**kwargs)
+    llm = _ENGINES[key]
     params = SamplingParams(n=n, temperature=max(temperature, 0.0), max_tokens=max_new_tokens, seed=seed)
     results = llm.chat([as_chat(p) for p in problems], params, use_tqdm=False)
     out = []

@@ -6,6 +6,7 @@ Kept deliberately small; each runner module reads top to bottom on its own.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from runners.common import MetricWriter
-from s2d_plan.contract import MODEL_SUBDIR, IncompatibleModelsError, StageSpec
+from s2d_plan.contract import MODEL_SUBDIR, ConfigurationError, IncompatibleModelsError, StageSpec
 
 CHECKPOINTS = "checkpoints"
 ZERO_REWARD_PATIENCE = int(os.environ.get("S2D_ZERO_REWARD_STEPS", "10"))  # "many steps" of all-zero reward
@@ -66,6 +67,51 @@ def trainer_args(spec: StageSpec, p: dict[str, Any], device: str) -> dict[str, A
     )
 
 
+def use_vllm(device: str) -> bool:
+    """vLLM generation where it is installed and a GPU is present (S2D_USE_VLLM=0 turns it off)."""
+    if os.environ.get("S2D_USE_VLLM") == "0":
+        return False
+    return device == "cuda" and importlib.util.find_spec("vllm") is not None
+
+
+def vllm_args(p: Any, device: str) -> dict[str, Any]:
+    """The stage's vLLM settings as TRL config fields (GRPOConfig and DistillationConfig
+    share these names in TRL 1.16). Always set, so TRL's own defaults (memory fraction
+    0.3, no sleep) never apply; without vLLM (CPU) TRL ignores them."""
+    v = p.vllm
+    args = dict(use_vllm=use_vllm(device), vllm_mode=v.mode, vllm_gpu_memory_utilization=float(v.gpu_memory_utilization),
+                vllm_tensor_parallel_size=int(v.tensor_parallel_size), vllm_enable_sleep_mode=bool(v.enable_sleep_mode),
+                vllm_max_model_length=v.max_model_len)
+    if v.server_base_url:
+        args["vllm_server_base_url"] = v.server_base_url
+    return args
+
+
+def batch_layout(kind: str, per_step: int, per_device: int | None, world: int) -> tuple[int, int]:
+    """(per-device micro-batch, gradient accumulation) for one optimizer step of
+    ``per_step`` sequences over ``world`` processes."""
+    if per_step % world:
+        raise ConfigurationError(f"{kind}: {per_step} sequences per step do not split over {world} processes")
+    share = per_step // world
+    micro = int(per_device or share)
+    if share % micro:
+        raise ConfigurationError(f"{kind}: per_device_batch_size {micro} does not divide {share} (one process's "
+                                 f"share of a step)")
+    return micro, share // micro
+
+
+def lora_config(enabled: bool, kind: str):
+    """The LoRA adapters every training runner uses when ``lora: true`` (rank 16 on all
+    linear layers); ``save_final`` merges them, so the saved model is a plain checkpoint."""
+    if not enabled:
+        return None
+    if importlib.util.find_spec("peft") is None:
+        raise ConfigurationError(f"{kind}: lora: true needs the peft package (pip install peft)")
+    from peft import LoraConfig
+
+    return LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
+
+
 def latest_checkpoint(spec: StageSpec) -> str | None:
     """The newest checkpoint in the work directory that was written completely."""
     root = spec.work_dir / CHECKPOINTS
@@ -116,9 +162,12 @@ def train_and_save(trainer, spec: StageSpec) -> dict:
     if resume:
         print(f"{spec.stage.kind}: resuming from {resume}", flush=True)
     result = trainer.train(resume_from_checkpoint=resume)
+    params = list(trainer.accelerator.unwrap_model(trainer.model).parameters())
+    trained = sum(p.numel() for p in params if p.requires_grad)  # LoRA: the adapters only
     save_final(trainer, spec)
     return {"steps": int(trainer.state.global_step), "train_loss": float(result.training_loss),
-            "resumed_from": resume, "processes": world_size()}
+            "resumed_from": resume, "processes": world_size(), "trained_params": trained,
+            "params": sum(p.numel() for p in params)}
 
 
 def save_final(trainer, spec: StageSpec) -> Path:

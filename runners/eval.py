@@ -11,7 +11,7 @@ each set, k samples per problem at ``temperature``; metrics (step 0):
 - ``eval/<name>/parse_failures``: share of samples with no extractable answer.
 
 Per-problem results go to ``eval_<name>.jsonl``. Params: k, max_new_tokens, temperature,
-greedy, seed, batch_size.
+greedy, seed, batch_size, vllm (settings for ``vllm.LLM``, see runners/_sample.py).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def run(spec: StageSpec, writer: MetricWriter) -> dict:
         rows = load_labeled(es)
         problems, golds = [r["problem"] for r in rows], [r["answer"] for r in rows]
         samples = sample(policy, problems, k, int(p.max_new_tokens), float(p.temperature), int(p.seed),
-                         device, int(p.batch_size))
+                         device, int(p.batch_size), p.vllm)
         verdicts = verifier.score_many([golds[s.problem_index] for s in samples], [s.text for s in samples])
         correct = [[0.0] * k for _ in rows]
         for s, v in zip(samples, verdicts):
@@ -52,7 +52,7 @@ def run(spec: StageSpec, writer: MetricWriter) -> dict:
                "bad_gold": sum(v.status == "bad_gold" for v in verdicts) / max(1, len(verdicts))}
         greedy = None
         if p.greedy:
-            g = sample(policy, problems, 1, int(p.max_new_tokens), 0.0, int(p.seed), device, int(p.batch_size))
+            g = sample(policy, problems, 1, int(p.max_new_tokens), 0.0, int(p.seed), device, int(p.batch_size), p.vllm)
             gv = verifier.score_many(golds, [s.text for s in g])
             greedy = [v.score for v in gv]
             res["greedy"] = sum(greedy) / n

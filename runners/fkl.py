@@ -14,8 +14,10 @@ Two modes:
   otherwise (runners/_train.check_distillable).
 
 Reads ``data.rollouts`` (a rollout stage's ``rollouts.jsonl``); ``teacher`` for token mode.
-Params: mode, epochs, steps (optional cap), learning_rate, max_length, batch_size, seed,
-save_steps.
+Params: mode, epochs, steps (optional cap), learning_rate, max_length, batch_size
+(sequences per optimizer step over all processes), per_device_batch_size (micro-batch; the
+rest is gradient accumulation), lora (LoRA adapters merged into the saved model, like
+grpo's), seed, save_steps.
 """
 
 from __future__ import annotations
@@ -41,6 +43,28 @@ def rollout_rows(spec: StageSpec) -> list[dict]:
     return [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]
 
 
+def config(spec: StageSpec, device: str):
+    """The SFTConfig (sequence) or GKDConfig (token) this stage trains with: ``batch_size``
+    sequences per optimizer step over all processes, in micro-batches of
+    ``per_device_batch_size``, at the stage's learning rate."""
+    p = spec.params
+    per_device, accum = _train.batch_layout("fkl", int(p.batch_size), p.per_device_batch_size, _train.world_size())
+    common = dict(**_train.trainer_args(spec, p, device), num_train_epochs=float(p.epochs),
+                  per_device_train_batch_size=per_device, gradient_accumulation_steps=accum,
+                  max_length=int(p.max_length))
+    if p.mode == "sequence":
+        from trl import SFTConfig
+
+        return SFTConfig(**common, completion_only_loss=True)
+    import os
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # GKD lives in trl.experimental in TRL 1.16
+    from trl.experimental.gkd import GKDConfig
+
+    return GKDConfig(**common, lmbda=0.0, beta=0.0, seq_kd=False, temperature=1.0,
+                     teacher_model_init_kwargs=common["model_init_kwargs"])
+
+
 def run(spec: StageSpec, writer: MetricWriter) -> dict:
     p = spec.params
     student = model_path(spec.inputs["policy"])
@@ -54,32 +78,27 @@ def run(spec: StageSpec, writer: MetricWriter) -> dict:
     rows = rollout_rows(spec)
     if not rows:
         raise ConfigurationError("fkl: the rollouts are empty")
+    cfg = config(spec, device)
+    peft = _train.lora_config(bool(p.lora), "fkl")
 
     from datasets import Dataset
 
-    common = dict(**_train.trainer_args(spec, p, device), num_train_epochs=float(p.epochs),
-                  per_device_train_batch_size=int(p.batch_size), max_length=int(p.max_length))
     if p.mode == "sequence":
-        from trl import SFTConfig, SFTTrainer
+        from trl import SFTTrainer
 
-        cfg = SFTConfig(**common, completion_only_loss=True)
         trainer = SFTTrainer(model=student, args=cfg, train_dataset=Dataset.from_list(rows),
-                             callbacks=[_train.metrics_callback(writer)])
+                             callbacks=[_train.metrics_callback(writer)], peft_config=peft)
     else:
-        import os
-
-        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # GKD lives in trl.experimental in TRL 1.16
         from transformers import AutoTokenizer
-        from trl.experimental.gkd import GKDConfig, GKDTrainer
+        from trl.experimental.gkd import GKDTrainer
 
         messages = [{"messages": r["prompt"] + r["completion"]} for r in rows]
-        cfg = GKDConfig(**common, lmbda=0.0, beta=0.0, seq_kd=False, temperature=1.0,
-                        teacher_model_init_kwargs=common["model_init_kwargs"])
         trainer = GKDTrainer(model=student, teacher_model=teacher, args=cfg, train_dataset=Dataset.from_list(messages),
-                             processing_class=AutoTokenizer.from_pretrained(student), callbacks=[_train.metrics_callback(writer)])
+                             processing_class=AutoTokenizer.from_pretrained(student),
+                             callbacks=[_train.metrics_callback(writer)], peft_config=peft)
     summary = _train.train_and_save(trainer, spec)
-    (spec.work_dir / "fkl.json").write_text(json.dumps({"mode": p.mode, "rows": len(rows)}))
-    return {"mode": p.mode, "rows": len(rows), **summary}
+    (spec.work_dir / "fkl.json").write_text(json.dumps({"mode": p.mode, "rows": len(rows), "lora": bool(p.lora)}))
+    return {"mode": p.mode, "rows": len(rows), "lora": bool(p.lora), **summary}
 
 
 if __name__ == "__main__":

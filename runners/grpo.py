@@ -18,48 +18,24 @@ How this departs from a bare TRL script:
 
 Params (defaults below): steps, num_generations, prompts_per_step, learning_rate, beta
 (KL coefficient; 0 loads no reference model), loss_type (TRL's), max_completion_length,
-temperature, seed, lora, save_steps, per_device_batch_size (micro-batch in completions;
-default: the whole step in one pass).
+temperature, seed, lora (LoRA adapters, merged on save), save_steps, per_device_batch_size
+(micro-batch in completions; default: the whole step in one pass), vllm (memory fraction,
+tensor parallel size, sleep mode, colocate or server: passed to GRPOConfig's ``vllm_*``).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 
 from runners import _train
 from runners.common import MetricWriter, StageSpec, model_path, process_rank, run_main
 from runners.data import as_chat, load_labeled
 from s2d_plan.contract import ConfigurationError
 
-def use_vllm(device: str) -> bool:
-    """vLLM generation where it is installed and a GPU is present (S2D_USE_VLLM=0 turns it off)."""
-    if os.environ.get("S2D_USE_VLLM") == "0":
-        return False
-    return device == "cuda" and importlib.util.find_spec("vllm") is not None
-
-
-def batch_layout(p: dict, world: int) -> tuple[int, int]:
+def batch_layout(p, world: int) -> tuple[int, int]:
     """(per-device micro-batch, gradient accumulation) for one step of P x G completions."""
-    total = int(p.prompts_per_step) * int(p.num_generations)
-    if total % world:
-        raise ConfigurationError(f"grpo: prompts_per_step x num_generations = {total} does not split over {world} "
-                                 f"processes")
-    per_device = int(p.per_device_batch_size or total // world)
-    if (total // world) % per_device:
-        raise ConfigurationError(f"grpo: per_device_batch_size {per_device} does not divide {total // world}")
-    return per_device, total // world // per_device
-
-
-def lora_config(enabled: bool):
-    if not enabled:
-        return None
-    if importlib.util.find_spec("peft") is None:
-        raise ConfigurationError("grpo: lora: true needs the peft package (pip install peft)")
-    from peft import LoraConfig
-
-    return LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
+    return _train.batch_layout("grpo", int(p.prompts_per_step) * int(p.num_generations), p.per_device_batch_size,
+                               world)
 
 
 def order_logger(spec: StageSpec):
@@ -74,6 +50,26 @@ def order_logger(spec: StageSpec):
     return record
 
 
+def config(spec: StageSpec, device: str):
+    """The GRPOConfig this stage trains with: the stage's learning rate, batch layout and
+    vLLM settings exactly as the compiler wrote them."""
+    from trl import GRPOConfig
+
+    p = spec.params
+    per_device, accum = batch_layout(p, _train.world_size())
+    return GRPOConfig(
+        **_train.trainer_args(spec, p, device),
+        **_train.vllm_args(p, device),
+        num_generations=int(p.num_generations),
+        per_device_train_batch_size=per_device,
+        gradient_accumulation_steps=accum,
+        beta=float(p.beta),
+        loss_type=str(p.loss_type),
+        max_completion_length=int(p.max_completion_length),
+        temperature=float(p.temperature),
+    )
+
+
 def run(spec: StageSpec, writer: MetricWriter) -> dict:
     p = spec.params
     device = _train.device_of(spec)
@@ -83,25 +79,14 @@ def run(spec: StageSpec, writer: MetricWriter) -> dict:
     if spec.data.labeled is None:
         raise ConfigurationError("grpo: the stage needs data.labeled")
     rows = load_labeled(spec.data.labeled)
-    per_device, accum = batch_layout(p, _train.world_size())
+    batch_layout(p, _train.world_size())  # a step that does not split is refused before any weights load
 
     from datasets import Dataset
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
     ds = Dataset.from_list([{"prompt": as_chat(r["problem"]), "answer": r["answer"], "index": r["index"]}
                             for r in rows])
-    cfg = GRPOConfig(
-        **_train.trainer_args(spec, p, device),
-        num_generations=int(p.num_generations),
-        per_device_train_batch_size=per_device,
-        gradient_accumulation_steps=accum,
-        beta=float(p.beta),
-        loss_type=str(p.loss_type),
-        max_completion_length=int(p.max_completion_length),
-        temperature=float(p.temperature),
-        use_vllm=use_vllm(device),
-        vllm_mode="colocate",
-    )
+    cfg = config(spec, device)
     reward = _train.verifier_reward(verifier, writer if process_rank() == 0 else None)
     record = order_logger(spec)
 
@@ -117,7 +102,7 @@ def run(spec: StageSpec, writer: MetricWriter) -> dict:
         args=cfg,
         train_dataset=ds,
         callbacks=[_train.metrics_callback(writer)],
-        peft_config=lora_config(bool(p.lora)),
+        peft_config=_train.lora_config(bool(p.lora), "grpo"),
     )
     return {**_train.train_and_save(trainer, spec), "labels_used": len(rows)}
 

@@ -54,7 +54,7 @@ def run(spec: StageSpec, writer: MetricWriter) -> dict:
         rows = sorted(rng.sample(rows, int(p.num_prompts)), key=lambda r: r["index"])
     m = int(p.samples_per_prompt)
     samples = sample(model_path(spec.inputs["policy"]), [r["problem"] for r in rows], m, int(p.max_new_tokens),
-                     float(p.temperature), int(p.seed), device, int(p.batch_size))
+                     float(p.temperature), int(p.seed), device, int(p.batch_size), p.vllm)
     verdicts = verifier.score_many([rows[s.problem_index]["answer"] for s in samples], [s.text for s in samples])
     correct = [0] * len(rows)
     for s, v in zip(samples, verdicts):

@@ -10,7 +10,8 @@ writes ``rollouts.jsonl``, one row per sample::
 
 ``prompt`` / ``completion`` are conversational, ready for TRL's SFT (the fkl stage).
 Deterministic under ``seed`` (see runners/_sample.py). Params: samples_per_prompt,
-max_new_tokens, temperature, seed, batch_size.
+max_new_tokens, temperature, seed, batch_size, vllm (memory fraction, tensor parallel size
+and context length for ``vllm.LLM``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def run(spec: StageSpec, writer: MetricWriter) -> dict:
 
         verifier = shared_verifier()
     samples = sample(model_path(spec.inputs["policy"]), [r["problem"] for r in rows], int(p.samples_per_prompt),
-                     int(p.max_new_tokens), float(p.temperature), int(p.seed), device, int(p.batch_size))
+                     int(p.max_new_tokens), float(p.temperature), int(p.seed), device, int(p.batch_size), p.vllm)
     verdicts = None
     if verifier is not None:
         verdicts = verifier.score_many([rows[s.problem_index]["answer"] for s in samples], [s.text for s in samples])

@@ -40,10 +40,35 @@ def _steps(amount: float, per_step: int) -> int:
 
 
 def _lr(ctx: Context, kind: str, lora: bool) -> float:
+    """The learning rate a training stage runs at (its runner uses exactly this). LoRA
+    takes ~10x the full fine-tuning rate (Schulman et al. 2025, "LoRA Without Regret")."""
     if ctx.scale.tiny:  # tiny models trained from scratch tolerate (and need) large steps
         return {"grpo": 1e-4, "fkl": 5e-4, "opd": 1e-4}[kind]
     full = {"grpo": 1e-6, "fkl": 1e-5, "opd": 1e-6}[kind]
     return full * 10 if lora else full
+
+
+def vllm_settings(est: costs.Estimate, max_len: int) -> dict[str, Any]:
+    """The vLLM settings the memory model assumed for a generating stage: colocated (the
+    executor starts no vLLM server), its memory fraction, tensor-parallel size, sleep mode."""
+    return {"mode": "colocate", "gpu_memory_utilization": est.vllm_fraction or 0.5,
+            "tensor_parallel_size": max(est.tp, 1), "enable_sleep_mode": est.sleep, "max_model_len": max_len}
+
+
+def _splits(n: int, gpus: int, unit: int = 1) -> int:
+    """The smallest count >= n whose ``count * unit`` sequences split evenly over ``gpus``
+    processes (runners refuse a step that does not)."""
+    while (n * unit) % max(gpus, 1):
+        n += 1
+    return n
+
+
+def _micro(est: costs.Estimate, share: int) -> int:
+    """Per-device micro-batch: the memory model's, dividing this process's share of a step."""
+    m = max(1, min(est.micro_batch or share, share))
+    while share % m:
+        m -= 1
+    return m
 
 
 class _Builder:
@@ -61,7 +86,7 @@ class _Builder:
             id=sid, kind=kind, policy=policy, teacher=teacher, needs=tuple(dict.fromkeys(needs + refs)),
             data=data, params=params, resources=Resources(gpus=self.ctx.gpus),
             estimated=StageEstimate(gpu_hours=round(est.gpu_hours, 4), peak_mem_gb_per_gpu=round(est.peak_mem_gb, 2),
-                                    strategy=est.strategy)))
+                                    strategy=est.strategy, time_factor=round(est.time_factor, 6))))
         return sid
 
     def labeled(self, offset: int, count: int, spend: bool = True) -> LabeledSlice:
@@ -79,6 +104,13 @@ class _Builder:
     def lora(self, sid: str) -> bool:
         return self.a.costs[sid].strategy.startswith("lora")
 
+    def vllm(self, sid: str) -> dict[str, Any]:
+        sc = self.ctx.scale
+        return vllm_settings(self.a.costs[sid], sc.prompt_len + sc.max_new)
+
+    def micro(self, sid: str, per_step: int) -> int:
+        return _micro(self.a.costs[sid], max(1, per_step // self.ctx.gpus))
+
 
 def compile_stages(ctx: Context, alloc: Allocation) -> list[Stage]:
     """The stages of one allocation, in execution order."""
@@ -90,7 +122,7 @@ def compile_stages(ctx: Context, alloc: Allocation) -> list[Stage]:
         n = min(sc.probe_prompts, ctx.labels)
         first = [b.add("probe", "probe", student, [], {"labeled": b.labeled(0, n, spend=False)},
                        {"samples_per_prompt": sc.probe_samples, "num_prompts": n, "temperature": 1.0,
-                        "max_new_tokens": sc.max_new, "seed": b.seed})]
+                        "max_new_tokens": sc.max_new, "seed": b.seed, "vllm": b.vllm("probe")})]
     last, last_needs = student, list(first)
     if s.teacher:
         last, last_needs = _teacher_and_bridge(b, student, first)
@@ -105,16 +137,18 @@ def compile_stages(ctx: Context, alloc: Allocation) -> list[Stage]:
               **({"split": e.split} if e.split else {})} for e in ctx.spec.eval]
     b.add("final_eval", "eval", last, last_needs, {"eval": evals},
           {"k": sc.eval_k, "temperature": 0.0 if sc.tiny else 0.6, "greedy": sc.tiny, "max_new_tokens": sc.max_new,
-           "seed": b.seed})
+           "seed": b.seed, "vllm": b.vllm("final_eval")})
     return b.stages
 
 
 def _grpo_params(b: _Builder, sid: str, visits: float) -> dict[str, Any]:
     sc, q = b.ctx.scale, b.a.quantities
-    steps = _steps(visits, sc.prompts_per_step)
-    return {"steps": steps, "num_generations": q.group_size, "prompts_per_step": sc.prompts_per_step, "beta": 0.0,
+    per_step = _splits(sc.prompts_per_step, b.ctx.gpus, q.group_size)
+    steps = _steps(visits, per_step)
+    return {"steps": steps, "num_generations": q.group_size, "prompts_per_step": per_step, "beta": 0.0,
             "loss_type": "dapo", "max_completion_length": sc.max_new, "temperature": 1.0, "seed": b.seed,
-            "learning_rate": _lr(b.ctx, "grpo", b.lora(sid)), "lora": b.lora(sid), "save_steps": max(steps // 4, 1)}
+            "learning_rate": _lr(b.ctx, "grpo", b.lora(sid)), "lora": b.lora(sid), "save_steps": max(steps // 4, 1),
+            "per_device_batch_size": b.micro(sid, per_step * q.group_size), "vllm": b.vllm(sid)}
 
 
 def _teacher_and_bridge(b: _Builder, student: str, first: list[str]) -> tuple[str, list[str]]:
@@ -131,20 +165,26 @@ def _teacher_and_bridge(b: _Builder, student: str, first: list[str]) -> tuple[st
         per_prompt = max(1, math.ceil(q.fkl_rollouts / ctx.pool))
         n_prompts = max(1, math.ceil(q.fkl_rollouts / per_prompt))
         b.add("teacher_rollouts", "rollout", teacher, list(first), {"prompts": b.prompts(n_prompts)},
-              {"samples_per_prompt": per_prompt, "temperature": 0.7, "max_new_tokens": sc.max_new, "seed": b.seed})
+              {"samples_per_prompt": per_prompt, "temperature": 0.7, "max_new_tokens": sc.max_new, "seed": b.seed,
+               "vllm": b.vllm("teacher_rollouts")})
+        fkl_batch = _splits(sc.fkl_batch, ctx.gpus)
         last = "@" + b.add("student_fkl", "fkl", student, ["teacher_rollouts"], {"rollouts": "@teacher_rollouts"},
                            {"mode": "token" if s.fkl_token else "sequence", "epochs": 1,
-                            "steps": _steps(n_prompts * per_prompt, sc.fkl_batch),
-                            "learning_rate": _lr(ctx, "fkl", b.lora("student_fkl")),
-                            "max_length": sc.prompt_len + sc.max_new, "batch_size": sc.fkl_batch, "seed": b.seed},
+                            "steps": _steps(n_prompts * per_prompt, fkl_batch),
+                            "learning_rate": _lr(ctx, "fkl", b.lora("student_fkl")), "lora": b.lora("student_fkl"),
+                            "max_length": sc.prompt_len + sc.max_new, "batch_size": fkl_batch,
+                            "per_device_batch_size": b.micro("student_fkl", fkl_batch), "seed": b.seed},
                            teacher=teacher)
         last_needs = []
     if "opd" in s.bridge:
-        steps = _steps(q.opd_rollouts, sc.prompts_per_step)
-        last = "@" + b.add("student_opd", "opd", last, last_needs, {"prompts": b.prompts(steps * sc.prompts_per_step)},
-                           {"steps": steps, "learning_rate": _lr(ctx, "opd", b.lora("student_opd")), "beta": 1.0,
-                            "max_completion_length": sc.max_new, "temperature": 1.0,
-                            "prompts_per_step": sc.prompts_per_step, "seed": b.seed},
+        batch = _splits(q.opd_batch or sc.prompts_per_step, ctx.gpus)
+        steps = _steps(q.opd_rollouts, batch)
+        last = "@" + b.add("student_opd", "opd", last, last_needs, {"prompts": b.prompts(steps * batch)},
+                           {"steps": steps, "learning_rate": _lr(ctx, "opd", b.lora("student_opd")),
+                            "lora": b.lora("student_opd"), "beta": 1.0, "max_completion_length": sc.max_new,
+                            "temperature": 1.0, "prompts_per_step": batch,
+                            "per_device_batch_size": b.micro("student_opd", batch), "seed": b.seed,
+                            "vllm": b.vllm("student_opd")},
                            teacher=teacher)
         last_needs = []
     return last, last_needs
@@ -198,11 +238,12 @@ def compile_probe_graph(spec: PlanSpec) -> StageGraph:
                                                         for ch in ref.model.split("/")[-1])
         stages.append(Stage(id=sid, kind="probe", policy=spec.resolve_path(ref.model), data={"labeled": labeled},
                             params={"samples_per_prompt": sc.probe_samples, "num_prompts": n,
-                                    "max_new_tokens": sc.max_new, "temperature": 1.0, "seed": spec.search.seed},
+                                    "max_new_tokens": sc.max_new, "temperature": 1.0, "seed": spec.search.seed,
+                                    "vllm": vllm_settings(est, sc.prompt_len + sc.max_new)},
                             resources=Resources(gpus=ctx.gpus),
                             estimated=StageEstimate(gpu_hours=round(est.gpu_hours, 4),
                                                     peak_mem_gb_per_gpu=round(est.peak_mem_gb, 2),
-                                                    strategy=est.strategy)))
+                                                    strategy=est.strategy, time_factor=round(est.time_factor, 6))))
     return StageGraph(plan=spec.name, plan_hash=spec.hash(), stages=tuple(stages),
                       estimated=GraphEstimate(gpu_hours=round(sum(s.estimated.gpu_hours for s in stages), 4)),
                       meta={"purpose": "probe: per-prompt solve rates of every model on the labeled data"})

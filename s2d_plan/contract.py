@@ -40,7 +40,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, SerializeAsA
 from s2d_plan.errors import ConfigurationError, IncompatibleModelsError, S2DError
 
 __all__ = ["COMPLETE_MARKER", "EVIDENCE_FILE", "KINDS", "MODEL_SUBDIR", "ROLLOUTS_FILE", "ConfigurationError",
-           "IncompatibleModelsError", "Kind", "S2DError", "Stage", "StageSpec", "finalize", "is_complete",
+           "IncompatibleModelsError", "Kind", "S2DError", "Stage", "StageSpec", "VllmSettings", "finalize", "is_complete",
            "kind_of", "load_spec", "register_kind", "stage_ref"]
 
 COMPLETE_MARKER = "COMPLETE"  # written last, after the output directory is in place
@@ -153,7 +153,36 @@ class Params(_Frozen):
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
 
 
-class ProbeParams(Params):
+class VllmSettings(_Frozen):
+    """How a stage runs vLLM, as the memory model assumed it (the compiler fills it from
+    the stage's estimate). Runners pass it to TRL (``GRPOConfig``/``DistillationConfig``
+    ``vllm_*`` fields) or to ``vllm.LLM``; where vLLM is not used (CPU, not installed) it
+    is recorded and ignored. A hand-written stage without it gets these defaults, never
+    TRL's ``vllm_gpu_memory_utilization=0.3``."""
+
+    mode: Literal["colocate", "server"] = "colocate"  # server: a `trl vllm-serve` the user started
+    gpu_memory_utilization: float = Field(default=0.5, gt=0, le=1)  # fraction of each GPU's memory for vLLM
+    tensor_parallel_size: int = Field(default=1, ge=1, le=4096)  # GPUs per vLLM engine (divides the stage's GPUs)
+    enable_sleep_mode: bool = False  # offload vLLM's weights and KV cache while the trainer steps
+    max_model_len: int | None = Field(default=None, ge=16, le=MAX_TOKENS)  # prompt + completion tokens (None: the model's)
+    server_base_url: str | None = Field(default=None, max_length=MAX_TEXT)  # mode server only, e.g. http://host:8000
+
+
+class _Generates(Params):
+    """Kinds that generate; sampling kinds run vLLM in their own process (no server)."""
+
+    vllm: VllmSettings = VllmSettings()
+
+
+class _Samples(_Generates):
+    @model_validator(mode="after")
+    def _in_process(self) -> "_Samples":
+        if self.vllm.mode != "colocate":
+            raise ValueError("vllm.mode: sampling stages run vLLM in their own process; only colocate is possible")
+        return self
+
+
+class ProbeParams(_Samples):
     samples_per_prompt: int = Field(default=8, ge=1, le=MAX_SAMPLES)
     num_prompts: int = Field(default=64, ge=1, le=MAX_ROWS)
     max_new_tokens: int = Field(default=512, ge=1, le=MAX_TOKENS)
@@ -161,14 +190,14 @@ class ProbeParams(Params):
     batch_size: int = Field(default=64, ge=1, le=MAX_BATCH)
 
 
-class RolloutParams(Params):
+class RolloutParams(_Samples):
     samples_per_prompt: int = Field(default=4, ge=1, le=MAX_SAMPLES)
     max_new_tokens: int = Field(default=512, ge=1, le=MAX_TOKENS)
     temperature: float = Field(default=1.0, ge=0, le=100)
     batch_size: int = Field(default=64, ge=1, le=MAX_BATCH)
 
 
-class EvalParams(Params):
+class EvalParams(_Samples):
     k: int = Field(default=4, ge=1, le=MAX_SAMPLES)  # samples per problem (avg@k, pass@k)
     max_new_tokens: int = Field(default=512, ge=1, le=MAX_TOKENS)
     temperature: float = Field(default=0.6, ge=0, le=100)
@@ -182,7 +211,7 @@ class _TrainParams(Params):
     save_steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)  # checkpoint every N steps (default: steps // 4)
 
 
-class GrpoParams(_TrainParams):
+class GrpoParams(_TrainParams, _Generates):
     num_generations: int = Field(default=8, ge=2, le=MAX_SAMPLES)  # G, samples per prompt
     prompts_per_step: int = Field(default=16, ge=1, le=MAX_BATCH)
     beta: float = Field(default=0.0, ge=0, le=1000)  # KL to the reference (0: no reference model)
@@ -190,7 +219,7 @@ class GrpoParams(_TrainParams):
     max_completion_length: int = Field(default=512, ge=1, le=MAX_TOKENS)
     temperature: float = Field(default=1.0, gt=0, le=100)
     lora: bool = False  # LoRA adapters, merged into the saved checkpoint
-    per_device_batch_size: int | None = Field(default=None, ge=1, le=MAX_BATCH)
+    per_device_batch_size: int | None = Field(default=None, ge=1, le=MAX_BATCH)  # micro-batch in completions
 
 
 class FklParams(_TrainParams):
@@ -199,14 +228,18 @@ class FklParams(_TrainParams):
     epochs: float = Field(default=1, gt=0, le=10_000)
     learning_rate: float = Field(default=1e-5, gt=0, le=1)
     max_length: int = Field(default=1024, ge=8, le=MAX_TOKENS)
-    batch_size: int = Field(default=8, ge=1, le=MAX_BATCH)
+    batch_size: int = Field(default=8, ge=1, le=MAX_BATCH)  # sequences per optimizer step, over all processes
+    lora: bool = False  # LoRA adapters, merged into the saved checkpoint
+    per_device_batch_size: int | None = Field(default=None, ge=1, le=MAX_BATCH)  # micro-batch (default: the whole share)
 
 
-class OpdParams(_TrainParams):
+class OpdParams(_TrainParams, _Generates):
     beta: float = Field(default=1.0, ge=0, le=1)  # 1: reverse KL(student || teacher) per token
     max_completion_length: int = Field(default=512, ge=1, le=MAX_TOKENS)
     temperature: float = Field(default=1.0, gt=0, le=100)
-    prompts_per_step: int = Field(default=16, ge=1, le=MAX_BATCH)
+    prompts_per_step: int = Field(default=16, ge=1, le=MAX_BATCH)  # = sequences per step (one completion per prompt)
+    lora: bool = False  # LoRA adapters, merged into the saved checkpoint
+    per_device_batch_size: int | None = Field(default=None, ge=1, le=MAX_BATCH)  # micro-batch (default: the whole share)
 
 
 # ---------------------------------------------------------------- kinds
@@ -273,6 +306,7 @@ class StageEstimate(_Frozen):
     gpu_hours: float = Field(default=0.0, ge=0, le=MAX_GPU_HOURS)
     peak_mem_gb_per_gpu: float = Field(default=0.0, ge=0, le=1e6)
     strategy: Name | None = None  # the cost model's choice: single, fsdp, lora, tp<k> ...
+    time_factor: float = Field(default=1.0, gt=0, le=1e6)  # calibrated speed factor already in gpu_hours
 
 
 class Stage(_Frozen):
@@ -317,7 +351,7 @@ class Stage(_Frozen):
 
 
 def _param_problem(kind: Kind, err: dict[str, Any]) -> str:
-    where = "params." + ".".join(str(p) for p in err["loc"])
+    where = "params" + "".join(f".{p}" for p in err["loc"])
     if err["type"] == "extra_forbidden":
         name = str(err["loc"][-1])
         known = sorted(kind.params.model_fields)

@@ -78,10 +78,87 @@ def test_fit_reduces_error_and_recommend_uses_it(s2d_home, cli):
         in out.stdout
     cal = load_calibration(s2d_home)
     assert len(cal.evidence) == 4 and cal.pins == {}
-    assert doc["costs"]["mfu_train"] > 0 and fit["costs"]["stages"] >= 4
+    # every stage here is a `simulate` stage: its kind gets its own time factor, shown in the output
+    assert fit["costs"]["stages"] >= 4 and doc["costs"]["kind_factors"] == {"simulate": fit["costs"]["factor"]}
+    assert cal.costs.factor("simulate") == fit["costs"]["factor"]
+    assert f"simulate {fit['costs']['factor']:6.3g}  (" in out.stdout and "fitted)" in out.stdout
     assert "Posterior updated by 4 run(s)" in describe(cal)
 
     rec = cli("recommend", "plans/tiny-cpu.yaml", "--trials", "20", timeout=180)
     assert rec.returncode == 0, rec.stderr
     assert "Posterior updated by 4 run(s)" in rec.stdout
     assert (s2d_home / "posterior" / f"{fit['posterior']}.json").exists()  # recommend found calibrate's fit
+
+
+# --------------------------------------------------------------------------- per-kind time factors
+
+
+def _history(home, runs: list[tuple[str, list[tuple[str, str, float, float, float]]]]) -> None:
+    """Runs written through the history's own writer: (run_id, [(stage_id, kind, estimated
+    GPU-h, time factor already in that estimate, measured GPU-h)]) on one GPU each."""
+    from s2d_plan.contract import Stage
+    from s2d_plan.history.store import HistoryWriter
+
+    w = HistoryWriter(home)
+    try:
+        for run_id, stages in runs:
+            typed = [Stage.model_validate({"id": sid, "kind": kind, "policy": "m",
+                                           "estimated": {"gpu_hours": est, "time_factor": f}})
+                     for sid, kind, est, f, _ in stages]
+            graph = {"plan": "p", "stages": [s.model_dump(mode="json") for s in typed]}
+            w.start_run(run_id, "p", "h", json.dumps(graph), sum(s.estimated.gpu_hours for s in typed))
+            for i, (st, (_, _, _, _, measured)) in enumerate(zip(typed, stages)):
+                w.add_stage(run_id, i, st, f"{st.id}-{run_id}", home / st.id)
+                w.start_stage(run_id, st.id, 1, 1, home / "log", home / "m")
+                w.finish_stage(run_id, st.id, "FINISHED", measured * 3600, 1, 0, None)
+            w.finish_run(run_id, "FINISHED", None)
+    finally:
+        w.close()
+
+
+def test_time_factors_are_fitted_per_kind_and_applied_by_the_cost_model(s2d_home):
+    from s2d_plan.plan.registry import gpu_info, model_info
+    from s2d_plan.predict import costs
+    from s2d_plan.predict.calibrate import _cost_constants, fit_costs
+    from s2d_plan.predict.calibration import write_calibration
+
+    # grpo runs at half its estimate (one of them was planned under an earlier factor of 2:
+    # its estimate is taken back to the uncalibrated model first), eval at 1.5x, and the
+    # one rollout is too few stages for a factor of its own
+    _history(s2d_home, [
+        ("r1", [("teacher_grpo", "grpo", 2.0, 1.0, 1.0), ("final_eval", "eval", 0.2, 1.0, 0.3),
+                ("teacher_rollouts", "rollout", 1.0, 1.0, 1.0)]),
+        ("r2", [("teacher_grpo", "grpo", 4.0, 2.0, 1.0), ("final_eval", "eval", 0.2, 1.0, 0.3)]),
+        ("r3", [("teacher_grpo", "grpo", 1.0, 1.0, 0.5), ("final_eval", "eval", 0.4, 1.0, 0.6)]),
+    ])
+    fit = fit_costs(s2d_home)
+    by = fit["by_kind"]
+    assert fit["stages"] == 7 and by["grpo"]["stages"] == 3 and by["grpo"]["fitted"]
+    assert by["grpo"]["factor"] == pytest.approx(0.5) and by["eval"]["factor"] == pytest.approx(1.5)
+    pooled = (1.0 + 1.0 + 0.5 + 0.3 + 0.3 + 0.6 + 1.0) / (2.0 + 2.0 + 1.0 + 0.2 + 0.2 + 0.4 + 1.0)
+    assert fit["factor"] == pytest.approx(pooled, abs=1e-4)
+    assert not by["rollout"]["fitted"] and by["rollout"]["ratio"] == 1.0
+    assert by["rollout"]["factor"] == pytest.approx(pooled, abs=1e-4)
+
+    doc = {"costs": _cost_constants({}, fit)}
+    assert doc["costs"]["kind_factors"] == {"eval": by["eval"]["factor"], "grpo": by["grpo"]["factor"]}
+    write_calibration(s2d_home, doc)
+    c = load_calibration(s2d_home).costs
+    assert c.factor("grpo") == pytest.approx(0.5) and c.factor("rollout") == pytest.approx(pooled, abs=1e-4)
+    h100, q8 = gpu_info("H100-80GB"), model_info("Qwen/Qwen3-8B")
+    for cost, kind in ((lambda k: costs.grpo_cost(q8, h100, 8, 8000, 8, 256, 1024, 64, c=k), "grpo"),
+                       (lambda k: costs.rollout_cost(q8, h100, 8, 40000, 256, 1024, k), "rollout"),
+                       (lambda k: costs.eval_cost(q8, h100, 8, 500, 4, 256, 1024, k), "eval")):
+        base, fitted = cost(costs.DEFAULT_CONSTANTS), cost(c)
+        assert fitted.gpu_hours == pytest.approx(base.gpu_hours * c.factor(kind)) and fitted.time_factor == c.factor(kind)
+
+
+def test_an_older_single_factor_calibration_is_replaced_not_compounded():
+    from s2d_plan.predict.calibrate import _cost_constants
+
+    old = {"costs": {"mfu_train": 0.48, "decode_step_s": 0.00625, "bytes_full_ft": 18.0},
+           "fit": {"costs": {"factor": 0.625, "by_kind": {"grpo": 0.44}}}}
+    fit = {"factor": 0.7, "by_kind": {"grpo": {"factor": 0.5, "fitted": True}, "eval": {"factor": 0.7, "fitted": False}}}
+    out = _cost_constants(old, fit)
+    # the speed constants the old calibrate rescaled go; a constant set by hand stays
+    assert out == {"bytes_full_ft": 18.0, "time_factor": 0.7, "kind_factors": {"grpo": 0.5}}

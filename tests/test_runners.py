@@ -344,3 +344,38 @@ def test_grpo_with_lora_saves_a_plain_model_later_stages_can_load(tiny, tmp_path
     # the adapter is merged: downstream stages load model/ like any checkpoint
     assert (out / "model" / "model.safetensors").is_file() and not (out / "model" / "adapter_config.json").exists()
     assert json.loads((out / "COMPLETE").read_text())["summary"]["steps"] == 2
+
+
+def test_fkl_and_opd_with_lora_save_plain_models_later_stages_can_load(tiny, tmp_path):
+    """The bridge under LoRA, chained as a compiled graph chains it: token-level FKL trains
+    adapters on the student, OPD trains new adapters on FKL's merged output, and the final
+    model loads as a plain checkpoint. Only the adapters trained, at the stage's rate."""
+    from transformers import AutoModelForCausalLM
+
+    ro = {"id": "ro", "policy": str(tiny / "teacher"), "data": {"labeled": labeled(tiny, 6)},
+          "params": {"samples_per_prompt": 2, "max_new_tokens": 16}}
+    r, d_ro = run_stage(tmp_path, "rollout", ro, {"policy": str(tiny / "teacher")})
+    ok(r, d_ro)
+    fkl = {"id": "fkl", "policy": str(tiny / "student"), "teacher": str(tiny / "teacher"), "data": {"rollouts": "@ro"},
+           "params": {"mode": "token", "steps": 2, "batch_size": 4, "per_device_batch_size": 2, "max_length": 64,
+                      "lora": True, "learning_rate": 5e-3}}
+    r, d_fkl = run_stage(tmp_path, "fkl", fkl, {"policy": str(tiny / "student"), "teacher": str(tiny / "teacher"),
+                                                "data.rollouts": str(d_ro / "out")})
+    out_fkl = ok(r, d_fkl)
+    stage, inputs = opd_stage(tiny)
+    stage["policy"] = inputs["policy"] = str(out_fkl)  # a stage output: the runner loads out/model
+    stage["params"].update(lora=True, learning_rate=5e-3)
+    r, d_opd = run_stage(tmp_path, "opd", stage, inputs)
+    out_opd = ok(r, d_opd)
+    student = AutoModelForCausalLM.from_pretrained(tiny / "student")
+    for out in (out_fkl, out_opd):
+        summary = json.loads((out / "COMPLETE").read_text())["summary"]
+        assert summary["lora"] is True and summary["steps"] == 2
+        assert 0 < summary["trained_params"] < 0.5 * summary["params"]  # adapters, not the whole model
+        assert not (out / "model" / "adapter_config.json").exists()
+        merged = AutoModelForCausalLM.from_pretrained(out / "model")  # a plain checkpoint
+        assert sum(p.numel() for p in merged.parameters()) == sum(p.numel() for p in student.parameters())
+        changed = [n for n, p in merged.state_dict().items() if not p.equal(student.state_dict()[n])]
+        assert changed and all("_proj." in n for n in changed), [n for n in changed if "_proj." not in n]
+    assert [s for s, _ in metrics(d_opd)["loss"]] == [1, 2]
+    assert [v for _, v in metrics(d_opd)["learning_rate"]][0] <= 5e-3

@@ -2,8 +2,9 @@
 
 A ``Structure`` is the discrete shape of a pipeline (teacher, raw or RL-improved, bridge,
 Stage 3, probe); ``Quantities`` are its continuous amounts (labels per stage, epochs,
-group size, bridge rollouts). ``stage_costs`` prices a candidate with the cost model;
-``LinearCost`` is the same, linearized per (structure, group size) for the search.
+group size, bridge rollouts, OPD's batch). ``stage_costs`` prices a candidate with the cost
+model; ``LinearCost`` is the same, linearized per (structure, group size; OPD per batch)
+for the search.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ class Quantities:
     opd_rollouts: float = 0.0
     student_labels: int = 0
     student_epochs: float = 0.0
+    opd_batch: int = 0  # OPD sequences (= prompts) per optimizer step; 0: the scale's default
 
     def params(self) -> dict[str, Any]:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
@@ -181,7 +183,7 @@ def stage_costs(ctx: Context, s: Structure, q: Quantities) -> dict[str, Estimate
                                                 sc.max_new, s.fkl_token, c)
         if "opd" in (s.bridge or ""):
             out["student_opd"] = costs.opd_cost(ctx.student, t, gpu, n, q.opd_rollouts, sc.prompt_len, sc.max_new,
-                                                sc.prompts_per_step, c)
+                                                q.opd_batch or sc.prompts_per_step, c)
     if s.stage3 or s.direct:
         sid = "student_grpo" if s.stage3 else "direct_grpo"
         out[sid] = costs.grpo_cost(ctx.student, gpu, n, q.student_labels * q.student_epochs, q.group_size,
@@ -248,6 +250,23 @@ class Box:
     fkl_passes: tuple[float, float]
     opd_passes: tuple[float, float]
     student_epochs: tuple[float, float]
+    opd_batches: tuple[int, ...] = ()  # the OPD batch ladder, smallest first
+
+
+def opd_batches(ctx: Context) -> tuple[int, ...]:
+    """OPD batch sizes to search: from GRPO's prompts per step up to the sequences a GRPO
+    step generates at the largest group size (64..1024 on GPUs), doubling, each a multiple
+    of the stage's GPUs. A bigger batch keeps vLLM's decode batches full (cheaper per
+    sequence) and takes fewer optimizer steps. Tiny CPU plans keep the scale's batch."""
+    sc = ctx.scale
+    if sc.tiny:
+        return (sc.prompts_per_step,)
+    lo, hi = sc.prompts_per_step, sc.prompts_per_step * max(GROUPS)
+    ladder, b = [], lo
+    while b <= hi:
+        ladder.append(-(-b // ctx.gpus) * ctx.gpus)
+        b *= 2
+    return tuple(dict.fromkeys(ladder))
 
 
 def box(ctx: Context, s: Structure) -> Box:
@@ -283,12 +302,13 @@ def box(ctx: Context, s: Structure) -> Box:
     s_labels = ctx.labels if (ctx.reuse or not s.teacher_rl) else ctx.labels * (1 - frac[0])
     return Box(groups, frac, epochs(t_labels, "teacher_grpo"), passes("student_fkl", sc.fkl_batch),
                passes("student_opd", sc.prompts_per_step),
-               epochs(s_labels, "student_grpo" if s.stage3 else "direct_grpo"))
+               epochs(s_labels, "student_grpo" if s.stage3 else "direct_grpo"), opd_batches(ctx))
 
 
 def quantities(ctx: Context, s: Structure, b: Box, u: tuple[float, ...], group: int) -> Quantities:
-    """Map a point ``u`` of the unit cube (frac, t_epochs, fkl, opd, s_epochs) into the box
-    (log scale for amounts)."""
+    """Map a point ``u`` of the unit cube (frac, t_epochs, fkl, opd, s_epochs[, opd_batch])
+    into the box (log scale for amounts; the OPD batch along its ladder, the largest when
+    ``u`` has no sixth coordinate, never more than a MIN_STEPS-th of the OPD rollouts)."""
 
     def lin(r, x):
         return r[0] + (r[1] - r[0]) * x
@@ -303,10 +323,17 @@ def quantities(ctx: Context, s: Structure, b: Box, u: tuple[float, ...], group: 
         s_labels = ctx.labels - t_labels
     else:
         s_labels = ctx.labels if (s.stage3 or s.direct) else 0
+    opd = ctx.pool * log(b.opd_passes, u[3]) if "opd" in (s.bridge or "") else 0.0
+    batch = 0
+    if opd and b.opd_batches:
+        i = round((u[5] if len(u) > 5 else 1.0) * (len(b.opd_batches) - 1))
+        while i > 0 and b.opd_batches[i] * MIN_STEPS > opd:
+            i -= 1
+        batch = b.opd_batches[i]
     return Quantities(
         group_size=group, teacher_labels=t_labels, teacher_epochs=log(b.teacher_epochs, u[1]) if t_labels else 0.0,
         fkl_rollouts=ctx.pool * log(b.fkl_passes, u[2]) if "fkl" in (s.bridge or "") else 0.0,
-        opd_rollouts=ctx.pool * log(b.opd_passes, u[3]) if "opd" in (s.bridge or "") else 0.0,
+        opd_rollouts=opd, opd_batch=batch,
         student_labels=s_labels, student_epochs=log(b.student_epochs, u[4]) if s_labels else 0.0)
 
 
@@ -322,16 +349,34 @@ class LinearCost:
 
         one, two = 1000.0, 2000.0
         c1, c2 = stage_costs(ctx, s, q_of(one)), stage_costs(ctx, s, q_of(two))
-        self.fixed = sum(2 * c1[k].gpu_hours - c2[k].gpu_hours for k in c1)
+        self.intercept = {k: 2 * c1[k].gpu_hours - c2[k].gpu_hours for k in c1}
+        self.fixed = sum(self.intercept.values())
         self.slope = {k: (c2[k].gpu_hours - c1[k].gpu_hours) / (two - one) for k in c1}
         self.memory = {k: e for k, e in c1.items()}
+        self._ctx, self._s, self._q = ctx, s, q_of(one)
+        self._opd: dict[int, tuple[float, float]] = {}
+
+    def opd_line(self, batch: int) -> tuple[float, float]:
+        """(intercept, slope per sequence) of the OPD stage at this batch, fitted over
+        whole steps (4 and 8 of them) so that wave rounding does not bend it."""
+        if batch not in self._opd:
+            a1, a2 = 4.0 * batch, 8.0 * batch
+            e1, e2 = (stage_costs(self._ctx, self._s, replace(self._q, opd_rollouts=a, opd_batch=batch))["student_opd"]
+                      for a in (a1, a2))
+            slope = (e2.gpu_hours - e1.gpu_hours) / (a2 - a1)
+            self._opd[batch] = (e1.gpu_hours - slope * a1, slope)
+        return self._opd[batch]
 
     def __call__(self, q: Quantities) -> float:
         amount = {"teacher_grpo": q.teacher_labels * q.teacher_epochs, "teacher_rollouts": q.fkl_rollouts,
                   "student_fkl": q.fkl_rollouts, "student_opd": q.opd_rollouts,
                   "student_grpo": q.student_labels * q.student_epochs,
                   "direct_grpo": q.student_labels * q.student_epochs}
-        return self.fixed + sum(slope * amount.get(k, 0.0) for k, slope in self.slope.items())
+        total = self.fixed + sum(slope * amount.get(k, 0.0) for k, slope in self.slope.items())
+        if q.opd_batch and "student_opd" in self.slope:  # the OPD stage at its own batch
+            fixed, slope = self.opd_line(q.opd_batch)
+            total += fixed - self.intercept["student_opd"] + (slope - self.slope["student_opd"]) * q.opd_rollouts
+        return total
 
     def infeasible_stage(self) -> tuple[str, Estimate] | None:
         for k, e in self.memory.items():

@@ -206,11 +206,29 @@ def dry_run(graph: Any, stages: list[DryRunStage], home: Path) -> str:
         needs = f" after {', '.join(s.needs)}" if s.needs else ""
         lines.append(f"{i}. {s.id} [{s.kind}] key {d.key} {d.state}; {s.resources.gpus} GPU, "
                      f"est {s.estimated.gpu_hours:.2f} GPU-h{needs}")
+        lines += [f"   {line}" for line in _settings(s.params)]
         if d.state != "cached":
             lines.append(f"   $ {shlex.join(d.argv)}")
     whole = graph.estimated.gpu_hours or sum(s.estimated.gpu_hours for s in graph.stages)
     lines.append(f"estimated GPU-hours to run: {total:.2f} (whole graph {whole:.2f})")
     return "\n".join(lines)
+
+
+def _settings(p: Any) -> list[str]:
+    """What a stage runs with beyond its command: vLLM as the memory model assumed it, and
+    LoRA with the learning rate the runner will use."""
+    out = []
+    v = getattr(p, "vllm", None)
+    if v is not None:
+        where = f"server {v.server_base_url or '(host/port from TRL)'}" if v.mode == "server" else v.mode
+        out.append(f"vllm: {where}, gpu_memory_utilization {v.gpu_memory_utilization:g}, tensor_parallel_size "
+                   f"{v.tensor_parallel_size}, sleep mode {'on' if v.enable_sleep_mode else 'off'}"
+                   + (f", max_model_len {v.max_model_len}" if v.max_model_len else "")
+                   + " (applied where vLLM runs)")
+    if getattr(p, "lora", None) is not None and getattr(p, "learning_rate", None) is not None:
+        out.append(f"train: {'LoRA (merged on save)' if p.lora else 'full fine-tuning'}, "
+                   f"learning_rate {p.learning_rate:g}")
+    return out
 
 
 def calibration_report(report: dict[str, Any]) -> str:
@@ -229,10 +247,16 @@ def calibration_report(report: dict[str, Any]) -> str:
     else:
         lines.append("no constant narrowed to under half its prior spread: the runs say little about them")
     if fit["costs"]:
-        c = fit["costs"]
-        lines.append(f"costs: measured/estimated time over {c['stages']} stage(s) = {c['factor']:.3g} "
-                     f"(by kind: {', '.join(f'{k} {v:.3g}' for k, v in sorted(c['by_kind'].items()))}); "
-                     "speed constants scaled by it")
+        lines += _cost_factors(fit["costs"])
     lines += [f"skipped {n} run(s): {why}" for why, n in fit["skipped"].items()]
     lines.append(f"written to {report['path']} (recommend uses it from now on)")
     return "\n".join(lines)
+
+
+def _cost_factors(c: dict[str, Any]) -> list[str]:
+    """The per-kind time factors calibrate fitted (what the cost model now multiplies by)."""
+    lines = [f"cost time factors (measured / estimated GPU-hours over {c['stages']} stage(s); pooled {c['factor']:.3g}):"]
+    for kind, k in c["by_kind"].items():
+        how = "fitted" if k["fitted"] else f"pooled: fewer than {c['min_stages']} stages"
+        lines.append(f"  {kind.ljust(8)} {k['factor']:6.3g}  ({k['stages']} stage(s), ratio {k['ratio']:.3g}; {how})")
+    return lines

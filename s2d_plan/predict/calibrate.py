@@ -14,8 +14,10 @@ to zero error: the report shows the error of the prior-only posterior (the paper
 and of the updated one, on these runs.
 
 Costs: the measured GPU-hours of every stage that ran (not CACHED) over its estimate give
-one time factor, applied to every speed constant of the cost model at once (so every
-estimate scales by it); the per-kind ratios are stored beside it for inspection.
+a time factor per stage kind (measured ratios differ by kind: generation-bound rollouts
+and evals are not mis-estimated like training), fitted where a kind has at least
+``MIN_KIND_STAGES`` stages, the pooled factor elsewhere; the cost model multiplies each
+kind's GPU-hours by its factor.
 
     >>> calibrate("/nonexistent")
     Traceback (most recent call last):
@@ -41,8 +43,9 @@ from s2d_plan.predict.posterior import (Datum, datum_to_json, eval_sd, inputs_fr
 __all__ = ["calibrate", "fit_costs", "observations", "outcome_inputs", "rmse"]
 
 MIN_RUNS = 3  # distinct finished runs (with outcome inputs and a measured eval) needed to fit anything
-_COST_SPEED_UP = ("mfu_train", "gen_bandwidth_eff", "gen_compute_eff", "load_gbs")  # divide by the factor
-_COST_SLOW_DOWN = ("decode_step_s", "stage_startup_s")  # multiply by it
+MIN_KIND_STAGES = 3  # finished stages of one kind needed for its own time factor (else the pooled one)
+# what an older calibrate rescaled by its single time factor (per-kind factors replace it)
+_LEGACY_SCALED = ("mfu_train", "gen_bandwidth_eff", "gen_compute_eff", "load_gbs", "decode_step_s", "stage_startup_s")
 
 
 # ---------------------------------------------------------------- what a graph predicted from
@@ -137,16 +140,63 @@ def as_data(obs: list[Observation]) -> list[Datum]:
 
 
 def fit_costs(home: Path) -> dict[str, Any] | None:
-    """One time factor (measured / estimated GPU-hours over stages that ran) and per-kind ratios."""
+    """Measured / estimated GPU-hours of the stages that ran, per stage kind and pooled.
+
+    Estimates are taken back to the uncalibrated cost model first (each stage records the
+    time factor already in its estimate, ``estimated.time_factor``), so calibrating twice
+    does not compound. A kind with fewer than ``MIN_KIND_STAGES`` stages gets the pooled
+    factor; its own ratio is still reported."""
     from s2d_plan.history.read import query
 
-    _, rows = query("""SELECT kind, sum(gpu_hours), sum(est_gpu_hours), count(*) FROM stages
-                       WHERE status = 'FINISHED' AND gpu_hours > 0 AND est_gpu_hours > 0 GROUP BY kind""", home)
+    _, rows = query("""SELECT run_id, stage_id, kind, gpu_hours, est_gpu_hours FROM stages
+                       WHERE status = 'FINISHED' AND gpu_hours > 0 AND est_gpu_hours > 0""", home)
     if not rows:
         return None
-    actual, est = sum(r[1] for r in rows), sum(r[2] for r in rows)
-    return {"factor": actual / est, "stages": int(sum(r[3] for r in rows)),
-            "by_kind": {r[0]: round(r[1] / r[2], 4) for r in rows}}
+    applied = _applied_factors(home, {r[0] for r in rows})
+    sums: dict[str, list[float]] = {}
+    for run_id, stage_id, kind, measured, est in rows:
+        acc = sums.setdefault(kind, [0.0, 0.0, 0])
+        acc[0] += measured
+        acc[1] += est / applied.get((run_id, stage_id), 1.0)
+        acc[2] += 1
+    pooled = sum(a[0] for a in sums.values()) / sum(a[1] for a in sums.values())
+    by_kind = {k: {"ratio": round(a[0] / a[1], 4), "stages": a[2], "fitted": a[2] >= MIN_KIND_STAGES,
+                   "factor": round(a[0] / a[1] if a[2] >= MIN_KIND_STAGES else pooled, 4)}
+               for k, a in sorted(sums.items())}
+    return {"factor": round(pooled, 4), "stages": len(rows), "min_stages": MIN_KIND_STAGES, "by_kind": by_kind}
+
+
+def _applied_factors(home: Path, run_ids: set[str]) -> dict[tuple[str, str], float]:
+    """(run, stage) -> the time factor its graph's estimate already carried."""
+    from s2d_plan.history.read import query
+
+    _, runs = query("SELECT run_id, graph FROM runs", home)
+    out: dict[tuple[str, str], float] = {}
+    for run_id, text in runs:
+        if run_id not in run_ids or not text:
+            continue
+        try:
+            stages = json.loads(text).get("stages") or []
+        except (ValueError, AttributeError):
+            continue
+        for st in stages:
+            f = (st.get("estimated") or {}).get("time_factor")
+            if isinstance(f, (int, float)) and f > 0:
+                out[(run_id, st.get("id"))] = float(f)
+    return out
+
+
+def _cost_constants(old: dict[str, Any], cost_fit: dict[str, Any] | None) -> dict[str, Any]:
+    """The ``costs`` block to write: what was there, with the fitted time factors."""
+    out = dict(old.get("costs", {}))
+    if not cost_fit:
+        return out
+    if (old.get("fit") or {}).get("costs") and "time_factor" not in out:
+        for name in _LEGACY_SCALED:  # an older calibrate scaled these by one factor; factors replace that
+            out.pop(name, None)
+    out["time_factor"] = cost_fit["factor"]
+    out["kind_factors"] = {k: v["factor"] for k, v in cost_fit["by_kind"].items() if v["fitted"]}
+    return out
 
 
 def calibrate(home: str | Path | None = None, min_runs: int = MIN_RUNS) -> dict[str, Any]:
@@ -172,12 +222,7 @@ def calibrate(home: str | Path | None = None, min_runs: int = MIN_RUNS) -> dict[
     old = in_force.raw or {}
     names = [n for n in updated.names if updated.narrowed(n) < 0.5]
     cost_fit = fit_costs(home)
-    cost_out = dict(old.get("costs", {}))
-    if cost_fit:
-        c0 = in_force.costs
-        f = cost_fit["factor"]
-        cost_out.update({n: getattr(c0, n) / f for n in _COST_SPEED_UP})
-        cost_out.update({n: getattr(c0, n) * f for n in _COST_SLOW_DOWN})
+    cost_out = _cost_constants(old, cost_fit)
     fit = {"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "runs": len(obs),
            "metrics": sorted({o.metric for o in obs}), "fitted": names,
            "rmse_before": before, "rmse_after": after, "skipped": skipped,

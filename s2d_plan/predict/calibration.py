@@ -2,12 +2,13 @@
 
 ``s2d-plan calibrate`` writes it: ``"evidence"`` (the finished runs of the history as
 data for the outcome posterior: each run's prediction inputs, its measured accuracy and
-the noise of that measurement), ``"costs"`` (cost constants by their lower-case names)
-and ``"fit"`` (how it was made). ``"outcome"`` holds outcome constants a user pins by
-hand: they leave the posterior and keep that value. ``recommend`` reads it through
-``load_calibration``. A missing or unreadable file means the shipped constants and the
-paper's evidence alone; an unknown name, a non-number or a malformed datum is ignored,
-never an error in the middle of a plan.
+the noise of that measurement), ``"costs"`` (cost constants by their lower-case names,
+and per-kind time factors as ``"kind_factors": {"grpo": 0.44, ...}``) and ``"fit"`` (how
+it was made). ``"outcome"`` holds outcome constants a user pins by hand: they leave the
+posterior and keep that value. ``recommend`` reads it through ``load_calibration``. A
+missing or unreadable file means the shipped constants and the paper's evidence alone;
+an unknown name, a non-number or a malformed datum is ignored, never an error in the
+middle of a plan.
 
     >>> cal = load_calibration("/nonexistent")
     >>> cal.costs.mfu_train, cal.fit is None
@@ -54,12 +55,18 @@ class Calibration:
         return out
 
 
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _override(base: Any, raw: Any) -> Any:
     if not isinstance(raw, dict):
         return base
     known = {f.name for f in fields(base)}
-    picked = {k: type(getattr(base, k))(v) for k, v in raw.items()
-              if k in known and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    picked: dict[str, Any] = {k: type(getattr(base, k))(v) for k, v in raw.items() if k in known and _number(v)}
+    if "kind_factors" in known and isinstance(raw.get("kind_factors"), dict):  # per stage kind: {"grpo": 0.44}
+        picked["kind_factors"] = tuple(sorted((str(k), float(v)) for k, v in raw["kind_factors"].items()
+                                              if _number(v) and v > 0))
     return replace(base, **picked)
 
 
@@ -101,5 +108,11 @@ def describe(cal: Calibration) -> str | None:
     if fit.get("runs"):
         return (f"Posterior updated by {fit['runs']} run(s) of the history ({cal.path}, {fit.get('time', '?')}): "
                 f"outcome error {fit['rmse_before'] * 100:.1f} -> {fit['rmse_after'] * 100:.1f} points RMSE"
-                + (f"; cost time factor {fit['costs']['factor']:.3g}" if fit.get("costs") else "") + ".")
+                + (f"; {_time_factors(cal)}" if fit.get("costs") else "") + ".")
     return f"Constants overridden by {cal.path}: {', '.join(keys)}."
+
+
+def _time_factors(cal: Calibration) -> str:
+    c = cal.costs
+    own = ", ".join(f"{k} {f:.3g}" for k, f in c.kind_factors)
+    return f"cost time factors {own + ', ' if own else ''}other kinds {c.time_factor:.3g}"

@@ -103,8 +103,8 @@ def code_files(module: str) -> tuple[Path, ...]:
     runner imports is not among them, so editing it changes no stage key.
 
     >>> names = {p.name for p in code_files("runners.opd")}
-    >>> "grpo.py" in names, "tiny.py" in names
-    (True, False)
+    >>> "_train.py" in names, "grpo.py" in names, "tiny.py" in names
+    (True, False, False)
     """
     seen: dict[str, Path] = {}
     todo = [module] + [module.rsplit(".", i)[0] for i in range(1, module.count(".") + 1)]
