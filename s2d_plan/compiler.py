@@ -160,7 +160,7 @@ def compile_graph(ctx: Context, result: SearchResult, meta: dict[str, Any] | Non
         predicted=Band(eval=ctx.spec.objective.eval, value=round(p.value, 4), low=round(p.low, 4),
                        high=round(p.high, 4)),
         estimated=GraphEstimate(gpu_hours=round(sum(st.estimated.gpu_hours for st in stages), 4)),
-        stages=tuple(stages), meta=meta or {})
+        stages=tuple(stages), meta=meta or {}, cluster=ctx.spec.compute.cluster)
 
 
 def compile_probe_graph(spec: PlanSpec) -> StageGraph:
@@ -192,6 +192,6 @@ def compile_probe_graph(spec: PlanSpec) -> StageGraph:
                             estimated=StageEstimate(gpu_hours=round(est.gpu_hours, 4),
                                                     peak_mem_gb_per_gpu=round(est.peak_mem_gb, 2),
                                                     strategy=est.strategy)))
-    return StageGraph(plan=spec.name, plan_hash=spec.hash(), stages=tuple(stages),
+    return StageGraph(plan=spec.name, plan_hash=spec.hash(), stages=tuple(stages), cluster=spec.compute.cluster,
                       estimated=GraphEstimate(gpu_hours=round(sum(s.estimated.gpu_hours for s in stages), 4)),
                       meta={"purpose": "probe: per-prompt solve rates of every model on the labeled data"})

@@ -28,7 +28,7 @@ import duckdb
 from s2d_plan.paths import snapshot_path
 
 INFO_TABLE = "_s2d_snapshot"  # (base_id, run_id) inside each copy
-RUN_TABLES = ("runs", "stages", "metrics", "artifacts", "evidence", "trials")
+RUN_TABLES = ("runs", "stages", "metrics", "artifacts", "evidence", "trials", "placements")
 
 
 def live_path(home: Path) -> Path:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
@@ -99,6 +99,38 @@ class Data(_Spec):
     completion_tokens: int | None = Field(default=None, gt=0)
 
 
+class RayCluster(_Spec):
+    """Stages as Ray tasks on a running Ray cluster (``ray start`` on every node)."""
+
+    backend: Literal["ray"]
+    address: str = "auto"  # what ``ray.init(address=...)`` takes: auto, HOST:PORT, ray://HOST:PORT
+    gpus_per_node: int | None = Field(default=None, gt=0)  # default: the largest node's GPU count
+    namespace: str = "s2d"  # Ray namespace of the stage actors (re-attach finds them by name)
+    retries: int = Field(default=2, ge=0)  # new attempts of a stage whose node died
+
+
+class SlurmCluster(_Spec):
+    """Stages as Slurm jobs (``sbatch``; one job of N nodes for a multi-node stage)."""
+
+    backend: Literal["slurm"]
+    partition: str | None = None  # sbatch --partition (default: the cluster's default)
+    account: str | None = None  # sbatch --account
+    time_limit: str | None = None  # sbatch --time, e.g. "72:00:00"
+    gpus_per_node: int = Field(default=8, ge=0)  # GPUs of one node of the partition
+    gres: str = "gpu"  # the GRES name GPUs are requested under (--gres=gpu:N); "" requests none
+    max_jobs: int = Field(default=16, gt=0)  # stages queued or running at once
+    retries: int = Field(default=2, ge=0)  # new attempts of a stage whose node failed or was preempted
+
+
+class LocalCluster(_Spec):
+    """Stages as local processes (the default)."""
+
+    backend: Literal["local"]
+
+
+ClusterSpec = Annotated[RayCluster | SlurmCluster | LocalCluster, Field(discriminator="backend")]
+
+
 class Compute(_Spec):
     gpu: str  # accelerator type from the registry (see `known_gpus()`), or a custom one
     gpus: int = Field(gt=0)
@@ -106,6 +138,7 @@ class Compute(_Spec):
     memory_gb: float | None = Field(default=None, gt=0)  # overrides for a custom GPU type
     bf16_tflops: float | None = Field(default=None, gt=0)
     bandwidth_tbs: float | None = Field(default=None, gt=0)
+    cluster: ClusterSpec | None = None  # where stages run; not part of the plan's hash
 
     @property
     def gpu_hours(self) -> float:
@@ -189,7 +222,8 @@ class PlanSpec(_Spec):
 
     def hash(self) -> str:
         """Content hash of the validated plan (not of its formatting)."""
-        canon = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        # where it runs does not change what is recommended
+        canon = json.dumps(self.model_dump(mode="json", exclude={"compute": {"cluster"}}), sort_keys=True)
         return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
     def resolve_path(self, source: str) -> str:
