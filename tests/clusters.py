@@ -62,10 +62,36 @@ class RayCluster:
         subprocess.run([sys.executable, "-c", code, self.address, str(alive), str(timeout)], check=True,
                        timeout=timeout + 30, env=dict(os.environ, RAY_DISABLE_USAGE_STATS="1"))
 
+    def node_ids(self) -> dict[str, str]:
+        """{"node_a": Ray node id, ...} of the live nodes, by the resource naming each."""
+        code = ("import json,ray,sys\nray.init(address=sys.argv[1], logging_level='ERROR')\n"
+                "print(json.dumps({r: n['NodeID'] for n in ray.nodes() if n['Alive'] for r in n['Resources'] "
+                "if r.startswith('node_')}))")
+        out = subprocess.run([sys.executable, "-c", code, self.address], check=True, capture_output=True, text=True,
+                             timeout=120, env=dict(os.environ, RAY_DISABLE_USAGE_STATS="1")).stdout
+        return json.loads(out.strip().splitlines()[-1])
+
+    def alive_actors(self, prefix: str) -> list[str]:
+        """Names of the live Ray actors whose name starts with ``prefix``."""
+        code = ("import json,ray,sys\nfrom ray.util.state import list_actors\n"
+                "ray.init(address=sys.argv[1], logging_level='ERROR')\n"
+                "print(json.dumps([a.name for a in list_actors(filters=[('state', '=', 'ALIVE')]) "
+                "if (a.name or '').startswith(sys.argv[2])]))")
+        out = subprocess.run([sys.executable, "-c", code, self.address, prefix], check=True, capture_output=True,
+                             text=True, timeout=120, env=dict(os.environ, RAY_DISABLE_USAGE_STATS="1")).stdout
+        return json.loads(out.strip().splitlines()[-1])
+
     def kill_node(self, name: str) -> None:
-        """A node dies: SIGKILL to every process its `ray start` started (its group)."""
+        """A node dies: SIGKILL to every process its `ray start` started (its group) and to
+        the Ray workers its raylet forked (each in its own process group, but in the
+        session `ray start` leads); the stage runners die with their worker (PR_SET_PDEATHSIG)."""
         node = self.nodes.pop(name)
         _killpg(node.proc, signal.SIGKILL)
+        for pid in _pids_in_session(node.proc.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def stop(self) -> None:
         for name in [n for n in self.nodes if n != "node_a"] + ["node_a"]:
@@ -73,10 +99,28 @@ class RayCluster:
                 node = self.nodes.pop(name)
                 _killpg(node.proc, signal.SIGTERM)  # `ray start --block` stops its processes
                 try:
-                    node.proc.wait(30)
+                    node.proc.wait(8)
                 except subprocess.TimeoutExpired:
                     _killpg(node.proc, signal.SIGKILL)
+                for pid in _pids_in_session(node.proc.pid):  # workers outside the group
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _pids_in_session(sid: int) -> list[int]:
+    """Processes of the session ``sid`` leads (our `ray start`, started with setsid)."""
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[3]) == sid:  # after ")": state ppid pgrp session
+                pids.append(int(proc.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return [p for p in pids if p != os.getpid()]
 
 
 def _killpg(proc: subprocess.Popen, sig: int) -> None:

@@ -50,7 +50,7 @@ from s2d_plan.history.store import HistoryWriter
 from s2d_plan.paths import attempt_file, partial_dir, resolve_home, stage_dir
 from s2d_plan.run import procs as _procs, staging
 from s2d_plan.run.identity import cache_keys, resolve_inputs
-from s2d_plan.run.launchers import Job, Slot, make_launcher
+from s2d_plan.run.launchers import Busy, Job, Slot, make_launcher
 from s2d_plan.run.progress import PlainDisplay
 from s2d_plan.run.recovery import recover_stale
 from s2d_plan.run.state import RunResult, StageState
@@ -249,6 +249,9 @@ class _Executor:
         st.slot, st.started, st.status = slot, time.monotonic(), "RUNNING"
         try:
             st.proc = self.launcher.start(job, slot)
+        except Busy:  # the cluster shrank or is shared: wait for the next free slot
+            st.status, st.started, st.slot = "PENDING", None, Slot()
+            return
         except (OSError, S2DError) as exc:
             st.ended = time.monotonic()
             self._record_end(st, "FAILED", None, f"could not start on {self.launcher.name}: {exc}")

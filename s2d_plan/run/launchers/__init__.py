@@ -40,6 +40,10 @@ class ClusterError(S2DError):
     """The cluster cannot be used (unreachable, home not shared, nothing fits)."""
 
 
+class Busy(Exception):
+    """The cluster cannot place the stage right now after all: it stays PENDING."""
+
+
 @dataclass(frozen=True)
 class Placement:
     node: str  # host name (and Ray node id prefix) the attempt ran on

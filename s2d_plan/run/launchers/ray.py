@@ -21,12 +21,15 @@ import os
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from s2d_plan.run.launchers import ClusterError, Job, Placement, Slot, remote_env, split_nodes
+from s2d_plan.run.launchers import Busy, ClusterError, Job, Placement, Slot, remote_env, split_nodes
 
 CONNECT_TIMEOUT_S = 60.0
+PLACE_WAIT_S = 5.0  # how long a start waits for its placement group before yielding
+REFRESH_S = 2.0  # how often the live nodes are re-read
 
 
 def _ray():
@@ -128,9 +131,21 @@ class RayHandle:
         return f"ray {self.ref} on {nodes})"
 
 
+def _probe_gcs(address: str) -> None:
+    """Fail in seconds on a HOST:PORT nobody listens on (``ray.init`` retries for minutes)."""
+    if address == "auto" or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=5.0).close()
+    except (OSError, ValueError) as exc:
+        raise ClusterError(f"cannot reach the Ray cluster at {address!r}: {exc}; "
+                           f"start it with `ray start --head` or fix compute.cluster.address") from None
+
+
 def _cause(exc: Exception) -> str:
     text = " ".join(str(exc).split())
-    return f"ray: {type(exc).__name__}: {text[:300]}"
+    return f"node lost (ray {type(exc).__name__}): {text[:300]}"
 
 
 class RayLauncher:
@@ -141,11 +156,13 @@ class RayLauncher:
         self.retries = cluster.retries
         self.ray = None
         self.node_gpus: list[int] = []
+        self.refreshed = 0.0
 
     # -- before anything runs --------------------------------------------------------
     def check(self, home: Path) -> None:
         """Connect, learn the nodes, and prove one worker per node sees the home."""
         ray = _ray()
+        _probe_gcs(self.cluster.address)
         try:
             if not ray.is_initialized():
                 ray.init(address=self.cluster.address, namespace=self.cluster.namespace,
@@ -155,9 +172,14 @@ class RayLauncher:
             raise ClusterError(f"cannot reach the Ray cluster at {self.cluster.address!r}: "
                                f"{' '.join(str(exc).split())[:300]}") from None
         self.ray = ray
-        nodes = [n for n in ray.nodes() if n.get("Alive")]
-        self.node_gpus = sorted((int(n["Resources"].get("GPU", 0)) for n in nodes), reverse=True)
+        nodes = self._refresh()
         self._check_home(home, nodes)
+
+    def _refresh(self) -> list[dict]:
+        nodes = [n for n in self.ray.nodes() if n.get("Alive")]
+        self.node_gpus = sorted((int(n["Resources"].get("GPU", 0)) for n in nodes), reverse=True)
+        self.refreshed = time.monotonic()
+        return nodes
 
     def _check_home(self, home: Path, nodes: list[dict]) -> None:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -186,6 +208,8 @@ class RayLauncher:
     def allocate(self, stage: Any, running: Sequence[Any]) -> Slot | None:
         """Admit a stage while the GPUs the executor has in flight fit the cluster's;
         Ray itself picks the nodes (and queues, if someone else holds them)."""
+        if time.monotonic() - self.refreshed >= REFRESH_S:  # nodes die and join
+            self._refresh()
         want = stage.resources.gpus
         nodes, per = split_nodes(want, self.per_node())
         if nodes > max(len(self.node_gpus), 1) or per > self.per_node() and want:
@@ -204,6 +228,11 @@ class RayLauncher:
         bundle = {"GPU": slot.gpus_per_node} if slot.gpus_per_node else {"CPU": 1}
         pg = placement_group([dict(bundle) for _ in range(slot.nodes)], name=job.name, lifetime="detached",
                              strategy="STRICT_SPREAD" if slot.nodes > 1 else "PACK")
+        try:
+            ray.get(pg.ready(), timeout=PLACE_WAIT_S)
+        except ray.exceptions.GetTimeoutError:
+            ray.util.remove_placement_group(pg)
+            raise Busy(job.name) from None
         worker = ray.remote(_NodeWorker)
         actors = [worker.options(name=f"{job.name}-{rank}", lifetime="detached", max_restarts=0,
                                  max_concurrency=8, num_cpus=bundle.get("CPU", 0), num_gpus=slot.gpus_per_node,
