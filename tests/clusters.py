@@ -71,14 +71,16 @@ class RayCluster:
                              timeout=120, env=dict(os.environ, RAY_DISABLE_USAGE_STATS="1")).stdout
         return json.loads(out.strip().splitlines()[-1])
 
-    def alive_actors(self, prefix: str) -> list[str]:
-        """Names of the live Ray actors whose name starts with ``prefix``."""
-        code = ("import json,ray,sys\nfrom ray.util.state import list_actors\n"
-                "ray.init(address=sys.argv[1], logging_level='ERROR')\n"
-                "print(json.dumps([a.name for a in list_actors(filters=[('state', '=', 'ALIVE')]) "
-                "if (a.name or '').startswith(sys.argv[2])]))")
-        out = subprocess.run([sys.executable, "-c", code, self.address, prefix], check=True, capture_output=True,
-                             text=True, timeout=120, env=dict(os.environ, RAY_DISABLE_USAGE_STATS="1")).stdout
+    def alive_actors(self, job: str, ranks: int = 1) -> list[str]:
+        """Names of the stage actors ``<job>-<rank>`` the cluster still knows (in the
+        ``s2d`` namespace; a killed actor's name is released)."""
+        code = ("import json,ray,sys\nray.init(address=sys.argv[1], namespace='s2d', logging_level='ERROR')\n"
+                "found = []\nfor r in range(int(sys.argv[3])):\n    try:\n"
+                "        ray.get_actor(f'{sys.argv[2]}-{r}'); found.append(f'{sys.argv[2]}-{r}')\n"
+                "    except ValueError:\n        pass\nprint(json.dumps(found))")
+        out = subprocess.run([sys.executable, "-c", code, self.address, job, str(ranks)], check=True,
+                             capture_output=True, text=True, timeout=120,
+                             env=dict(os.environ, RAY_DISABLE_USAGE_STATS="1")).stdout
         return json.loads(out.strip().splitlines()[-1])
 
     def kill_node(self, name: str) -> None:
@@ -144,3 +146,48 @@ def start_ray_cluster() -> RayCluster:
         cluster.stop()
         raise
     return cluster
+
+
+@dataclass
+class SlurmCluster:
+    """A single-host Slurm cluster (two slurmd nodes n1, n2 of one fake GPU each)."""
+
+    root: Path
+    env: dict[str, str]
+
+    def stop(self) -> None:
+        subprocess.run([str(REPO / "scripts/slurm-local.sh"), "stop", str(self.root)], check=False, timeout=120)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def run(self, *argv: str) -> str:
+        return subprocess.run(list(argv), check=True, capture_output=True, text=True, env=self.env,
+                              timeout=60).stdout
+
+
+def start_slurm_cluster() -> SlurmCluster:
+    root = Path(tempfile.mkdtemp(prefix="s2dslurm-", dir="/tmp"))
+    port = str(free_port_block(4))
+    env = dict(os.environ, S2D_SLURM_PORT=port, SLURM_CONF=str(root / "slurm.conf"))
+    cluster = SlurmCluster(root, env)
+    r = subprocess.run([str(REPO / "scripts/slurm-local.sh"), "start", str(root)], capture_output=True, text=True,
+                       env=env, timeout=180)
+    if r.returncode != 0:
+        cluster.stop()
+        raise RuntimeError(f"scripts/slurm-local.sh start failed:\n{r.stdout}\n{r.stderr}")
+    return cluster
+
+
+def free_port_block(n: int) -> int:
+    """A base port with ``n`` free consecutive ports after it (checked, not reserved)."""
+    for _ in range(50):
+        base = free_port()
+        if base + n >= 65535:
+            continue
+        try:
+            for p in range(base, base + n):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no block of free ports")
