@@ -153,3 +153,31 @@ def test_unreachable_cluster_is_refused_before_anything_runs(write_graph, cli, s
     assert r.returncode == 2 and "cannot reach the Ray cluster at '127.0.0.1:1'" in r.stderr, r.stderr
     assert time.monotonic() - started < 60
     assert not (s2d_home / "history.duckdb").exists() and not (s2d_home / "stages").exists()
+
+
+def test_real_tiny_model_stage_spans_two_ray_nodes(ray_cluster, write_graph, cli, tmp_path_factory):
+    """A real OPD stage (tiny offline models) as one torchrun job across both Ray nodes
+    (one process per node, gloo, rendezvous at node rank 0's address), then an eval of it."""
+    pytest.importorskip("trl")
+    tiny = tmp_path_factory.mktemp("tiny") / "models"
+    r = subprocess.run([sys.executable, "-m", "runners.tiny", str(tiny)], cwd=REPO, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    prompts = {"source": str(tiny / "data/prompts.jsonl"), "prompt_field": "problem", "count": 8}
+    graph = ray_graph(write_graph, ray_cluster, [
+        {"id": "opd", "kind": "opd", "policy": str(tiny / "student"), "teacher": str(tiny / "teacher"),
+         "data": {"prompts": prompts}, "resources": {"gpus": 2},
+         "params": {"steps": 2, "prompts_per_step": 2, "max_completion_length": 16}},
+        {"id": "eval", "kind": "eval", "policy": "@opd", "needs": ["opd"], "resources": {"gpus": 1},
+         "data": {"eval": [{"name": "arith", "source": str(tiny / "data/eval.jsonl"), "size": 4}]},
+         "params": {"k": 2, "max_new_tokens": 16}}])
+    r = cli("execute", str(graph), timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    names = node_of(ray_cluster)
+    opd = rows(cli, "SELECT node, task_id FROM placements WHERE stage_id = 'opd' ORDER BY task_id")
+    assert sorted(names[p["node"].split(":")[1]] for p in opd) == ["node_a", "node_b"]
+    out = Path(rows(cli, "SELECT output_dir FROM stages WHERE stage_id = 'opd'")[0]["output_dir"])
+    assert json.loads((out / "COMPLETE").read_text())["summary"]["processes"] == 2  # one per node
+    assert [m["step"] for m in rows(cli, "SELECT step FROM metrics WHERE stage_id = 'opd' AND key = 'loss' "
+                                         "ORDER BY step")] == [1, 2]
+    assert rows(cli, "SELECT count(*) AS n FROM metrics WHERE stage_id = 'eval' AND key = 'eval/arith/pass@2'")[0]["n"] == 1

@@ -40,6 +40,11 @@ def _ray():
     return ray
 
 
+def ray_ip() -> str:
+    import ray
+    return ray.util.get_node_ip_address()
+
+
 class _NodeWorker:
     """Runs one node's share of a stage attempt (a Ray actor; its methods run concurrently)."""
 
@@ -54,7 +59,7 @@ class _NodeWorker:
 
     def free_port(self) -> int:
         with socket.socket() as s:
-            s.bind(("", 0))
+            s.bind((ray_ip(), 0))
             return s.getsockname()[1]
 
     def check_home(self, home: str, token: str) -> str | None:
