@@ -50,6 +50,7 @@ class _NodeWorker:
 
     def __init__(self) -> None:
         self.proc = None
+        self.idle = False
 
     def where(self) -> dict:
         import ray
@@ -69,15 +70,21 @@ class _NodeWorker:
         except OSError as exc:
             return f"{type(exc).__name__}: {exc}"
 
-    def start(self, args: list[str], env: dict[str, str], log_path: str) -> int:
+    def start(self, args: list[str], env: dict[str, str], log_path: str) -> dict:
+        """Start this node's share; returns where it runs (``where()`` plus the pid)."""
         from s2d_plan.run import procs
-        if self.proc is None:  # idempotent: a re-attaching executor may ask again
-            self.proc = procs.start([sys.executable, "-m", "s2d_plan.run.launchers.node", *args],
-                                    Path(log_path), dict(os.environ, **env))
-        return self.proc.pid
+        from s2d_plan.run.launchers.node import build
+        if self.proc is None and not self.idle:  # idempotent: a re-attaching executor may ask again
+            os.environ.update(env)  # plugins (S2D_STAGE_PLUGINS) must be known to build the argv
+            argv = build(args)  # built here, not by a second Python: saves an interpreter start
+            if argv is None:
+                self.idle = True  # a sampling stage runs on node rank 0 only
+            else:
+                self.proc = procs.start(argv, Path(log_path), dict(os.environ, **env))
+        return dict(self.where(), runner_pid=self.proc.pid if self.proc else None)
 
     def wait(self) -> int:
-        return self.proc.wait()
+        return 0 if self.proc is None else self.proc.wait()
 
     def signal(self, sig: int) -> None:
         from s2d_plan.run import procs
@@ -243,13 +250,15 @@ class RayLauncher:
                                  max_concurrency=8, num_cpus=bundle.get("CPU", 0), num_gpus=slot.gpus_per_node,
                                  scheduling_strategy=PlacementGroupSchedulingStrategy(pg, rank)).remote()
                   for rank in range(slot.nodes)]
-        wheres = ray.get([a.where.remote() for a in actors])
-        master = f"{wheres[0]['ip']}:{ray.get(actors[0].free_port.remote())}"
         common = ["--kind", job.kind, "--spec", str(job.spec_path), "--nproc", str(max(slot.gpus_per_node, 1)),
-                  "--nnodes", str(slot.nodes), "--master", master]
+                  "--nnodes", str(slot.nodes)]
         env = remote_env(job.env)
-        ray.get([a.start.remote([*common, "--rank", str(rank)], env, str(job.log_path))
-                 for rank, a in enumerate(actors)])
+        if slot.nodes > 1:  # the rendezvous is node rank 0's address: ask it first
+            ip, port = ray.get([actors[0].where.remote(), actors[0].free_port.remote()])
+            common += ["--master", f"{ip['ip']}:{port}"]
+        # one round trip: start every node's share and learn where it runs
+        wheres = ray.get([a.start.remote([*common, "--rank", str(rank)], env, str(job.log_path))
+                          for rank, a in enumerate(actors)])
         placements = [Placement(f"{w['host']}:{w['node_id'][:8]}", slot.gpus_per_node, f"{job.name}-{rank}")
                       for rank, w in enumerate(wheres)]
         return RayHandle(ray, job.name, actors, pg, placements)
