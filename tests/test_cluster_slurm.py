@@ -132,3 +132,26 @@ def test_unreachable_controller_is_refused_before_anything_runs(slurm, write_gra
                        env=dict(cli_env(s2d_home), SLURM_CONF=str(conf)), cwd=REPO, timeout=180)
     assert r.returncode == 2 and "cannot reach the Slurm controller" in r.stderr, r.stdout + r.stderr
     assert not (s2d_home / "history.duckdb").exists()
+
+
+def test_restarted_executor_cancels_the_job_its_dead_predecessor_left(slurm, write_graph, cli, s2d_home):
+    graph = slurm_graph(write_graph, [sim_stage("long", steps=300, sleep_s=0.2, resources={"gpus": 1})])
+    proc = start_execute(graph, s2d_home)
+    try:
+        wait_for(lambda: live_rows(cli, "SELECT step FROM metrics WHERE stage_id = 'long' AND step >= 3"),
+                 timeout=120, every=0.5)
+        job = rows(cli, "SELECT job_id FROM placements WHERE stage_id = 'long'")[0]["job_id"]
+        proc.kill()  # the executor dies; its job goes on
+        proc.communicate(timeout=60)
+        assert slurm.run("squeue", "-h", "-j", job, "-o", "%T").strip() == "RUNNING"
+        again = start_execute(graph, s2d_home)
+        wait_for(lambda: live_rows(cli, "SELECT 1 FROM placements WHERE stage_id = 'long' AND attempt = 2"),
+                 timeout=120, every=0.5)
+        assert slurm.run("squeue", "-h", "-j", job, "-o", "%T").strip() == ""  # no duplicate
+        again.send_signal(signal.SIGINT)
+        out, err = again.communicate(timeout=120)
+    finally:
+        for p in (proc, locals().get("again")):
+            if p is not None and p.poll() is None:
+                p.kill()
+    assert f"cancelled slurm job {job} left by a dead executor" in out + err

@@ -232,6 +232,12 @@ class HistoryWriter:
                      "AND attempt = ? AND status = 'RUNNING'",
                      [status, (error or "").split("\n", 1)[0] or None, utcnow(), run_id, stage_id, attempt])
 
+    def orphan_jobs(self) -> list[tuple]:
+        """(backend, job_id, stage_id) of attempts still RUNNING on a cluster (a dead executor's)."""
+        return self.query("SELECT DISTINCT p.backend, p.job_id, p.stage_id FROM placements p JOIN stages s "
+                          "USING (run_id, stage_id, attempt) WHERE s.status = 'RUNNING' AND p.status = 'RUNNING' "
+                          "AND p.backend <> 'local'")
+
     def heartbeat(self, run_id: str) -> None:
         self.execute("UPDATE stages SET heartbeat = ? WHERE run_id = ? AND status = 'RUNNING'", [utcnow(), run_id])
 

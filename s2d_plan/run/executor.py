@@ -119,6 +119,7 @@ class _Executor:
         started = time.monotonic()
         old_handlers = self._install_signals()
         try:
+            self._cancel_orphans()
             for line in recover_stale(self.db, self.home, self.run_id):
                 display.event(line)
             self.db.begin_live(self.run_id)
@@ -134,6 +135,13 @@ class _Executor:
             self._restore_signals(old_handlers)
             self.hashing.shutdown(wait=True)
             self.db.close()
+
+    def _cancel_orphans(self) -> None:
+        """Cluster work a dead executor left running (its stages are still RUNNING): cancel
+        it by the ids in ``placements`` before the stage runs again (no re-attach yet)."""
+        for backend, job_id, stage_id in self.db.orphan_jobs():
+            if backend == self.launcher.name and self.launcher.cancel(job_id):
+                self.display.event(f"{stage_id}: cancelled {backend} job {job_id} left by a dead executor")
 
     def _install_signals(self) -> dict[int, Any]:
         if threading.current_thread() is not threading.main_thread():

@@ -8,8 +8,9 @@ one DuckDB writer, statuses, skipping dependants. A launcher only answers four q
 - ``start(job, slot)``: start it; returns a ``Handle`` (``poll``/``wait``/``signal``,
   ``placements``: the nodes it runs on, ``lost``: why, when the *infrastructure* failed
   rather than the runner, which makes the attempt worth retrying elsewhere).
-- ``attach(ref)``: the handle of an attempt a previous executor started and that still
-  runs (Ray actor names, Slurm job ids are kept in the history's ``placements`` table).
+- ``cancel(ref)``: cancel an attempt a dead executor left running (Ray actor names and
+  Slurm job ids are kept in the history's ``placements`` table). Re-attaching to it
+  instead is not done yet.
 - ``check(home)``: fail early, before anything is submitted, when the cluster cannot be
   reached or its workers cannot see the home.
 

@@ -86,8 +86,8 @@ class LocalLauncher:
         argv = stage_command(job.kind, job.spec_path, nproc)
         return LocalHandle(_procs.start(argv, job.log_path, env), argv, len(slot.gpu_ids))
 
-    def attach(self, ref: str) -> None:
-        return None  # a local runner dies with its executor (PR_SET_PDEATHSIG)
+    def cancel(self, ref: str) -> bool:
+        return False  # a local runner dies with its executor (PR_SET_PDEATHSIG); recovery kills survivors
 
     def close(self) -> None:
         pass

@@ -8,7 +8,7 @@ torchrun / accelerate with ``--nnodes`` and node rank 0's address as the rendezv
 Logs and metrics go to the home on the shared filesystem, which the executor tails.
 
 Actors are *detached* and named ``<job name>-<rank>`` in the cluster's namespace, so a
-restarted executor finds them again (``attach``). A node that dies takes its actor with
+restarted executor finds them again (``cancel``; re-attaching is not done yet). A node that dies takes its actor with
 it: the call waiting on the runner raises, and the handle reports ``lost`` with Ray's
 cause, which makes the executor retry the stage elsewhere.
 
@@ -30,6 +30,7 @@ from s2d_plan.run.launchers import Busy, ClusterError, Job, Placement, Slot, rem
 CONNECT_TIMEOUT_S = 60.0
 PLACE_WAIT_S = 5.0  # how long a start waits for its placement group before yielding
 REFRESH_S = 2.0  # how often the live nodes are re-read
+MAX_NODES = 1024
 
 
 def _ray():
@@ -263,8 +264,21 @@ class RayLauncher:
                       for rank, w in enumerate(wheres)]
         return RayHandle(ray, job.name, actors, pg, placements)
 
-    def attach(self, ref: str) -> RayHandle | None:
-        raise NotImplementedError
+    def cancel(self, ref: str) -> bool:
+        """Kill the actors ``<ref>-<rank>`` and the placement group a dead executor left."""
+        found = False
+        for rank in range(MAX_NODES):
+            try:
+                actor = self.ray.get_actor(f"{ref}-{rank}", namespace=self.cluster.namespace)
+            except ValueError:
+                break
+            self.ray.kill(actor)
+            found = True
+        try:
+            self.ray.util.remove_placement_group(self.ray.util.get_placement_group(ref))
+        except ValueError:
+            pass
+        return found
 
     def close(self) -> None:
         pass  # the connection ends with the process; detached actors are killed per attempt

@@ -178,8 +178,12 @@ class SlurmLauncher:
         handle.locate(PLACE_WAIT_S)
         return handle
 
-    def attach(self, ref: str) -> SlurmHandle | None:
-        raise NotImplementedError
+    def cancel(self, ref: str) -> bool:
+        """Cancel a job a dead executor left; True if Slurm still had it queued or running."""
+        alive = _run(["squeue", "-h", "-j", ref, "-o", "%T"]).stdout.strip() in ACTIVE
+        if alive:
+            _run(["scancel", ref])
+        return alive
 
     def close(self) -> None:
         pass
