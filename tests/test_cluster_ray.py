@@ -181,3 +181,29 @@ def test_real_tiny_model_stage_spans_two_ray_nodes(ray_cluster, write_graph, cli
     assert [m["step"] for m in rows(cli, "SELECT step FROM metrics WHERE stage_id = 'opd' AND key = 'loss' "
                                          "ORDER BY step")] == [1, 2]
     assert rows(cli, "SELECT count(*) AS n FROM metrics WHERE stage_id = 'eval' AND key = 'eval/arith/pass@2'")[0]["n"] == 1
+
+
+def test_restarted_executor_cancels_the_actors_its_dead_predecessor_left(ray_cluster, write_graph, cli, s2d_home):
+    graph = ray_graph(write_graph, ray_cluster, [sim_stage("long", steps=300, sleep_s=0.2, resources={"gpus": 1})])
+    env = cli_env(s2d_home)
+    start = [sys.executable, "-m", "s2d_plan.cli", "execute", str(graph)]
+    proc = subprocess.Popen(start, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO)
+    again = None
+    try:
+        wait_for(lambda: live_rows(cli, "SELECT step FROM metrics WHERE stage_id = 'long' AND step >= 3"),
+                 timeout=120, every=0.5)
+        job = rows(cli, "SELECT job_id FROM placements WHERE stage_id = 'long'")[0]["job_id"]
+        proc.kill()  # the executor dies; its detached actor goes on
+        proc.communicate(timeout=60)
+        assert ray_cluster.alive_actors(job) == [f"{job}-0"]
+        again = subprocess.Popen(start, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO)
+        wait_for(lambda: live_rows(cli, "SELECT 1 FROM placements WHERE stage_id = 'long' AND attempt = 2"),
+                 timeout=120, every=0.5)
+        assert ray_cluster.alive_actors(job) == []  # no duplicate
+        again.send_signal(signal.SIGINT)
+        out, err = again.communicate(timeout=120)
+    finally:
+        for p in (proc, again):
+            if p is not None and p.poll() is None:
+                p.kill()
+    assert f"cancelled ray job {job} left by a dead executor" in out + err
