@@ -10,6 +10,7 @@ Part of ``make test-cluster`` (about 1 GB of memory; skipped without Ray).
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -155,14 +156,34 @@ def test_unreachable_cluster_is_refused_before_anything_runs(write_graph, cli, s
     assert not (s2d_home / "history.duckdb").exists() and not (s2d_home / "stages").exists()
 
 
-def test_real_tiny_model_stage_spans_two_ray_nodes(ray_cluster, write_graph, cli, tmp_path_factory):
-    """A real OPD stage (tiny offline models) as one torchrun job across both Ray nodes
-    (one process per node, gloo, rendezvous at node rank 0's address), then an eval of it."""
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
     pytest.importorskip("trl")
-    tiny = tmp_path_factory.mktemp("tiny") / "models"
-    r = subprocess.run([sys.executable, "-m", "runners.tiny", str(tiny)], cwd=REPO, capture_output=True, text=True,
+    out = tmp_path_factory.mktemp("tiny") / "tiny-models"
+    r = subprocess.run([sys.executable, "-m", "runners.tiny", str(out)], cwd=REPO, capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
+    return out
+
+
+def test_the_tiny_plan_on_ray(ray_cluster, tiny, cli, monkeypatch):
+    """plans/tiny-cpu.yaml end to end (every real stage kind on tiny models) with
+    ``--backend ray``: recommended, executed as Ray actors, every attempt placed."""
+    plans = tiny.parent / "plans"
+    plans.mkdir(exist_ok=True)
+    shutil.copy(REPO / "plans/tiny-cpu.yaml", plans / "tiny-cpu.yaml")  # it reads ../tiny-models
+    monkeypatch.setenv("RAY_ADDRESS", ray_cluster.address)  # what `--backend ray` (address: auto) joins
+    r = cli("execute", str(plans / "tiny-cpu.yaml"), "--backend", "ray", timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    stages = rows(cli, "SELECT s.stage_id, s.status, count(p.node) AS placed, any_value(p.backend) AS backend "
+                       "FROM stages s LEFT JOIN placements p USING (run_id, stage_id) GROUP BY ALL")
+    assert len(stages) == 7 and {(s["status"], s["placed"], s["backend"]) for s in stages} == {("FINISHED", 1, "ray")}
+    assert rows(cli, "SELECT count(*) AS n FROM metrics WHERE key LIKE 'eval/arith/%'")[0]["n"] >= 1
+
+
+def test_real_tiny_model_stage_spans_two_ray_nodes(ray_cluster, write_graph, cli, tiny):
+    """A real OPD stage (tiny offline models) as one torchrun job across both Ray nodes
+    (one process per node, gloo, rendezvous at node rank 0's address), then an eval of it."""
     prompts = {"source": str(tiny / "data/prompts.jsonl"), "prompt_field": "problem", "count": 8}
     graph = ray_graph(write_graph, ray_cluster, [
         {"id": "opd", "kind": "opd", "policy": str(tiny / "student"), "teacher": str(tiny / "teacher"),
