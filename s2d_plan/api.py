@@ -40,6 +40,7 @@ from s2d_plan.predict.evidence import load_rates
 from s2d_plan.predict.posterior import paper_evidence, posterior_for
 from s2d_plan.rules import RuleProblem, rule_problems
 from s2d_plan.run.executor import RunResult, execute_graph
+from s2d_plan.run.launchers import cluster_for
 from s2d_plan.run.recovery import recover_stale
 
 __all__ = ["Recommendation", "calibrate", "check_history", "execute", "export_query", "graph_for_plan", "probe",
@@ -107,11 +108,12 @@ def _unfinished_run_of(plan_hash: str, home: str | Path | None) -> tuple[str, st
 
 
 def execute(target: StageGraph | str | Path, home: str | Path | None = None, force: Iterable[str] = (),
-            display: Any = None) -> RunResult:
+            display: Any = None, backend: str | None = None) -> RunResult:
     """Run a graph (a ``StageGraph``, a graph JSON file, or a plan YAML, which is
-    recommended first or resumed); returns what happened, never raising for a failed stage."""
+    recommended first or resumed); returns what happened, never raising for a failed stage.
+    ``backend`` (local, ray, slurm) overrides where the graph says its stages run."""
     graph = target if isinstance(target, StageGraph) else load_target(target, home)[0]
-    return execute_graph(graph, home, force, display=display)
+    return execute_graph(graph, home, force, display=display, cluster=cluster_for(backend, graph.cluster))
 
 
 def load_target(target: str | Path, home: str | Path | None = None) -> tuple[StageGraph, str | None]:

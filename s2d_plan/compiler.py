@@ -197,7 +197,7 @@ def compile_graph(ctx: Context, result: SearchResult, meta: dict[str, Any] | Non
     return StageGraph(
         plan=ctx.spec.name, plan_hash=ctx.spec.hash(), predicted=band(ctx.spec.objective.eval, result),
         estimated=GraphEstimate(gpu_hours=round(sum(st.estimated.gpu_hours for st in stages), 4)),
-        stages=tuple(stages), meta=meta or {})
+        stages=tuple(stages), meta=meta or {}, cluster=ctx.spec.compute.cluster)
 
 
 def band(eval_name: str, result: SearchResult) -> Band:
@@ -244,6 +244,6 @@ def compile_probe_graph(spec: PlanSpec) -> StageGraph:
                             estimated=StageEstimate(gpu_hours=round(est.gpu_hours, 4),
                                                     peak_mem_gb_per_gpu=round(est.peak_mem_gb, 2),
                                                     strategy=est.strategy, time_factor=round(est.time_factor, 6))))
-    return StageGraph(plan=spec.name, plan_hash=spec.hash(), stages=tuple(stages),
+    return StageGraph(plan=spec.name, plan_hash=spec.hash(), stages=tuple(stages), cluster=spec.compute.cluster,
                       estimated=GraphEstimate(gpu_hours=round(sum(s.estimated.gpu_hours for s in stages), 4)),
                       meta={"purpose": "probe: per-prompt solve rates of every model on the labeled data"})

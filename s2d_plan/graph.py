@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from s2d_plan.contract import MAX_GPU_HOURS, Stage, shown_value, validation_problems
 from s2d_plan.errors import GraphError
+from s2d_plan.cluster import ClusterSpec
 
 GRAPH_VERSION = 1
 MAX_STAGES = 2000
@@ -71,6 +72,8 @@ class StageGraph(_Frozen):
     stages: tuple[Stage, ...] = Field(max_length=MAX_STAGES)
     # Anything the compiler wants to keep with the graph (allocation, rationale).
     meta: dict[str, Any] = Field(default_factory=dict)
+    # Where the stages run (the plan's ``compute.cluster``); None: local processes.
+    cluster: ClusterSpec | None = None
 
     @model_validator(mode="after")
     def _check_structure(self) -> "StageGraph":

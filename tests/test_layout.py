@@ -16,10 +16,11 @@ MAX_FUNCTION_LINES = 50
 
 # what each part of the planner may import from the planner (besides itself); the
 # contract (stage types, bounds, file names) sits at the bottom with errors and paths
-BASE = {"errors", "paths", "contract"}
+BASE = {"errors", "paths", "contract", "cluster"}
 ALLOWED = {
     "errors": set(),
     "paths": set(),
+    "cluster": set(),
     "contract": {"errors"},
     "graph": BASE | {"contract"},
     "history": BASE,

@@ -124,6 +124,8 @@ def execute(
     target: Path = typer.Argument(..., help="A stage graph (.json) or a plan (.yaml) to recommend then run."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print order, commands and estimates; run nothing."),
     force: list[str] = typer.Option([], "--force", help="Re-run this stage and its dependants (repeatable)."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="Where stages run: local, ray or slurm "
+                                          "(default: the plan's compute.cluster, else local)."),
     home: Optional[Path] = HOME_OPT,
 ) -> None:
     """Run a stage graph (or a plan): resumable, cached by content, logged to DuckDB."""
@@ -139,7 +141,7 @@ def execute(
     if dry_run:
         typer.echo(render.dry_run(graph, plan_dry_run(graph, home, force), resolve_home(home)))
         return
-    result = run_graph(graph, home, force, display=make_display(f"s2d-plan execute {graph.plan}"))
+    result = run_graph(graph, home, force, display=make_display(f"s2d-plan execute {graph.plan}"), backend=backend)
     for line in result.failures:
         typer.echo(line, err=True)
     raise typer.Exit(result.exit_code)

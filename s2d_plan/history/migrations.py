@@ -108,6 +108,25 @@ SELECT * FROM (
         ON m.stage_id = r.stage_id AND m.cache_key IS NOT DISTINCT FROM r.cache_key)
 QUALIFY attempt = max(attempt) OVER (PARTITION BY stage_id, cache_key, key, step);
 """),
+    (2, """
+-- Where each stage attempt ran: one row per node (Ray bundle, Slurm node) of an attempt.
+-- job_id is what a restarted executor re-attaches to (a Ray actor name prefix, a Slurm
+-- job id, a local pid); task_id names the piece on that node.
+CREATE TABLE placements (
+    run_id VARCHAR,
+    stage_id VARCHAR,
+    attempt INTEGER,
+    backend VARCHAR,           -- local ray slurm
+    job_id VARCHAR,
+    node VARCHAR,
+    gpus INTEGER,
+    task_id VARCHAR,
+    status VARCHAR,            -- RUNNING, then the attempt's end status
+    error VARCHAR,             -- first line of why the attempt ended, if it failed
+    start_time TIMESTAMP,
+    end_time TIMESTAMP
+);
+"""),
 ]
 
 LATEST = MIGRATIONS[-1][0]

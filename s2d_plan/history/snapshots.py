@@ -29,7 +29,7 @@ from s2d_plan.history.files import lock_down, remove_with_wal
 from s2d_plan.paths import snapshot_path
 
 INFO_TABLE = "_s2d_snapshot"  # (base_id, run_id) inside each copy
-RUN_TABLES = ("runs", "stages", "metrics", "artifacts", "evidence", "trials")
+RUN_TABLES = ("runs", "stages", "metrics", "artifacts", "evidence", "trials", "placements")
 
 
 def live_path(home: Path) -> Path:

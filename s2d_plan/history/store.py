@@ -303,7 +303,10 @@ class HistoryWriter:
         row = self.query("SELECT coalesce(max(attempt), 0) FROM stages WHERE stage_id = ? AND cache_key = ? "
                          "AND status NOT IN ('CACHED', 'SKIPPED', 'PENDING') AND attempt IS NOT NULL",
                          [stage_id, cache_key])
-        return int(row[0][0]) + 1
+        # a stage retried on a cluster goes back to PENDING; its attempts are in placements
+        again = self.query("SELECT coalesce(max(p.attempt), 0) FROM placements p JOIN stages s USING (run_id, stage_id) "
+                           "WHERE p.stage_id = ? AND s.cache_key = ?", [stage_id, cache_key])
+        return int(max(row[0][0], again[0][0])) + 1
 
     def start_stage(self, run_id: str, stage_id: str, attempt: int, pid: int, log_path: Path,
                     metrics_path: Path) -> None:
@@ -319,6 +322,27 @@ class HistoryWriter:
         self.update_stage(run_id, stage_id, status=status, end_time=utcnow(), wall_s=wall_s,
                           gpu_hours=wall_s / 3600 * gpus, exit_code=exit_code, error=error)
         self.execute("CHECKPOINT")
+
+    def record_placements(self, run_id: str, stage_id: str, attempt: int, backend: str, job_id: str,
+                          placements: Sequence[Any]) -> None:
+        """Where an attempt runs (``placements``: ``launchers.Placement``, one per node)."""
+        now = utcnow()
+        self.append_rows("placements", ("run_id", "stage_id", "attempt", "backend", "job_id", "node", "gpus",
+                                        "task_id", "status", "start_time"),
+                         [(run_id, stage_id, attempt, backend, job_id, p.node, p.gpus, p.task_id, "RUNNING", now)
+                          for p in placements])
+
+    def end_placements(self, run_id: str, stage_id: str, attempt: int | None, status: str,
+                       error: str | None) -> None:
+        self.execute("UPDATE placements SET status = ?, error = ?, end_time = ? WHERE run_id = ? AND stage_id = ? "
+                     "AND attempt = ? AND status = 'RUNNING'",
+                     [status, (error or "").split("\n", 1)[0] or None, utcnow(), run_id, stage_id, attempt])
+
+    def orphan_jobs(self) -> list[tuple]:
+        """(backend, job_id, stage_id) of attempts still RUNNING on a cluster (a dead executor's)."""
+        return self.query("SELECT DISTINCT p.backend, p.job_id, p.stage_id FROM placements p JOIN stages s "
+                          "USING (run_id, stage_id, attempt) WHERE s.status = 'RUNNING' AND p.status = 'RUNNING' "
+                          "AND p.backend <> 'local'")
 
     def heartbeat(self, run_id: str) -> None:
         self.execute("UPDATE stages SET heartbeat = ? WHERE run_id = ? AND status = 'RUNNING'", [utcnow(), run_id])

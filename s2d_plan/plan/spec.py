@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from s2d_plan.contract import MAX_ROWS, MAX_SAMPLES, MAX_SEED, MAX_STEPS, MAX_TEXT, MAX_TOKENS, shown_value
 from s2d_plan.errors import PlanError
 from s2d_plan.plan.registry import GPUInfo, ModelInfo, resolve_gpu, resolve_model
+from s2d_plan.cluster import ClusterSpec
 from s2d_plan.plan.checks import did_you_mean, model_ref_shorthand, semantic_problems
 from s2d_plan.plan.yamlio import YamlDoc, YamlProblem, read_yaml
 
@@ -115,6 +116,7 @@ class Compute(_Spec):
     memory_gb: float | None = Field(default=None, gt=0, le=100_000)  # overrides for a custom GPU type
     bf16_tflops: float | None = Field(default=None, gt=0, le=1_000_000)
     bandwidth_tbs: float | None = Field(default=None, gt=0, le=1_000)
+    cluster: ClusterSpec | None = None  # where stages run; not part of the plan's hash
 
     @property
     def gpu_hours(self) -> float:
@@ -198,7 +200,8 @@ class PlanSpec(_Spec):
 
     def hash(self) -> str:
         """Content hash of the validated plan (not of its formatting)."""
-        canon = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        # where it runs does not change what is recommended
+        canon = json.dumps(self.model_dump(mode="json", exclude={"compute": {"cluster"}}), sort_keys=True)
         return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
     def resolve_path(self, source: str) -> str:

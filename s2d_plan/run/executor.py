@@ -24,16 +24,16 @@ How it departs from "run the stages in order":
    stages (SIGINT to their process groups, SIGKILL after a grace period), records them
    KILLED and flushes every metric they wrote.
 
-Stages run side by side when GPUs allow: a stage takes ``resources.gpus`` of the GPUs
-this machine has (``CUDA_VISIBLE_DEVICES`` is set for it); on a machine without GPUs,
-stages that ask for GPUs run one at a time, and stages with ``gpus: 0`` run beside them.
+Stages run side by side when GPUs allow. Where a stage runs is its launcher's business
+(``s2d_plan.run.launchers``: local processes, Ray actors, Slurm jobs); the rest above is
+the same on every backend. On a cluster, an attempt whose node died (``handle.lost``) is
+recorded FAILED with that cause and the stage runs again, up to the cluster's
+``retries``, resuming from its checkpoint in the shared work directory.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import shlex
 import signal
 import sys
 import threading
@@ -44,13 +44,13 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from s2d_plan.contract import EVIDENCE_FILE, StageSpec, is_complete, kind_of, write_spec
-from s2d_plan.errors import GraphError, HistoryError
+from s2d_plan.errors import GraphError, HistoryError, S2DError
 from s2d_plan.graph import StageGraph
 from s2d_plan.history.store import HistoryWriter
 from s2d_plan.paths import attempt_file, partial_dir, resolve_home, stage_dir
 from s2d_plan.run import procs as _procs, staging
 from s2d_plan.run.identity import cache_keys, resolve_inputs
-from s2d_plan.run.launch import stage_command
+from s2d_plan.run.launchers import Busy, Job, Slot, make_launcher
 from s2d_plan.run.progress import PlainDisplay
 from s2d_plan.run.recovery import recover_stale
 from s2d_plan.run.state import RunResult, StageState
@@ -68,19 +68,25 @@ def new_run_id() -> str:
 def execute_graph(graph: StageGraph, home: Path | str | None = None, force: Iterable[str] = (), *,
                   display: Any = None, gpus: int | None = None, max_parallel: int = 4,
                   poll_s: float = 0.1, flush_rows: int = 50_000, flush_s: float = 1.0,
-                  run_id: str | None = None) -> RunResult:
+                  run_id: str | None = None, cluster: Any = None) -> RunResult:
     """Run ``graph`` under ``home``; return what happened (never raises for a failed stage).
 
         result = execute_graph(graph, Path(".s2d"), force=["student_opd"])
         print(result.status, result.stages)
+
+    ``cluster`` (a ``ClusterSpec``; default: the graph's own) picks the launcher.
     """
     home = resolve_home(home)
     force = list(force)
     missing = [f for f in force if f not in {s.id for s in graph.stages}]
     if missing:
         raise GraphError(f"--force names no stage of this graph: {', '.join(missing)}")
-    runner = _Executor(graph, home, force, gpus=_procs.detect_gpus() if gpus is None else gpus,
-                       max_parallel=max_parallel, poll_s=poll_s, flush_rows=flush_rows,
+    cluster = graph.cluster if cluster is None else cluster
+    local = getattr(cluster, "backend", "local") == "local"
+    launcher = make_launcher(cluster, gpus=(_procs.detect_gpus() if gpus is None else gpus) if local else 0,
+                             max_parallel=max_parallel)
+    launcher.check(home)  # an unreachable cluster fails here, before the history is touched
+    runner = _Executor(graph, home, force, launcher, poll_s=poll_s, flush_rows=flush_rows,
                        flush_s=flush_s, run_id=run_id or new_run_id())
     display = display or PlainDisplay(out=sys.stderr)  # progress on stderr: results are the return value
     with display:
@@ -88,10 +94,10 @@ def execute_graph(graph: StageGraph, home: Path | str | None = None, force: Iter
 
 
 class _Executor:
-    def __init__(self, graph: StageGraph, home: Path, force: Sequence[str], *, gpus: int,
-                 max_parallel: int, poll_s: float, flush_rows: int, flush_s: float, run_id: str):
+    def __init__(self, graph: StageGraph, home: Path, force: Sequence[str], launcher: Any, *,
+                 poll_s: float, flush_rows: int, flush_s: float, run_id: str):
         self.graph, self.home, self.run_id = graph, home, run_id
-        self.gpus, self.max_parallel, self.poll_s = gpus, max_parallel, poll_s
+        self.launcher, self.poll_s = launcher, poll_s
         self.flush_rows, self.flush_s = flush_rows, flush_s
         keys = cache_keys(graph)
         forced = set(force)
@@ -113,6 +119,7 @@ class _Executor:
         started = time.monotonic()
         old_handlers = self._install_signals()
         try:
+            self._cancel_orphans()
             for line in recover_stale(self.db, self.home, self.run_id):
                 display.event(line)
             self.db.begin_live(self.run_id)
@@ -124,9 +131,17 @@ class _Executor:
                 raise
             return self._finish(time.monotonic() - started)
         finally:
+            self.launcher.close()
             self._restore_signals(old_handlers)
             self.hashing.shutdown(wait=True)
             self.db.close()
+
+    def _cancel_orphans(self) -> None:
+        """Cluster work a dead executor left running (its stages are still RUNNING): cancel
+        it by the ids in ``placements`` before the stage runs again (no re-attach yet)."""
+        for backend, job_id, stage_id in self.db.orphan_jobs():
+            if backend == self.launcher.name and self.launcher.cancel(job_id):
+                self.display.event(f"{stage_id}: cancelled {backend} job {job_id} left by a dead executor")
 
     def _install_signals(self) -> dict[int, Any]:
         if threading.current_thread() is not threading.main_thread():
@@ -148,7 +163,7 @@ class _Executor:
     def _abandon(self, exc: BaseException) -> None:
         running = self._running()
         for st in running:  # first the processes: the history may be what failed
-            _procs.signal_group(st.proc.pid, signal.SIGKILL)
+            st.proc.signal(signal.SIGKILL)
             st.proc.wait()
             st.ended = time.monotonic()
         broken = self.db.broken
@@ -230,31 +245,17 @@ class _Executor:
         for st in self.states.values():
             if st.status != "PENDING" or any(self.states[n].status not in DONE for n in st.stage.needs):
                 continue
-            gpu_ids = self._allocate(st)
-            if gpu_ids is None:
+            slot = self._allocate(st)
+            if slot is None:
                 continue
-            self._launch(st, gpu_ids)
+            self._launch(st, slot)
 
-    def _allocate(self, st: StageState) -> list[int] | None:
-        """GPU ids for the stage, [] for none needed, or None when it must wait."""
-        running = self._running()
-        if len(running) >= self.max_parallel:
-            return None
-        want = st.stage.resources.gpus
-        if want == 0:
-            return []
-        if self.gpus == 0:  # no GPUs here: GPU stages run one at a time, on the CPU
-            busy = any(r.stage.resources.gpus > 0 for r in running)
-            return None if busy else []
-        used = {i for r in running for i in r.gpu_ids}
-        free = [i for i in range(self.gpus) if i not in used]
-        want = min(want, self.gpus)
-        if len(free) < want:
-            return None
-        return free[:want]
+    def _allocate(self, st: StageState) -> Slot | None:
+        """Where the stage may run now (the launcher decides), or None when it must wait."""
+        return self.launcher.allocate(st.stage, self._running())
 
     # -- one stage -------------------------------------------------------------------
-    def _launch(self, st: StageState, gpu_ids: list[int]) -> None:
+    def _launch(self, st: StageState, slot: Slot) -> None:
         s = st.stage
         st.attempt = self.db.next_attempt(s.id, st.key)
         work = partial_dir(st.output_dir)
@@ -266,28 +267,26 @@ class _Executor:
         outputs = {sid: other.output_dir for sid, other in self.states.items()}
         write_spec(StageSpec(run_id=self.run_id, attempt=st.attempt, stage=s, inputs=resolve_inputs(s, outputs),
                              output_dir=st.output_dir, work_dir=work, metrics_path=metrics_path,
-                             device="cuda" if gpu_ids else "auto", cache_key=st.key), st.spec_path)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        # OpenMP threads that spin while they wait made CPU GRPO steps ~40x slower when
-        # cores are shared (measured in the tinyworld benchmark); a user's setting wins.
-        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        if self.gpus:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_ids)
-        # without GPUs a multi-GPU stage still gets its process count (CPU/gloo under torchrun)
-        argv = stage_command(s.kind, st.spec_path, len(gpu_ids) if self.gpus else max(s.resources.gpus, 1))
+                             device="cuda" if slot.gpu_ids else "auto", cache_key=st.key), st.spec_path)
+        job = Job(f"s2d-{self.run_id}-{s.id}-{st.attempt}", s.kind, st.spec_path, st.log_path,
+                  gpus_asked=s.resources.gpus)
         st.tail = _procs.MetricTail(metrics_path)
-        st.gpu_ids, st.started, st.status = gpu_ids, time.monotonic(), "RUNNING"
+        st.slot, st.started, st.status = slot, time.monotonic(), "RUNNING"
         try:
-            st.proc = _procs.start(argv, st.log_path, env)
-        except OSError as exc:
+            st.proc = self.launcher.start(job, slot)
+        except Busy:  # the cluster shrank or is shared: wait for the next free slot
+            st.status, st.started, st.slot = "PENDING", None, Slot()
+            return
+        except (OSError, S2DError) as exc:
             st.ended = time.monotonic()
-            self._record_end(st, "FAILED", None, f"could not start {argv[0]}: {exc}")
+            self._record_end(st, "FAILED", None, f"could not start on {self.launcher.name}: {exc}")
             return
         self.db.start_stage(self.run_id, s.id, st.attempt, st.proc.pid, st.log_path, metrics_path)
+        self.db.record_placements(self.run_id, s.id, st.attempt, self.launcher.name, st.proc.ref, st.proc.placements)
         self.db.publish(force=True)
-        short = (f" on {len(gpu_ids)} of the {s.resources.gpus} GPUs it asks for"
-                 if self.gpus and len(gpu_ids) < s.resources.gpus else "")
-        self.display.event(f"{s.id}: RUNNING attempt {st.attempt} (pid {st.proc.pid}){short}: {shlex.join(argv)}")
+        short = (f" on {slot.gpus} of the {s.resources.gpus} GPUs it asks for"
+                 if slot.gpu_ids and slot.gpus < s.resources.gpus else "")
+        self.display.event(f"{s.id}: RUNNING attempt {st.attempt}{short} ({st.proc.describe()}")
 
     def _poll(self, st: StageState) -> None:
         code = st.proc.poll()
@@ -313,10 +312,26 @@ class _Executor:
             status, reason = "KILLED", f"stopped by {signal.Signals(self.stop_signal).name}"
         elif code == 0:
             status, reason = "FAILED", "runner exited 0 without a COMPLETE output"
+        elif st.proc.lost:
+            status, reason = "FAILED", st.proc.lost
         else:
             fallback = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
             status, reason = "FAILED", _procs.reason_from_log(tail, fallback)
         self._record_end(st, status, code, reason + ("\n--- log tail ---\n" + tail if tail else ""))
+        self._retry_if_lost(st)
+
+    def _retry_if_lost(self, st: StageState) -> None:
+        """A node that died took the attempt with it: run the stage again (elsewhere, from
+        its checkpoint) while the cluster's retry budget lasts; the FAILED attempt stays
+        in ``placements`` with its cause."""
+        if st.status != "FAILED" or not st.proc.lost or self.stop_signal is not None:
+            return
+        if st.retries >= self.launcher.retries:
+            return
+        st.retries += 1
+        st.status = "PENDING"
+        self.db.update_stage(self.run_id, st.stage.id, status="PENDING")
+        self.display.event(f"{st.stage.id}: retry {st.retries} of {self.launcher.retries} after: {st.proc.lost}")
 
     def _record_end(self, st: StageState, status: str, code: int | None, error: str | None) -> None:
         st.status, st.error = status, error
@@ -325,6 +340,8 @@ class _Executor:
             st.error = error
         wall = st.elapsed() or 0.0
         self.db.finish_stage(self.run_id, st.stage.id, status, wall, st.stage.resources.gpus, code, error)
+        if st.proc is not None:
+            self.db.end_placements(self.run_id, st.stage.id, st.attempt, status, error)
         first = (error or "").splitlines()[0] if error else ""
         self.display.event(f"{st.stage.id}: {status} after {wall:.1f}s" + (f": {first}" if first else ""))
         self.db.publish(force=True)
@@ -374,10 +391,10 @@ class _Executor:
             self.display.event(f"{signal.Signals(self.stop_signal).name}: stopping "
                                f"{len(self._running())} running stage(s)")
             for st in self._running():
-                _procs.signal_group(st.proc.pid, signal.SIGINT)
+                st.proc.signal(signal.SIGINT)
         elif now >= self.stop_deadline:
             for st in self._running():
-                _procs.signal_group(st.proc.pid, signal.SIGKILL)
+                st.proc.signal(signal.SIGKILL)
 
     # -- the end -----------------------------------------------------------------------
     def _finish(self, seconds: float) -> RunResult:

@@ -3,12 +3,12 @@ the ``RunResult`` it returns."""
 
 from __future__ import annotations
 
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from s2d_plan.contract import Stage
+from s2d_plan.run.launchers import Handle, Slot
 from s2d_plan.run.procs import MetricTail
 
 
@@ -21,9 +21,10 @@ class StageState:
     status: str = "PENDING"
     attempt: int | None = None
     forced: bool = False
-    proc: subprocess.Popen | None = None
+    proc: Handle | None = None  # the launcher's handle: poll / wait / signal, placements
     tail: MetricTail | None = None
-    gpu_ids: list[int] = field(default_factory=list)
+    slot: Slot = Slot()  # where the launcher put it (local GPU ids, or nodes x GPUs)
+    retries: int = 0  # attempts restarted because their node was lost
     started: float | None = None
     ended: float | None = None
     buffered: list[str] = field(default_factory=list)  # metric lines not yet in the history

@@ -1,0 +1,192 @@
+"""Real clusters on this machine for the cluster tests: a two-node Ray cluster and a
+single-host Slurm cluster (``scripts/slurm-local.sh``). Each is started by the test
+session and stopped by the process ids it started, never by a broad kill.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RAY = Path(sys.executable).with_name("ray")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RayNode:
+    name: str  # the custom resource naming it ("node_a")
+    proc: subprocess.Popen  # `ray start --block`, leader of its own process group
+    temp_dir: Path
+
+
+@dataclass
+class RayCluster:
+    address: str
+    root: Path
+    nodes: dict[str, RayNode] = field(default_factory=dict)
+
+    def start_node(self, name: str, head: bool, gpus: int = 1, cpus: int = 1) -> RayNode:
+        temp = self.root / name  # short: Ray's unix sockets live under it (107-byte limit)
+        temp.mkdir(parents=True, exist_ok=True)
+        where = ["--head", "--port", self.address.split(":")[1], "--include-dashboard", "false"] if head \
+            else ["--address", self.address]
+        argv = [str(RAY), "start", *where, "--block", "--num-cpus", str(cpus), "--num-gpus", str(gpus),
+                "--resources", json.dumps({name: 1}), "--temp-dir", str(temp), "--disable-usage-stats",
+                "--node-ip-address", "127.0.0.1"]
+        env = dict(os.environ, RAY_health_check_period_ms="1000", RAY_health_check_failure_threshold="3",
+                   RAY_health_check_initial_delay_ms="1000")
+        with open(temp.with_suffix(".log"), "ab") as log:
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        node = self.nodes[name] = RayNode(name, proc, temp)
+        return node
+
+    def wait_nodes(self, alive: int, timeout: float = 120) -> None:
+        code = ("import ray,sys,time\nray.init(address=sys.argv[1], logging_level='ERROR')\n"
+                "t=time.time()\nwhile sum(n['Alive'] for n in ray.nodes()) != int(sys.argv[2]):\n"
+                "    assert time.time()-t < float(sys.argv[3]), ray.nodes()\n    time.sleep(0.5)\n")
+        subprocess.run([sys.executable, "-c", code, self.address, str(alive), str(timeout)], check=True,
+                       timeout=timeout + 30, env=dict(os.environ, RAY_DISABLE_USAGE_STATS="1"))
+
+    def node_ids(self) -> dict[str, str]:
+        """{"node_a": Ray node id, ...} of the live nodes, by the resource naming each."""
+        code = ("import json,ray,sys\nray.init(address=sys.argv[1], logging_level='ERROR')\n"
+                "print(json.dumps({r: n['NodeID'] for n in ray.nodes() if n['Alive'] for r in n['Resources'] "
+                "if r.startswith('node_')}))")
+        out = subprocess.run([sys.executable, "-c", code, self.address], check=True, capture_output=True, text=True,
+                             timeout=120, env=dict(os.environ, RAY_DISABLE_USAGE_STATS="1")).stdout
+        return json.loads(out.strip().splitlines()[-1])
+
+    def alive_actors(self, job: str, ranks: int = 1) -> list[str]:
+        """Names of the stage actors ``<job>-<rank>`` the cluster still knows (in the
+        ``s2d`` namespace; a killed actor's name is released)."""
+        code = ("import json,ray,sys\nray.init(address=sys.argv[1], namespace='s2d', logging_level='ERROR')\n"
+                "found = []\nfor r in range(int(sys.argv[3])):\n    try:\n"
+                "        ray.get_actor(f'{sys.argv[2]}-{r}'); found.append(f'{sys.argv[2]}-{r}')\n"
+                "    except ValueError:\n        pass\nprint(json.dumps(found))")
+        out = subprocess.run([sys.executable, "-c", code, self.address, job, str(ranks)], check=True,
+                             capture_output=True, text=True, timeout=120,
+                             env=dict(os.environ, RAY_DISABLE_USAGE_STATS="1")).stdout
+        return json.loads(out.strip().splitlines()[-1])
+
+    def kill_node(self, name: str) -> None:
+        """A node dies: SIGKILL to every process its `ray start` started (its group) and to
+        the Ray workers its raylet forked (each in its own process group, but in the
+        session `ray start` leads); the stage runners die with their worker (PR_SET_PDEATHSIG)."""
+        node = self.nodes.pop(name)
+        _killpg(node.proc, signal.SIGKILL)
+        for pid in _pids_in_session(node.proc.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def stop(self) -> None:
+        for name in [n for n in self.nodes if n != "node_a"] + ["node_a"]:
+            if name in self.nodes:
+                node = self.nodes.pop(name)
+                _killpg(node.proc, signal.SIGTERM)  # `ray start --block` stops its processes
+                try:
+                    node.proc.wait(8)
+                except subprocess.TimeoutExpired:
+                    _killpg(node.proc, signal.SIGKILL)
+                for pid in _pids_in_session(node.proc.pid):  # workers outside the group
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _pids_in_session(sid: int) -> list[int]:
+    """Processes of the session ``sid`` leads (our `ray start`, started with setsid)."""
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[3]) == sid:  # after ")": state ppid pgrp session
+                pids.append(int(proc.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return [p for p in pids if p != os.getpid()]
+
+
+def _killpg(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+    if sig == signal.SIGKILL:
+        proc.wait()
+
+
+def start_ray_cluster() -> RayCluster:
+    """Head (node_a) and one worker (node_b) on 127.0.0.1, one fake GPU and one CPU each."""
+    cluster = RayCluster(f"127.0.0.1:{free_port()}", Path(tempfile.mkdtemp(prefix="s2dray-", dir="/tmp")))
+    try:
+        cluster.start_node("node_a", head=True)
+        cluster.wait_nodes(1)
+        cluster.start_node("node_b", head=False)
+        cluster.wait_nodes(2)
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+@dataclass
+class SlurmCluster:
+    """A single-host Slurm cluster (two slurmd nodes n1, n2 of one fake GPU each)."""
+
+    root: Path
+    env: dict[str, str]
+
+    def stop(self) -> None:
+        subprocess.run([str(REPO / "scripts/slurm-local.sh"), "stop", str(self.root)], check=False, timeout=120)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def run(self, *argv: str) -> str:
+        return subprocess.run(list(argv), check=True, capture_output=True, text=True, env=self.env,
+                              timeout=60).stdout
+
+
+def start_slurm_cluster() -> SlurmCluster:
+    root = Path(tempfile.mkdtemp(prefix="s2dslurm-", dir="/tmp"))
+    port = str(free_port_block(4))
+    env = dict(os.environ, S2D_SLURM_PORT=port, SLURM_CONF=str(root / "slurm.conf"))
+    cluster = SlurmCluster(root, env)
+    r = subprocess.run([str(REPO / "scripts/slurm-local.sh"), "start", str(root)], capture_output=True, text=True,
+                       env=env, timeout=180)
+    if r.returncode != 0:
+        cluster.stop()
+        raise RuntimeError(f"scripts/slurm-local.sh start failed:\n{r.stdout}\n{r.stderr}")
+    return cluster
+
+
+def free_port_block(n: int) -> int:
+    """A base port with ``n`` free consecutive ports after it (checked, not reserved)."""
+    for _ in range(50):
+        base = free_port()
+        if base + n >= 65535:
+            continue
+        try:
+            for p in range(base, base + n):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no block of free ports")
