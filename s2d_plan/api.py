@@ -37,7 +37,8 @@ from s2d_plan.predict.evidence import load_rates
 from s2d_plan.rules import RuleProblem, rule_problems
 from s2d_plan.run.executor import RunResult, execute_graph
 
-__all__ = ["Recommendation", "calibrate", "execute", "graph_for_plan", "probe", "query", "recommend", "validate"]
+__all__ = ["Recommendation", "calibrate", "execute", "graph_for_plan", "probe", "query", "recommend", "report",
+           "validate"]
 
 
 @dataclass(frozen=True)
@@ -158,3 +159,26 @@ def _embedded_plan(graph: StageGraph) -> PlanSpec | None:
         return None
     spec._base_dir = Path(embedded.get("base_dir") or ".")
     return spec
+
+
+def report(runs: Iterable[str] = (), home: str | Path | None = None, output: str | Path = "report.html",
+           png_dir: str | Path | None = None) -> tuple[Path, list[Path]]:
+    """Write the HTML report of ``runs`` (unique run-id prefixes; the newest run when
+    none) to ``output``, and a PNG per chart to ``png_dir`` if given; returns the paths.
+
+        path, _ = report([], home, "report.html")   # the newest run
+    """
+    from s2d_plan.report import make_report, page_title, render_html
+
+    rep = make_report(list(runs), home)
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(render_html(rep, page_title(rep)))
+    tmp.replace(out)
+    pngs: list[Path] = []
+    if png_dir is not None:
+        from s2d_plan.report.images import export_pngs
+
+        pngs = export_pngs(rep, png_dir)
+    return out, pngs

@@ -22,7 +22,7 @@ from typing import Any
 from s2d_plan.allocate.allocator import MIN_STEPS, Allocation, Context, SearchResult
 from s2d_plan.errors import ConfigurationError
 from s2d_plan.predict import costs
-from s2d_plan.contract import LabeledSlice, PromptSlice, Resources, Stage, StageEstimate
+from s2d_plan.contract import LabeledSlice, PromptSlice, Resources, Stage, StageEstimate, Tracking
 from s2d_plan.graph import Band, GraphEstimate, StageGraph
 from s2d_plan.plan.spec import PlanSpec
 
@@ -160,7 +160,12 @@ def compile_graph(ctx: Context, result: SearchResult, meta: dict[str, Any] | Non
         predicted=Band(eval=ctx.spec.objective.eval, value=round(p.value, 4), low=round(p.low, 4),
                        high=round(p.high, 4)),
         estimated=GraphEstimate(gpu_hours=round(sum(st.estimated.gpu_hours for st in stages), 4)),
-        stages=tuple(stages), meta=meta or {})
+        stages=tuple(stages), meta=meta or {}, tracking=_tracking(ctx.spec))
+
+
+def _tracking(spec: PlanSpec) -> Tracking | None:
+    t = spec.tracking
+    return Tracking(report_to=t.report_to, project=t.project or spec.name) if t.report_to else None
 
 
 def compile_probe_graph(spec: PlanSpec) -> StageGraph:

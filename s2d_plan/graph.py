@@ -22,7 +22,7 @@ from typing import Any, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from s2d_plan.contract import Stage
+from s2d_plan.contract import Stage, Tracking
 from s2d_plan.errors import GraphError
 
 GRAPH_VERSION = 1
@@ -51,6 +51,7 @@ class StageGraph(_Frozen):
     predicted: Band | None = None
     estimated: GraphEstimate = GraphEstimate()
     stages: tuple[Stage, ...] = Field(max_length=MAX_STAGES)
+    tracking: Tracking | None = None  # trackers the runners also log to (the plan's `tracking`)
     # Anything the compiler wants to keep with the graph (allocation, rationale).
     meta: dict[str, Any] = Field(default_factory=dict)
 

@@ -249,7 +249,8 @@ class _Executor:
         outputs = {sid: other.output_dir for sid, other in self.states.items()}
         write_spec(StageSpec(run_id=self.run_id, attempt=st.attempt, stage=s, inputs=resolve_inputs(s, outputs),
                              output_dir=st.output_dir, work_dir=work, metrics_path=metrics_path,
-                             device="cuda" if gpu_ids else "auto", cache_key=st.key), st.spec_path)
+                             device="cuda" if gpu_ids else "auto", cache_key=st.key,
+                             tracking=self.graph.tracking), st.spec_path)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         # OpenMP threads that spin while they wait made CPU GRPO steps ~40x slower when
         # cores are shared (measured in the tinyworld benchmark); a user's setting wins.
