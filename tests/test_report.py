@@ -149,3 +149,18 @@ def test_report_without_history_is_a_clear_error(cli, tmp_path):
     assert r.returncode == 2 and "no history" in r.stderr and not (tmp_path / "r.html").exists()
     r = cli("report", "nosuchrun", "-o", str(tmp_path / "r.html"))
     assert r.returncode == 2
+
+
+def test_calibration_residuals_when_the_home_holds_a_calibration(tiny_run, tmp_path):
+    from s2d_plan.predict.calibration import write_calibration
+
+    home = tmp_path / "home"
+    shutil.copytree(tiny_run[0], home)
+    out = tmp_path / "r.html"
+    assert s2d(home, "report", "-o", str(out)).returncode == 0
+    assert 'data-chart="calibration"' not in out.read_text()  # no calibration file: no section
+    write_calibration(home, {"outcome": {}, "costs": {}, "fit": {"runs": 1, "rmse_before": 0.1, "rmse_after": 0.05}})
+    assert s2d(home, "report", "-o", str(out)).returncode == 0
+    charts, attrs = browser.charts_in(browser.render(out.as_uri())[0])
+    cal = [c for c in charts if c.id == "calibration"]
+    assert attrs.get("data-errors") == "[]" and len(cal) == 1 and cal[0].traces == cal[0].series == 2
