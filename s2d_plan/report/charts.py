@@ -143,7 +143,7 @@ def objective(runs: list[RunData]) -> list[Chart]:
     rows = [(r, p, m) for r, p, m in rows if p or m]
     if not rows:
         return []
-    fig = _fig("Objective: predicted (interval) vs measured", yaxis=dict(title="accuracy", tickformat=".0%"))
+    fig = _fig("Objective: predicted (interval) vs measured", yaxis=dict(title="accuracy", tickformat=".1%"))
     pred = [(r.label, p) for r, p, _ in rows if p.get("value") is not None]
     if pred:
         fig.add_trace(go.Scatter(
