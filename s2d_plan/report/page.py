@@ -94,7 +94,8 @@ def render_html(rep: Report, title: str, plotly_src: str | None = None, refresh_
             body.append(f'<section class="chart" data-chart="{html.escape(chart.id)}" '
                         f'data-series="{chart.series}">{div}</section>')
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{html.escape(title)}</title>{_STYLE}{_ERROR_HOOK}{plotly_tag}</head>\n<body>\n"
+            f"<title>{html.escape(title)}</title><link rel=\"icon\" href=\"data:,\">{_STYLE}{_ERROR_HOOK}{plotly_tag}"
+            "</head>\n<body>\n"
             + "\n".join(body) + f"\n{_DONE}{reload}\n</body></html>\n")
 
 
