@@ -29,6 +29,7 @@ FAMILIES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("length", "Completion length (tokens)", ("completions/mean_length",)),
     ("lr", "Learning rate", ("learning_rate",)),
 )
+MAX_POINTS = 2000  # per curve; longer ones are thinned evenly
 LAYOUT = dict(template="plotly_white", height=360, margin=dict(l=60, r=20, t=50, b=50),
               legend=dict(font=dict(size=10)))
 
@@ -198,11 +199,20 @@ def curves(runs: list[RunData]) -> list[Chart]:
                     if not any(step > 0 for step, _ in pts):
                         continue  # a single step-0 value (a probe's) is a number, not a curve
                     name = f"{st.stage_id} {key}" if len(keys) > 1 else st.stage_id
+                    pts = _thin(pts)
                     fig.add_trace(go.Scatter(x=[s for s, _ in pts], y=[v for _, v in pts], mode="lines+markers",
                                              marker=dict(size=4), name=f"{run.label} · {name}" if several else name))
         if fig.data:
             charts.append(Chart(f"curve-{cid}", title, fig))
     return charts
+
+
+def _thin(points: list, keep: int = MAX_POINTS) -> list:
+    """Every n-th point (and the last) of a long curve: a page stays light for a long run."""
+    if len(points) <= keep:
+        return points
+    step = -(-len(points) // keep)
+    return points[::step] + ([points[-1]] if (len(points) - 1) % step else [])
 
 
 def evals(runs: list[RunData]) -> list[Chart]:
