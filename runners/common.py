@@ -108,12 +108,14 @@ def peak_memory_gb() -> float | None:
         return None
 
 
-def run_main(run: Callable[[StageSpec, MetricWriter], dict[str, Any] | None], argv: list[str] | None = None) -> None:
+def run_main(run: Callable[[StageSpec, MetricWriter], dict[str, Any] | None], argv: list[str] | None = None,
+             peak_memory: bool = True) -> None:
     """Entry point shared by every runner: ``python -m runners.<kind> SPEC.json``.
 
     ``run`` does the work inside ``spec.work_dir`` and returns a summary; this wrapper
     finalizes the output and turns any exception into stderr + exit status 1. Under
     several processes every rank runs ``run``; only rank 0 writes metrics and finalizes.
+    ``peak_memory``: log the process's peak memory (``sys/peak_mem_gb``) when it succeeds.
     """
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
@@ -129,7 +131,7 @@ def run_main(run: Callable[[StageSpec, MetricWriter], dict[str, Any] | None], ar
     writer = MetricWriter(spec.metrics_path) if main else NullWriter()
     try:
         summary = run(spec, writer)
-        peak = peak_memory_gb()
+        peak = peak_memory_gb() if peak_memory else None
         if peak is not None:  # the report sets it beside the cost model's estimate
             writer.log(0, PEAK_MEM_KEY, peak)
         if main:
