@@ -1,7 +1,7 @@
 # Two targets do all set-up on a fresh machine (see README):
-#   make quickstart   install into .venv, build the tiny CPU models, recommend the paper's
-#                     plan, then execute the tiny CPU plan end to end and query its history
-#   make test         install into .venv (if needed) and run the test suite
+#   make quickstart   install into .venv, then on tinyworld's shipped pretrained models:
+#                     recommend, execute, print the student before/after, write the report
+#   make test         install into .venv (if needed), chromium (if missing), run the tests
 #   make test-cluster install Ray and Slurm, then run the tests that start a real two-node
 #                     Ray cluster and a single-host Slurm cluster (scripts/slurm-local.sh)
 # torch is installed first and pinned: a bare `torch` pulled in by another package
@@ -14,7 +14,7 @@ CLUSTER_STAMP := $(VENV)/.s2d-cluster-installed
 TORCH  := torch==2.13.0
 export S2D_HOME ?= .s2d
 
-.PHONY: install quickstart test test-cluster clean
+.PHONY: install quickstart test test-cluster browser clean
 
 install: $(STAMP)
 
@@ -25,14 +25,18 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 quickstart: $(STAMP)
-	$(BIN)/python -m runners.tiny tiny-models   # skips itself when built with the current recipe
-	$(BIN)/s2d-plan recommend plans/budget.yaml
-	$(BIN)/s2d-plan execute plans/tiny-cpu.yaml
-	$(BIN)/s2d-plan history --table "SELECT stage_id, kind, status, round(gpu_hours * 3600, 1) AS seconds FROM stages WHERE run_id = (SELECT max(run_id) FROM runs) ORDER BY start_time"
-	$(BIN)/s2d-plan history --table "SELECT stage_id, key, round(value, 3) AS value FROM metrics_latest WHERE key LIKE 'eval/%' OR key LIKE 'probe/%' ORDER BY time"
+	$(BIN)/python -m tinyworld.quickstart
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not cluster"
+# The report tests open pages in a real headless browser (Debian's chromium; kaleido's
+# PNG export drives the same one). CI runs as root; elsewhere sudo is asked for.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  echo "installing chromium (the report tests render pages in it)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
+
+test: $(STAMP) browser
+	S2D_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q -m "not cluster"
 
 $(CLUSTER_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[train,dev,cluster]'

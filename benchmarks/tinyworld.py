@@ -245,11 +245,14 @@ def graph_of(arm: str, seed: int, stages: list[dict], res: dict, models, sz: Siz
 
 
 def execute(graph: StageGraph, home: Path) -> str:
-    from s2d_plan.run.progress import PlainDisplay
+    from s2d_plan.run.progress import LiveDisplay, PlainDisplay
     from s2d_plan.run.executor import execute_graph
 
     t0 = time.time()
-    r = execute_graph(graph, home, display=PlainDisplay(every_s=1e9))
+    # a live table with the ETA on a terminal; piped, one line per stage event
+    title = f"tinyworld arm {graph.meta.get('arm')} seed {graph.meta.get('seed')}"
+    display = LiveDisplay(title) if sys.stdout.isatty() else PlainDisplay(every_s=1e9)
+    r = execute_graph(graph, home, display=display)
     print(f"  {graph.meta.get('arm')} seed {graph.meta.get('seed')}: {r.status} in {time.time() - t0:.0f}s "
           f"({', '.join(f'{k} {v}' for k, v in r.stages.items())})", flush=True)
     if r.exit_code:

@@ -54,7 +54,7 @@ def trainer_args(spec: StageSpec, p: dict[str, Any], device: str) -> dict[str, A
         save_strategy="steps",
         save_steps=int(p.save_steps or (max(1, int(steps) // 5) if steps else 200)),
         save_total_limit=2,
-        report_to="none",
+        **tracker_args(spec),
         seed=int(p.seed),
         data_seed=int(p.seed),
         use_cpu=device == "cpu",
@@ -110,6 +110,15 @@ def lora_config(enabled: bool, kind: str):
     from peft import LoraConfig
 
     return LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
+
+
+def tracker_args(spec: StageSpec) -> dict[str, Any]:
+    """TRL's ``report_to`` from the plan's ``tracking``, named by run and stage."""
+    t = spec.tracking
+    if t is None or not t.report_to:
+        return {"report_to": "none"}
+    return {"report_to": list(t.report_to), "run_name": spec.tracker_run_name,
+            **({"project": t.project} if t.project else {})}
 
 
 def latest_checkpoint(spec: StageSpec) -> str | None:

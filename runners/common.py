@@ -90,12 +90,32 @@ def process_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def run_main(run: Callable[[StageSpec, MetricWriter], dict[str, Any] | None], argv: list[str] | None = None) -> None:
+PEAK_MEM_KEY = "sys/peak_mem_gb"
+
+
+def peak_memory_gb() -> float | None:
+    """Peak memory of this process: CUDA memory allocated by torch where a GPU was used,
+    else the process's peak resident set (CPU)."""
+    torch = sys.modules.get("torch")
+    try:
+        if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+            return torch.cuda.max_memory_allocated() / 1e9
+        import resource
+
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return rss / (1e9 if sys.platform == "darwin" else 1e6)  # bytes on macOS, KiB on Linux
+    except Exception:  # a number for the report, never a reason to fail a stage
+        return None
+
+
+def run_main(run: Callable[[StageSpec, MetricWriter], dict[str, Any] | None], argv: list[str] | None = None,
+             peak_memory: bool = True) -> None:
     """Entry point shared by every runner: ``python -m runners.<kind> SPEC.json``.
 
     ``run`` does the work inside ``spec.work_dir`` and returns a summary; this wrapper
     finalizes the output and turns any exception into stderr + exit status 1. Under
     several processes every rank runs ``run``; only rank 0 writes metrics and finalizes.
+    ``peak_memory``: log the process's peak memory (``sys/peak_mem_gb``) when it succeeds.
     """
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
@@ -111,6 +131,9 @@ def run_main(run: Callable[[StageSpec, MetricWriter], dict[str, Any] | None], ar
     writer = MetricWriter(spec.metrics_path) if main else NullWriter()
     try:
         summary = run(spec, writer)
+        peak = peak_memory_gb() if peak_memory else None
+        if peak is not None:  # the report sets it beside the cost model's estimate
+            writer.log(0, PEAK_MEM_KEY, peak)
         if main:
             finalize(spec, summary)
     except KeyboardInterrupt:

@@ -44,7 +44,7 @@ from s2d_plan.run.launchers import cluster_for
 from s2d_plan.run.recovery import recover_stale
 
 __all__ = ["Recommendation", "calibrate", "check_history", "execute", "export_query", "graph_for_plan", "probe",
-           "query", "recommend", "validate"]
+           "query", "recommend", "report", "validate"]
 
 
 @dataclass(frozen=True)
@@ -202,3 +202,26 @@ def check_history(home: str | Path | None = None, repair: bool = True) -> CheckR
         report.lines.append("problem: temporary files left: " + ", ".join(p.name for p in left))
     report.lines.append("history OK" if report.ok else f"{report.unrepaired} problem(s) not repaired")
     return report
+
+
+def report(runs: Iterable[str] = (), home: str | Path | None = None, output: str | Path = "report.html",
+           png_dir: str | Path | None = None) -> tuple[Path, list[Path]]:
+    """Write the HTML report of ``runs`` (unique run-id prefixes; the newest run when
+    none) to ``output``, and a PNG per chart to ``png_dir`` if given; returns the paths.
+
+        path, _ = report([], home, "report.html")   # the newest run
+    """
+    from s2d_plan.report import make_report, page_title, render_html
+
+    rep = make_report(list(runs), home)
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(render_html(rep, page_title(rep)))
+    tmp.replace(out)
+    pngs: list[Path] = []
+    if png_dir is not None:
+        from s2d_plan.report.images import export_pngs
+
+        pngs = export_pngs(rep, png_dir)
+    return out, pngs

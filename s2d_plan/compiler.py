@@ -22,7 +22,7 @@ from typing import Any
 from s2d_plan.allocate.allocator import MIN_STEPS, Allocation, Context, SearchResult
 from s2d_plan.errors import ConfigurationError
 from s2d_plan.predict import costs
-from s2d_plan.contract import LabeledSlice, PromptSlice, Resources, Stage, StageEstimate
+from s2d_plan.contract import LabeledSlice, PromptSlice, Resources, Stage, StageEstimate, Tracking
 from s2d_plan.graph import Band, GraphEstimate, Sensitive, StageGraph
 from s2d_plan.plan.spec import PlanSpec
 
@@ -197,7 +197,8 @@ def compile_graph(ctx: Context, result: SearchResult, meta: dict[str, Any] | Non
     return StageGraph(
         plan=ctx.spec.name, plan_hash=ctx.spec.hash(), predicted=band(ctx.spec.objective.eval, result),
         estimated=GraphEstimate(gpu_hours=round(sum(st.estimated.gpu_hours for st in stages), 4)),
-        stages=tuple(stages), meta=meta or {}, cluster=ctx.spec.compute.cluster)
+        stages=tuple(stages), meta=meta or {}, cluster=ctx.spec.compute.cluster,
+        tracking=_tracking(ctx.spec))
 
 
 def band(eval_name: str, result: SearchResult) -> Band:
@@ -212,6 +213,11 @@ def band(eval_name: str, result: SearchResult) -> Band:
                  for row in result.sensitivity)
     return Band(eval=eval_name, value=r(p.value), low=r(p.low), high=r(p.high), mean=r(p.mean), p_best=r(p.p_best),
                 p_beats_direct=r(p.p_beats_direct), sensitive=sens)
+
+
+def _tracking(spec: PlanSpec) -> Tracking | None:
+    t = spec.tracking
+    return Tracking(report_to=t.report_to, project=t.project or spec.name) if t.report_to else None
 
 
 def compile_probe_graph(spec: PlanSpec) -> StageGraph:

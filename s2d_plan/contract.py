@@ -40,8 +40,8 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, SerializeAsA
 from s2d_plan.errors import ConfigurationError, IncompatibleModelsError, S2DError
 
 __all__ = ["COMPLETE_MARKER", "EVIDENCE_FILE", "KINDS", "MODEL_SUBDIR", "ROLLOUTS_FILE", "ConfigurationError",
-           "IncompatibleModelsError", "Kind", "S2DError", "Stage", "StageSpec", "VllmSettings", "finalize", "is_complete",
-           "kind_of", "load_spec", "register_kind", "stage_ref"]
+           "IncompatibleModelsError", "Kind", "S2DError", "Stage", "StageSpec", "TRACKERS", "Tracking", "VllmSettings",
+           "finalize", "is_complete", "kind_of", "load_spec", "register_kind", "stage_ref"]
 
 COMPLETE_MARKER = "COMPLETE"  # written last, after the output directory is in place
 MODEL_SUBDIR = "model"  # a training stage's checkpoint (Hugging Face format)
@@ -373,6 +373,18 @@ def shown_value(value: Any, limit: int = 60) -> str:
 # ---------------------------------------------------------------- the spec file and outputs
 
 
+# What a plan's `tracking.report_to` may name, and the package each needs (TRL's
+# `report_to` takes these names; the history stays the source of truth).
+TRACKERS = {"trackio": "trackio", "wandb": "wandb", "mlflow": "mlflow", "tensorboard": "tensorboard"}
+
+
+class Tracking(_Frozen):
+    """Experiment trackers the training runners also log to (pass-through to TRL)."""
+
+    report_to: tuple[Literal["trackio", "wandb", "mlflow", "tensorboard"], ...] = ()
+    project: str | None = None  # the tracker's project (trackio, wandb); the compiler sets the plan's name
+
+
 class StageSpec(_Frozen):
     """What the executor hands one attempt of a runner (``SPEC.json``).
 
@@ -390,6 +402,13 @@ class StageSpec(_Frozen):
     metrics_path: Path
     device: Literal["auto", "cuda", "cpu"] = "auto"
     cache_key: str = ""
+    # trackers, not params: a stage logged to W&B is the same stage (its cache key ignores this)
+    tracking: Tracking | None = None
+
+    @property
+    def tracker_run_name(self) -> str:
+        """The name a tracker shows for this attempt: run id and stage id."""
+        return f"{self.run_id}/{self.stage_id}"
 
     @property
     def params(self) -> Any:

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from s2d_plan.contract import MAX_GPU_HOURS, Stage, shown_value, validation_problems
+from s2d_plan.contract import MAX_GPU_HOURS, Stage, Tracking, shown_value, validation_problems
 from s2d_plan.errors import GraphError
 from s2d_plan.cluster import ClusterSpec
 
@@ -70,6 +70,7 @@ class StageGraph(_Frozen):
     predicted: Band | None = None
     estimated: GraphEstimate = GraphEstimate()
     stages: tuple[Stage, ...] = Field(max_length=MAX_STAGES)
+    tracking: Tracking | None = None  # trackers the runners also log to (the plan's `tracking`)
     # Anything the compiler wants to keep with the graph (allocation, rationale).
     meta: dict[str, Any] = Field(default_factory=dict)
     # Where the stages run (the plan's ``compute.cluster``); None: local processes.

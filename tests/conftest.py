@@ -82,6 +82,17 @@ def start_cli(s2d_home: Path):
         proc.communicate(timeout=30)
 
 
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> Path:
+    """The tiny offline models and data (``python -m runners.tiny``), built once per session
+    (about 30 s); set S2D_TINY_DIR to reuse a build."""
+    out = Path(os.environ.get("S2D_TINY_DIR") or tmp_path_factory.mktemp("tiny") / "models")
+    r = subprocess.run([sys.executable, "-m", "runners.tiny", str(out)], cwd=REPO, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return out
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, every: float = 0.05) -> Any:
     """Poll until ``predicate()`` is truthy; return its value or fail the test."""
     deadline = time.monotonic() + timeout

@@ -1,7 +1,7 @@
 """Every runner kind for 2 steps on CPU on tiny offline models: alone on a hand-written spec,
 under 2 processes, resumed after a crash, and chained through the real executor into DuckDB.
 
-The tiny models are built once per session (about 30 s); set S2D_TINY_DIR to reuse a build.
+The tiny models (the ``tiny`` fixture, tests/conftest.py) are built once per session.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,15 +20,6 @@ pytest.importorskip("math_verify")
 from s2d_plan.run.launch import stage_command  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory) -> Path:
-    out = Path(os.environ.get("S2D_TINY_DIR") or tmp_path_factory.mktemp("tiny") / "models")
-    r = subprocess.run([sys.executable, "-m", "runners.tiny", str(out)], cwd=REPO, capture_output=True, text=True,
-                       timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    return out
 
 
 def run_stage(root: Path, kind: str, stage: dict, inputs: dict, gpus: int = 1, env: dict | None = None,

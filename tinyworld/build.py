@@ -90,8 +90,10 @@ def pretrain(name: str, out: str, tok_dir: str, rows: list[dict], seed: int, fas
         opt.step()
         opt.zero_grad()
         loss_ema = loss.item() if loss_ema is None else 0.98 * loss_ema + 0.02 * loss.item()
-        if step % 250 == 0 or step == steps - 1:
-            print(f"  {name}: step {step + 1}/{steps} loss {loss_ema:.3f} ({time.time() - t0:.0f}s)", flush=True)
+        if step % 250 == 0 or step == steps - 1:  # a line per 250 steps, terminal or pipe alike
+            spent = time.time() - t0
+            eta = spent / (step + 1) * (steps - step - 1)
+            print(f"  {name}: step {step + 1}/{steps} loss {loss_ema:.3f} ({spent:.0f}s, ETA {eta:.0f}s)", flush=True)
     model.eval()
     model.save_pretrained(out)
     tok.save_pretrained(out)

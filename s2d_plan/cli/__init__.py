@@ -256,6 +256,43 @@ def calibrate(
     typer.echo(calibration_report(fit(home)))
 
 
+@app.command()
+@friendly
+def report(
+    runs: list[str] = typer.Argument(None, help="Run ids (unique prefixes); default: the newest run.",
+                                     show_default=False),
+    output: Path = typer.Option(Path("report.html"), "-o", "--output", help="The HTML file to write."),
+    png: Optional[Path] = typer.Option(None, "--png", help="Also write every chart as a PNG into this folder."),
+    serve: bool = typer.Option(False, "--serve", help="Serve the page live (refreshing) instead of writing it."),
+    port: int = typer.Option(8765, "--port", help="Port for --serve."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address for --serve (default: this machine only)."),
+    refresh: float = typer.Option(5.0, "--refresh", help="Seconds between refreshes of the served page."),
+    home: Optional[Path] = HOME_OPT,
+) -> None:
+    """Draw runs from the history as one self-contained HTML page (plan vs outcome, curves, alternatives)."""
+    if serve:
+        from s2d_plan.report.serve import make_server
+
+        server = make_server(runs or [], home, host, port, refresh)
+        shown = ", ".join(runs) if runs else "the newest run"
+        typer.echo(f"serving the report of {shown} at http://{host}:{server.server_address[1]}/ "
+                   f"(bound to {host}{' only' if host == '127.0.0.1' else ''}; refreshes every {refresh:g}s; "
+                   "Ctrl-C stops)")
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
+        return
+    from s2d_plan.api import report as write
+
+    path, pngs = write(runs or [], home, output, png)
+    typer.echo(f"report written to {path} ({path.stat().st_size / 1e6:.1f} MB, self-contained; open it in a browser)")
+    if pngs:
+        typer.echo(f"{len(pngs)} PNG(s) written to {png}/")
+
+
 @app.command("reward-check")
 @friendly
 def reward_check(

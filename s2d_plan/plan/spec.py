@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -171,6 +172,28 @@ class Pins(_Spec):
         return v
 
 
+class Tracking(_Spec):
+    """Trackers the training runners also log to, through TRL's ``report_to`` (the
+    history stays the source of truth). Each must be installed where the plan is run."""
+
+    report_to: list[Literal["trackio", "wandb", "mlflow", "tensorboard"]] = Field(default_factory=list)
+    project: str | None = None  # the tracker's project name (default: the plan's name)
+
+    @field_validator("report_to")
+    @classmethod
+    def _installed(cls, v: list[str]) -> list[str]:
+        import importlib.util
+
+        from s2d_plan.contract import TRACKERS
+
+        missing = [t for t in v if importlib.util.find_spec(TRACKERS[t]) is None]
+        if missing:
+            raise ValueError(f"{', '.join(missing)} not installed in this Python ({sys.executable}); the runners "
+                             f"would fail at their first logged step. Install it (pip install {' '.join(missing)}) "
+                             "or remove it from tracking.report_to")
+        return list(dict.fromkeys(v))
+
+
 class PlanSpec(_Spec):
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     objective: Objective
@@ -181,6 +204,7 @@ class PlanSpec(_Spec):
     eval: list[EvalSet] = Field(min_length=1, max_length=MAX_LIST)
     search: Search = Search()
     pins: Pins = Pins()
+    tracking: Tracking = Tracking()
     trust_remote_code: list[str] = Field(default_factory=list, max_length=MAX_LIST)  # models allowed to run repo code
     _base_dir: Path = PrivateAttr(default=Path("."))
 
@@ -199,9 +223,10 @@ class PlanSpec(_Spec):
         return self._base_dir
 
     def hash(self) -> str:
-        """Content hash of the validated plan (not of its formatting)."""
-        # where it runs does not change what is recommended
-        canon = json.dumps(self.model_dump(mode="json", exclude={"compute": {"cluster"}}), sort_keys=True)
+        """Content hash of the validated plan (not of its formatting, nor of where it runs
+        or which trackers it logs to: neither changes what is recommended)."""
+        canon = json.dumps(self.model_dump(mode="json", exclude={"compute": {"cluster"}, "tracking": True}),
+                           sort_keys=True)
         return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
     def resolve_path(self, source: str) -> str:

@@ -267,7 +267,8 @@ class _Executor:
         outputs = {sid: other.output_dir for sid, other in self.states.items()}
         write_spec(StageSpec(run_id=self.run_id, attempt=st.attempt, stage=s, inputs=resolve_inputs(s, outputs),
                              output_dir=st.output_dir, work_dir=work, metrics_path=metrics_path,
-                             device="cuda" if slot.gpu_ids else "auto", cache_key=st.key), st.spec_path)
+                             device="cuda" if slot.gpu_ids else "auto", cache_key=st.key,
+                             tracking=self.graph.tracking), st.spec_path)
         job = Job(f"s2d-{self.run_id}-{s.id}-{st.attempt}", s.kind, st.spec_path, st.log_path,
                   gpus_asked=s.resources.gpus)
         st.tail = _procs.MetricTail(metrics_path)

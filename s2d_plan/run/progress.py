@@ -39,6 +39,19 @@ def _metric(st: Any) -> str:
     return f"{key}={value:.4g}" if value is not None else f"{key}=null"
 
 
+def remaining_seconds(states: Iterable[Any]) -> float | None:
+    """The cost model's estimate of the time left: pending stages in full, running ones
+    less their elapsed time (never below zero); None when no stage has an estimate."""
+    left, known = 0.0, False
+    for st in states:
+        est = st.est_seconds()
+        if est is None or st.status not in ("PENDING", "RUNNING"):
+            continue
+        known = True
+        left += max(est - (st.elapsed() or 0.0), 0.0) if st.status == "RUNNING" else est
+    return left if known else None
+
+
 class PlainDisplay:
     """One line per event, and a progress line per running stage every ``every_s``."""
 
@@ -57,6 +70,7 @@ class PlainDisplay:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", file=self.out, flush=True)
 
     def refresh(self, states: Iterable[Any]) -> None:
+        states = list(states)
         now = time.monotonic()
         for st in states:
             if st.status != "RUNNING":
@@ -64,7 +78,8 @@ class PlainDisplay:
             if now - self._last.setdefault(st.stage.id, now) >= self.every_s:
                 self._last[st.stage.id] = now
                 self.event(f"{st.stage.id}: step {_step(st)} {_metric(st)} "
-                           f"elapsed {_clock(st.elapsed())} est {_clock(st.est_seconds())}")
+                           f"elapsed {_clock(st.elapsed())} est {_clock(st.est_seconds())}; "
+                           f"run ETA {_clock(remaining_seconds(states))}")
 
 
 class LiveDisplay:
@@ -97,7 +112,9 @@ class LiveDisplay:
     def _render(self):
         from rich.table import Table
 
-        table = Table(title=self.title, expand=False)
+        left = remaining_seconds(self._states)
+        caption = f"about {_clock(left)} left (the cost model's estimate)" if left is not None else None
+        table = Table(title=self.title, caption=caption, expand=False)
         for col in ("stage", "kind", "status", "try", "step", "metric", "elapsed / est"):
             table.add_column(col)
         for st in self._states:
