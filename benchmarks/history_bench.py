@@ -23,7 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from s2d_plan.run.procs import MetricTail  # noqa: E402
-from s2d_plan.history.store import HistoryWriter, open_reader, utcnow  # noqa: E402
+from s2d_plan.history.read import open_reader  # noqa: E402
+from s2d_plan.history.store import HistoryWriter, utcnow  # noqa: E402
 
 BATCH = 50_000  # the executor's flush_rows
 KEYS = ("loss", "reward", "kl", "lr")

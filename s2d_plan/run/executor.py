@@ -5,24 +5,21 @@
 
 How it departs from "run the stages in order":
 
-1. *Content-addressed stages.* A stage's key hashes its kind, policy/teacher (a model
-   name, or the key of the ``@stage`` it reads), data (``@stage`` refs by key), params,
-   and the runner's code version (``s2d_plan.run.identity``); resources and estimates are
-   left out, so moving a stage to more GPUs reuses it. Its output lives in ``<home>/stages/<id>-<key>/`` and counts as done only with a
-   ``COMPLETE`` marker; such a stage is recorded CACHED and not run again. A changed
-   parameter changes that key and, through the chain, the keys of its dependants only.
+1. *Content-addressed stages* (``s2d_plan.run.identity``). Output lives in
+   ``<home>/stages/<id>-<key>/`` and counts as done only with a ``COMPLETE`` marker; such
+   a stage is recorded CACHED and not run again.
 2. *Resume.* A runner works in ``<output>.partial`` (the same path on every attempt), so
    a runner that checkpoints resumes where the last attempt stopped. The executor keeps
-   that directory only when the runner module declares ``RESUMABLE = True``; otherwise,
-   and under ``--force``, it starts the stage clean.
+   that directory only for kinds the contract marks resumable; otherwise, and under
+   ``--force``, it starts the stage clean.
 3. *Crashes.* Any stage still RUNNING in the history when an executor opens it was left
    by a dead executor (the history has one writer at a time, so none is alive): it is
    marked FAILED with its log tail, the rest of its metrics file is ingested, any
    surviving runner process group is killed, and the stage runs again as a new attempt.
 4. *Failures stay local.* A failed stage's dependants are SKIPPED, independent branches go
-   on, and the command exits 1 with one line per failure. SIGINT/SIGTERM stops running
-   stages (SIGINT to their process groups, SIGKILL after a grace period), records them
-   KILLED and flushes every metric they wrote.
+   on, and the command exits 1 with one line per failure. SIGINT/SIGTERM/SIGHUP stops
+   running stages (SIGINT first, SIGKILL after a grace period), records them KILLED and
+   flushes every metric they wrote.
 
 Stages run side by side when GPUs allow. Where a stage runs is its launcher's business
 (``s2d_plan.run.launchers``: local processes, Ray actors, Slurm jobs); the rest above is
@@ -36,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import signal
 import sys
-import threading
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -53,7 +49,7 @@ from s2d_plan.run.identity import cache_keys, resolve_inputs
 from s2d_plan.run.launchers import Busy, Job, Slot, make_launcher
 from s2d_plan.run.progress import PlainDisplay
 from s2d_plan.run.recovery import recover_stale
-from s2d_plan.run.state import RunResult, StageState
+from s2d_plan.run.state import RunResult, StageState, StopRequest
 
 DONE = ("FINISHED", "CACHED")
 STOP_GRACE_S = 10.0  # how long a stopped runner gets to exit after SIGINT
@@ -105,8 +101,7 @@ class _Executor:
             forced |= graph.dependants(f)
         self.states = {s.id: StageState(s, keys[s.id], stage_dir(home, s.id, keys[s.id]), forced=s.id in forced)
                        for s in graph.topological_order()}
-        self.stop_signal: int | None = None
-        self.stop_deadline: float | None = None
+        self.stop = StopRequest()
         self.hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s2d-hash")
         self.pending_hashes: list[Future] = []
         self.last_flush = time.monotonic()
@@ -117,7 +112,7 @@ class _Executor:
         self.display = display
         self.db = HistoryWriter(self.home)
         started = time.monotonic()
-        old_handlers = self._install_signals()
+        self.stop.install()
         try:
             self._cancel_orphans()
             for line in recover_stale(self.db, self.home, self.run_id):
@@ -132,7 +127,7 @@ class _Executor:
             return self._finish(time.monotonic() - started)
         finally:
             self.launcher.close()
-            self._restore_signals(old_handlers)
+            self.stop.restore()
             self.hashing.shutdown(wait=True)
             self.db.close()
 
@@ -142,23 +137,6 @@ class _Executor:
         for backend, job_id, stage_id in self.db.orphan_jobs():
             if backend == self.launcher.name and self.launcher.cancel(job_id):
                 self.display.event(f"{stage_id}: cancelled {backend} job {job_id} left by a dead executor")
-
-    def _install_signals(self) -> dict[int, Any]:
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-        old = {}
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal closed
-            old[sig] = signal.signal(sig, self._on_signal)
-        return old
-
-    def _restore_signals(self, old: dict[int, Any]) -> None:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        if self.stop_signal is not None and signum == signal.SIGINT:
-            self.stop_deadline = 0.0  # a second Ctrl-C: stop now
-        self.stop_signal = signum
 
     def _abandon(self, exc: BaseException) -> None:
         running = self._running()
@@ -212,18 +190,18 @@ class _Executor:
     # -- the loop ----------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
-            if self.stop_signal is not None:
+            if self.stop.signal is not None:
                 self._stop_running()
             for st in self._running():
                 self._poll(st)
-            if self.stop_signal is None:
+            if self.stop.signal is None:
                 self._skip_blocked()
                 self._launch_ready()
             self._collect_hashes()
             self._flush_if_due()
             self.display.refresh(self.states.values())
             if not self._running():
-                if self.stop_signal is not None or not any(st.status == "PENDING" for st in self.states.values()):
+                if self.stop.signal is not None or not any(st.status == "PENDING" for st in self.states.values()):
                     break
             time.sleep(self.poll_s)
 
@@ -309,8 +287,8 @@ class _Executor:
             self._after_success(st)
             return
         tail = _procs.log_tail(st.log_path) if st.log_path else ""
-        if self.stop_signal is not None:
-            status, reason = "KILLED", f"stopped by {signal.Signals(self.stop_signal).name}"
+        if self.stop.signal is not None:
+            status, reason = "KILLED", f"stopped by {signal.Signals(self.stop.signal).name}"
         elif code == 0:
             status, reason = "FAILED", "runner exited 0 without a COMPLETE output"
         elif st.proc.lost:
@@ -325,7 +303,7 @@ class _Executor:
         """A node that died took the attempt with it: run the stage again (elsewhere, from
         its checkpoint) while the cluster's retry budget lasts; the FAILED attempt stays
         in ``placements`` with its cause."""
-        if st.status != "FAILED" or not st.proc.lost or self.stop_signal is not None:
+        if st.status != "FAILED" or not st.proc.lost or self.stop.signal is not None:
             return
         if st.retries >= self.launcher.retries:
             return
@@ -387,13 +365,13 @@ class _Executor:
 
     def _stop_running(self) -> None:
         now = time.monotonic()
-        if self.stop_deadline is None:
-            self.stop_deadline = now + STOP_GRACE_S
-            self.display.event(f"{signal.Signals(self.stop_signal).name}: stopping "
+        if self.stop.deadline is None:
+            self.stop.deadline = now + STOP_GRACE_S
+            self.display.event(f"{signal.Signals(self.stop.signal).name}: stopping "
                                f"{len(self._running())} running stage(s)")
             for st in self._running():
                 st.proc.signal(signal.SIGINT)
-        elif now >= self.stop_deadline:
+        elif now >= self.stop.deadline:
             for st in self._running():
                 st.proc.signal(signal.SIGKILL)
 
@@ -407,8 +385,8 @@ class _Executor:
         statuses = {sid: st.status for sid, st in self.states.items()}
         failures = [f"{st.status} {sid}: {(st.error or '').splitlines()[0] if st.error else ''}"
                     for sid, st in self.states.items() if st.status in ("FAILED", "KILLED")]
-        if self.stop_signal is not None:
-            status, code = "KILLED", 128 + self.stop_signal
+        if self.stop.signal is not None:
+            status, code = "KILLED", 128 + self.stop.signal
         elif failures or any(v == "SKIPPED" for v in statuses.values()):
             status, code = "FAILED", 1
         else:

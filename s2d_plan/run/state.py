@@ -3,9 +3,12 @@ the ``RunResult`` it returns."""
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from s2d_plan.contract import Stage
 from s2d_plan.run.launchers import Handle, Slot
@@ -55,3 +58,29 @@ class RunResult:
     failures: list[str]  # one line per failed or killed stage
     exit_code: int
     home: Path
+
+
+class StopRequest:
+    """SIGINT, SIGTERM and SIGHUP (the terminal closed) turned into a request the run loop
+    polls: ``signal`` once asked, ``deadline`` set to 0 by a second Ctrl-C (stop now)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self.deadline: float | None = None
+        self._old: dict[int, Any] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():  # handlers only work there
+            self._old = {sig: signal.signal(sig, self._on_signal) for sig in self.SIGNALS}
+
+    def restore(self) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        self._old = {}
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            self.deadline = 0.0
+        self.signal = signum
