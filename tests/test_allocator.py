@@ -339,3 +339,21 @@ def test_doing_nothing_with_zero_labels_shows_the_bridge_it_declined():
     else:
         nothing = next(a for a in result.alternatives if a.structure.teacher is None)
         assert result.best.prediction.mean > nothing.prediction.mean
+
+
+def test_opd_batch_is_searched_to_the_cheapest_batch_of_equal_value():
+    """OPD's batch is one of the searched quantities: the outcome model is flat in it, so
+    of the ladder's batches the search keeps the cheapest at the pick's predicted value."""
+    from dataclasses import replace
+
+    from s2d_plan.allocate.space import box, evaluate
+
+    spec, ctx, result, graph = recommend(ROOT / "plans/budget.yaml")
+    best = result.best
+    assert "opd" in best.structure.bridge
+    ladder = box(ctx, best.structure).opd_batches
+    assert len(ladder) > 1 and best.quantities.opd_batch in ladder
+    assert graph.stage("student_opd").params.prompts_per_step == best.quantities.opd_batch
+    for batch in ladder:
+        other = evaluate(ctx, best.structure, replace(best.quantities, opd_batch=batch))
+        assert other.gpu_hours >= best.gpu_hours - 1e-6 or other.prediction.value < best.prediction.value - 1e-4

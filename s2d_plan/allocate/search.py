@@ -35,7 +35,8 @@ class Candidate:
 class _Search:
     """One structure at one group size: unit-cube point -> projected quantities -> value."""
 
-    DIMS = ("u_frac", "u_teacher_epochs", "u_fkl", "u_opd", "u_student_epochs")
+    # the unit cube a structure's quantities live in; the last is OPD's batch on its ladder
+    DIMS = ("u_frac", "u_teacher_epochs", "u_fkl", "u_opd", "u_student_epochs", "u_opd_batch")
 
     def __init__(self, ctx: Context, s: Structure, group: int, lc: LinearCost):
         self.ctx, self.s, self.group, self.lc = ctx, s, group, lc
@@ -51,6 +52,8 @@ class _Search:
             dims.append(3)
         if s.stage3 or s.direct:
             dims.append(4)
+        if "opd" in (s.bridge or "") and len(self.box.opd_batches) > 1:
+            dims.append(5)
         self.dims = dims
 
     def raw(self, u: tuple[float, ...]) -> Quantities:
@@ -75,7 +78,8 @@ class _Search:
 
     @staticmethod
     def _shrink(u: tuple[float, ...], f: float) -> tuple[float, ...]:
-        return (u[0],) + tuple(x * f for x in u[1:])
+        """Amounts shrink; the label split and OPD's batch stay where they are."""
+        return (u[0],) + tuple(x * f for x in u[1:5]) + tuple(u[5:])
 
     def score(self, u: tuple[float, ...]) -> Candidate:
         q, cost, ok = self.project(u)
@@ -86,7 +90,7 @@ class _Search:
 
     def local(self, rng: random.Random, n_random: int, record: list[Candidate]) -> tuple[tuple[float, ...], Candidate]:
         """Random starts, then coordinate moves of shrinking size on the structure's dims."""
-        starts = [(0.8, 0.6, 0.6, 0.6, 0.6)] + [tuple(rng.random() for _ in range(5)) for _ in range(n_random)]
+        starts = [(0.8, 0.6, 0.6, 0.6, 0.6, 1.0)] + [tuple(rng.random() for _ in self.DIMS) for _ in range(n_random)]
         best_u, best = starts[0], self.score(starts[0])
         record.append(best)
         for u in starts[1:]:
@@ -106,6 +110,19 @@ class _Search:
                         record.append(cand)
                         if cand.value > best.value + MIN_GAIN:
                             best_u, best, improved = tuple(u), cand, True
+        if 5 in self.dims:  # the outcome model is flat in OPD's batch: the cheapest batch of equal value
+            best_u, best = self._cheapest_batch(best_u, best, record)
+        return best_u, best
+
+    def _cheapest_batch(self, best_u: tuple[float, ...], best: Candidate,
+                        record: list[Candidate]) -> tuple[tuple[float, ...], Candidate]:
+        n = len(self.box.opd_batches)
+        for i in range(n):
+            u = tuple(best_u[:5]) + (i / (n - 1),)
+            cand = self.score(u)
+            record.append(cand)
+            if cand.feasible and cand.value >= best.value - MIN_GAIN and cand.gpu_hours < best.gpu_hours:
+                best_u, best = u, cand
         return best_u, best
 
 
@@ -159,7 +176,7 @@ def search_random(ctx: Context, allowed: list[Structure], n: int, seed: int = 1,
         if search is None:
             continue
         s = search.s
-        u = tuple(rng.random() for _ in range(5))
+        u = tuple(rng.random() for _ in _Search.DIMS)
         if project:
             cand = search.score(u)
         else:
