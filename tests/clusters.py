@@ -190,3 +190,16 @@ def free_port_block(n: int) -> int:
         except OSError:
             continue
     raise RuntimeError("no block of free ports")
+
+
+def rows(cli, sql: str) -> list[dict]:
+    """The history's rows for ``sql``, through the real CLI."""
+    r = cli("history", "--json", sql)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def live_rows(cli, sql: str) -> list[dict]:
+    """Rows, or [] while the run has not created its history yet."""
+    r = cli("history", "--json", sql)
+    return json.loads(r.stdout) if r.returncode == 0 else []

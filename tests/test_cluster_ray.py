@@ -21,7 +21,7 @@ import pytest
 
 pytest.importorskip("ray")
 
-from clusters import start_ray_cluster  # noqa: E402
+from clusters import live_rows, rows, start_ray_cluster  # noqa: E402
 from conftest import REPO, cli_env, sim_stage, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.cluster
@@ -38,18 +38,6 @@ def ray_cluster():
 
 def ray_graph(write_graph, cluster, stages, **cl):
     return write_graph(stages, cluster={"backend": "ray", "address": cluster.address, **cl})
-
-
-def rows(cli, sql: str) -> list[dict]:
-    r = cli("history", "--json", sql)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
-
-
-def live_rows(cli, sql: str) -> list[dict]:
-    """Rows, or [] while the run has not created its history yet."""
-    r = cli("history", "--json", sql)
-    return json.loads(r.stdout) if r.returncode == 0 else []
 
 
 def node_of(ray_cluster) -> dict[str, str]:

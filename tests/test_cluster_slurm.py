@@ -9,7 +9,6 @@ Part of ``make test-cluster`` (skipped where Slurm is not installed).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -21,7 +20,7 @@ import pytest
 if not shutil.which("slurmctld"):
     pytest.skip("Slurm is not installed (scripts/slurm-local.sh install)", allow_module_level=True)
 
-from clusters import start_slurm_cluster  # noqa: E402
+from clusters import live_rows, rows, start_slurm_cluster  # noqa: E402
 from conftest import REPO, cli_env, sim_stage, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.cluster
@@ -40,17 +39,6 @@ def slurm():
 
 def slurm_graph(write_graph, stages, **cl):
     return write_graph(stages, cluster={"backend": "slurm", "gpus_per_node": 1, **cl})
-
-
-def rows(cli, sql: str) -> list[dict]:
-    r = cli("history", "--json", sql)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
-
-
-def live_rows(cli, sql: str) -> list[dict]:
-    r = cli("history", "--json", sql)
-    return json.loads(r.stdout) if r.returncode == 0 else []
 
 
 def start_execute(graph, home) -> subprocess.Popen:

@@ -188,9 +188,24 @@ class HistoryWriter(RunRecords):
 
         On any failure nothing is committed (neither rows nor offset) and the caller keeps
         its lines: it must not drop them before this returns."""
+        self._ingest(run_id, stage_id, attempt, cache_key, lines, offset, replace=False)
+
+    def reingest_attempt(self, run_id: str, stage_id: str, attempt: int, cache_key: str,
+                         lines: list[str], offset: int) -> None:
+        """Replace one attempt's metric rows by its whole metrics file, in one transaction
+        (``history --check``'s repair: the file is the source of every row)."""
+        self._ingest(run_id, stage_id, attempt, cache_key, lines, offset, replace=True)
+
+    def _ingest(self, run_id: str, stage_id: str, attempt: int, cache_key: str, lines: list[str],
+                offset: int | None, replace: bool) -> None:
+        """Metric lines (and the offset they reach) in one transaction; ``replace`` first
+        drops the attempt's rows. The buffer is the caller's until this returns."""
         self._check()
         try:
             self.con.execute("BEGIN")
+            if replace:
+                self.con.execute("DELETE FROM metrics WHERE run_id = ? AND stage_id = ? AND attempt = ?",
+                                 [run_id, stage_id, attempt])
             if lines:
                 self._appender.append_rows([(line,) for line in lines])
                 self._appender.flush()
@@ -199,27 +214,6 @@ class HistoryWriter(RunRecords):
             if offset is not None:
                 self.con.execute("UPDATE stages SET metrics_offset = ? WHERE run_id = ? AND stage_id = ?",
                                  [offset, run_id, stage_id])
-            self.con.execute("COMMIT")
-        except Exception as exc:
-            self._undo()
-            raise self._failed(exc) from None
-        self._dirty = True
-
-    def reingest_attempt(self, run_id: str, stage_id: str, attempt: int, cache_key: str,
-                         lines: list[str], offset: int) -> None:
-        """Replace one attempt's metric rows by its whole metrics file, in one transaction
-        (``history --check``'s repair: the file is the source of every row)."""
-        self._check()
-        try:
-            self.con.execute("BEGIN")
-            self.con.execute("DELETE FROM metrics WHERE run_id = ? AND stage_id = ? AND attempt = ?",
-                             [run_id, stage_id, attempt])
-            self._appender.append_rows([(line,) for line in lines])
-            self._appender.flush()
-            self.con.execute(_INSERT_METRICS, [run_id, stage_id, attempt, cache_key])
-            self.con.execute("DELETE FROM _metric_lines")
-            self.con.execute("UPDATE stages SET metrics_offset = ? WHERE run_id = ? AND stage_id = ?",
-                             [offset, run_id, stage_id])
             self.con.execute("COMMIT")
         except Exception as exc:
             self._undo()
