@@ -63,28 +63,32 @@ def graph_file(write_graph, steps: int) -> Path:
 def small_fs(tmp_path: Path):
     mnt = tmp_path / "fs"
     mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mnt)],
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)],
                       capture_output=True).returncode != 0:
         pytest.skip("cannot mount a tmpfs here (not root); the injected failure below covers the logic")
     yield mnt
     subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-def fill(directory: Path) -> Path:
-    filler = directory / "filler"
-    with open(filler, "wb") as f:
-        try:
-            while True:
+def fill(directory: Path, name: str = "filler", limit: int | None = None) -> Path:
+    """Write zeros into ``directory`` until it is full (or ``limit`` bytes are written).
+    On a busy machine the run may have filled the disk itself first: that is full too."""
+    filler, written = directory / name, 0
+    try:
+        with open(filler, "wb") as f:
+            while limit is None or written < limit:
                 f.write(b"\0" * (1 << 16))
                 f.flush()
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC
+                written += 1 << 16
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
     return filler
 
 
 def test_a_real_full_disk_mid_run_loses_nothing(small_fs, write_graph):
     home = small_fs / "home"
     graph = graph_file(write_graph, steps=2000)
+    ballast = fill(small_fs, "ballast", limit=24 << 20)  # freed with the filler: room for the re-run
     proc = subprocess.Popen([sys.executable, "-m", "s2d_plan.cli", "execute", str(graph)], text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(home), cwd=REPO)
     try:
@@ -101,7 +105,8 @@ def test_a_real_full_disk_mid_run_loses_nothing(small_fs, write_graph):
     assert "Traceback" not in err and len([l for l in err.splitlines() if l.startswith("error:")]) == 1, err
     found = KEPT.search(next(l for l in err.splitlines() if l.startswith("error:")))
     assert found and found.group(1) == str(home / "history.duckdb"), err
-    filler.unlink()  # space again
+    filler.unlink(missing_ok=True)  # space again
+    ballast.unlink()
 
     again = subprocess.run([sys.executable, "-m", "s2d_plan.cli", "execute", str(graph)], text=True,
                            capture_output=True, env=cli_env(home), cwd=REPO, timeout=120)

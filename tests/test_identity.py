@@ -58,7 +58,7 @@ def test_editing_a_shared_module_or_the_contract_changes_every_key_that_runs_it(
     edit(copy / "runners" / "verifier.py")  # imported lazily by every sampling/training runner
     mid = keys(copy)
     assert all(mid[k] != before[k] for k in KINDS)
-    edit(copy / "s2d_plan" / "contract.py")
+    edit(copy / "s2d_plan" / "contract" / "stage.py")
     contract = keys(copy)
     assert all(v != mid[k] for k, v in contract.items())
     edit(copy / "s2d_plan" / "plan" / "spec.py")  # the planner: no runner imports these
