@@ -162,3 +162,14 @@ def test_an_older_single_factor_calibration_is_replaced_not_compounded():
     out = _cost_constants(old, fit)
     # the speed constants the old calibrate rescaled go; a constant set by hand stays
     assert out == {"bytes_full_ft": 18.0, "time_factor": 0.7, "kind_factors": {"grpo": 0.5}}
+
+
+def test_a_long_fit_reports_its_progress_and_draws_the_same_samples():
+    """`calibrate` shows the sampler's progress (the CLI draws it with an ETA on a
+    terminal); reporting it must not change the posterior."""
+    from s2d_plan.predict.posterior import STEPS, fit, paper_evidence
+
+    seen: list[tuple[int, int]] = []
+    watched = fit(paper_evidence(), progress=lambda step, steps: seen.append((step, steps)))
+    assert [s for s, _ in seen] == list(range(1, STEPS + 1)) and {n for _, n in seen} == {STEPS}
+    assert watched.samples_x == fit(paper_evidence()).samples_x

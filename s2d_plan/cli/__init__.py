@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -253,7 +254,21 @@ def calibrate(
     from s2d_plan.api import calibrate as fit
     from s2d_plan.cli.render import calibration_report
 
-    typer.echo(calibration_report(fit(home)))
+    typer.echo(calibration_report(fit(home, progress=_fit_progress("calibrate: sampling the outcome posterior"))))
+
+
+def _fit_progress(what: str) -> Callable[[int, int], None] | None:
+    """A progress line with an ETA, redrawn in place on a terminal (stderr); nothing when piped."""
+    if not sys.stderr.isatty():
+        return None
+    started = time.monotonic()
+
+    def show(step: int, steps: int) -> None:
+        eta = (time.monotonic() - started) / step * (steps - step)
+        sys.stderr.write(f"\r{what}: step {step}/{steps}, ETA {eta:3.0f} s" + ("\n" if step == steps else ""))
+        sys.stderr.flush()
+
+    return show
 
 
 @app.command()

@@ -31,7 +31,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from s2d_plan.errors import S2DError
 from s2d_plan.predict.calibration import load_calibration, write_calibration
@@ -199,7 +199,8 @@ def _cost_constants(old: dict[str, Any], cost_fit: dict[str, Any] | None) -> dic
     return out
 
 
-def calibrate(home: str | Path | None = None, min_runs: int = MIN_RUNS) -> dict[str, Any]:
+def calibrate(home: str | Path | None = None, min_runs: int = MIN_RUNS,
+              progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Fit, write ``<home>/calibration.json``, and return what was written plus a per-run table."""
     from s2d_plan.paths import resolve_home
 
@@ -212,9 +213,9 @@ def calibrate(home: str | Path | None = None, min_runs: int = MIN_RUNS) -> dict[
                        + (f" (skipped {why})" if why else "")
                        + ". Execute graphs compiled by `s2d-plan recommend` (or benchmarks/tinyworld.py) first.")
     in_force = load_calibration(home)
-    prior_only = posterior_for(paper_evidence(), home, in_force.pins).mode
+    prior_only = posterior_for(paper_evidence(), home, in_force.pins, progress).mode
     data = as_data(obs)
-    updated = posterior_for(paper_evidence() + data, home, in_force.pins)
+    updated = posterior_for(paper_evidence() + data, home, in_force.pins, progress)
     fitted = updated.mode
     before, after = rmse(obs, prior_only), rmse(obs, fitted)
     table = [{"run_id": o.run_id, "structure": o.label, "measured": o.measured, "before": o.predicted(prior_only),

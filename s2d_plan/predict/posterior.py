@@ -37,7 +37,7 @@ import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -49,6 +49,8 @@ from s2d_plan.predict.priors import (DEFAULT_OUTCOME, ESTIMATED_LOGIT_SD, PRIORS
 MODEL_VERSION = "outcome-3"  # bump when the closed forms change: cached posteriors are then refitted
 DRAWS = 200  # predictive draws: quantiles to ~1/4 point, P(best) to ~3%
 CACHE_DIR = "posterior"
+
+Progress = Callable[[int, int], None]  # (step done, steps) of a long fit
 
 
 # ---------------------------------------------------------------- evidence
@@ -185,8 +187,9 @@ def _free(pins: dict[str, float]) -> tuple[str, ...]:
     return tuple(n for n in PRIORS if n != "sigma_model" and n not in pins)
 
 
-def fit(evidence: list[Datum], pins: dict[str, float] | None = None) -> Posterior:
-    """Laplace approximation of the posterior given ``evidence``; ``pins`` fix constants."""
+def fit(evidence: list[Datum], pins: dict[str, float] | None = None, progress: Progress | None = None) -> Posterior:
+    """Laplace approximation of the posterior given ``evidence``, then emcee from it;
+    ``pins`` fix constants; ``progress(step, steps)`` is called after each sampler step."""
     from scipy.optimize import least_squares, minimize_scalar
 
     pins = dict(pins or {})
@@ -228,7 +231,7 @@ def fit(evidence: list[Datum], pins: dict[str, float] | None = None) -> Posterio
     err = preds(x) - y if evidence else np.zeros(0)
     info = {"data": len(evidence), "rmse": float(np.sqrt(np.mean(err ** 2))) if len(err) else None,
             "free": len(names), "pinned": sorted(pins), "model": MODEL_VERSION}
-    samples = _sample(preds, x, cov, sigma, y, sd, x0, prior_sd, lo, hi, "sigma_model" not in pins, info)
+    samples = _sample(preds, x, cov, sigma, y, sd, x0, prior_sd, lo, hi, "sigma_model" not in pins, info, progress)
     if samples is not None:
         cov = np.cov(samples[:, :len(names)].T)
         sigma = float(np.exp(np.median(samples[:, -1])))
@@ -240,7 +243,8 @@ def fit(evidence: list[Datum], pins: dict[str, float] | None = None) -> Posterio
 WALKERS, STEPS, BURN = 48, 200, 100  # ~9,600 likelihood evaluations; acceptance and tau in info
 
 
-def _sample(preds, x, cov, sigma, y, sd, x0, prior_sd, lo, hi, free_sigma: bool, info: dict) -> np.ndarray | None:
+def _sample(preds, x, cov, sigma, y, sd, x0, prior_sd, lo, hi, free_sigma: bool, info: dict,
+            progress: Progress | None = None) -> np.ndarray | None:
     """emcee from Laplace-drawn walkers; None without evidence (the prior is then Gaussian)."""
     if not len(y):
         return None
@@ -270,7 +274,10 @@ def _sample(preds, x, cov, sigma, y, sd, x0, prior_sd, lo, hi, free_sigma: bool,
     sampler = emcee.EnsembleSampler(WALKERS, dim, log_post, moves=[(emcee.moves.DEMove(), 0.8),
                                                                   (emcee.moves.DESnookerMove(), 0.2)])
     sampler.random_state = np.random.RandomState(0).get_state()  # seeded: the same evidence, the same draws
-    sampler.run_mcmc(np.column_stack([start, s0]), STEPS, progress=False)
+    # run_mcmc is this loop: iterating it ourselves reports progress with the same draws
+    for step, _ in enumerate(sampler.sample(np.column_stack([start, s0]), iterations=STEPS), 1):
+        if progress is not None:
+            progress(step, STEPS)
     chain = sampler.get_chain(discard=BURN, flat=True)
     info["sampler"] = {"library": f"emcee {emcee.__version__}", "walkers": WALKERS, "steps": STEPS, "burn": BURN,
                        "acceptance": round(float(np.mean(sampler.acceptance_fraction)), 3)}
@@ -290,7 +297,8 @@ def evidence_key(evidence: list[Datum], pins: dict[str, float] | None = None) ->
 _MEMO: dict[str, Posterior] = {}
 
 
-def posterior_for(evidence: list[Datum], home: Path | None = None, pins: dict[str, float] | None = None) -> Posterior:
+def posterior_for(evidence: list[Datum], home: Path | None = None, pins: dict[str, float] | None = None,
+                  progress: Progress | None = None) -> Posterior:
     """The posterior for ``evidence``: from this process, the home's cache, or a fresh fit
     (then cached in ``<home>/posterior/`` if the home exists: planning never creates a
     home, and an unwritable one only costs the next refit)."""
@@ -300,7 +308,7 @@ def posterior_for(evidence: list[Datum], home: Path | None = None, pins: dict[st
     path = Path(home) / CACHE_DIR / f"{key}.json" if home is not None else None
     post = _read(path, pins) if path is not None else None
     if post is None:
-        post = fit(evidence, pins)
+        post = fit(evidence, pins, progress)
         post.info["key"] = key
         if path is not None and path.parent.parent.is_dir():
             _write(path, post)
