@@ -188,8 +188,8 @@ def _free(pins: dict[str, float]) -> tuple[str, ...]:
 
 
 def fit(evidence: list[Datum], pins: dict[str, float] | None = None, progress: Progress | None = None) -> Posterior:
-    """Laplace approximation of the posterior given ``evidence``, then emcee from it;
-    ``pins`` fix constants; ``progress(step, steps)`` is called after each sampler step."""
+    """Laplace fit of the posterior given ``evidence``, then emcee from it (``pins`` fix
+    constants; ``progress(step, steps)`` is called after each sampler step)."""
     from scipy.optimize import least_squares, minimize_scalar
 
     pins = dict(pins or {})
@@ -211,8 +211,7 @@ def fit(evidence: list[Datum], pins: dict[str, float] | None = None, progress: P
 
     sp = PRIORS["sigma_model"]
     sigma = base.sigma_model if "sigma_model" in pins else sp.center
-    x = x0.copy()
-    res = None
+    x, res = x0.copy(), None
     for _ in range(3 if "sigma_model" not in pins and evidence else 1):
         res = least_squares(residuals, np.clip(x, lo, hi), bounds=(lo, hi), args=(sigma,), method="trf",
                             x_scale=prior_sd, max_nfev=200 * len(names))
