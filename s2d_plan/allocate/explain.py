@@ -10,8 +10,9 @@ from typing import Any
 from s2d_plan.allocate.allocator import Allocation, Context, SearchResult
 from s2d_plan.allocate.choice import full_bridge
 from s2d_plan.allocate.space import MAX_EPOCHS, MAX_PASSES, pipeline
-from s2d_plan.predict.posterior import outcome_inputs
+from s2d_plan.contract import short_name
 from s2d_plan.predict.outcome import rl_gain, signal_yield
+from s2d_plan.predict.posterior import outcome_inputs
 
 
 # ---------------------------------------------------------------- explanation
@@ -44,10 +45,6 @@ def _outcome_inputs(ctx: Context, a: Allocation) -> dict[str, Any]:
     return outcome_inputs(ctx.student, ctx.rates, pipeline(ctx, a.structure, a.quantities, a.costs))
 
 
-def _short(name: str) -> str:
-    return name.split("/")[-1]
-
-
 def rationale(ctx: Context, r: SearchResult) -> list[str]:
     """Plain-words reasons, each tied to the reward-density principle."""
     s = r.best.structure
@@ -62,10 +59,10 @@ def rationale(ctx: Context, r: SearchResult) -> list[str]:
                    "the next recommend.")
     for model, rates in [(ctx.spec.student.model, ctx.rates)] + [(k, v[1]) for k, v in ctx.teachers.items()]:
         if rates.estimated:
-            out.append(f"{_short(model)} has no published {ctx.spec.objective.eval} figure: {rates.mean:.1%} is "
+            out.append(f"{short_name(model)} has no published {ctx.spec.objective.eval} figure: {rates.mean:.1%} is "
                        f"{rates.source}; flagged, and its predictions carry a wide prior on it.")
         elif rates.source.startswith("probe"):
-            out.append(f"{_short(model)}'s solve rates come from a probe in the history ({rates.source}), "
+            out.append(f"{short_name(model)}'s solve rates come from a probe in the history ({rates.source}), "
                        "not the registry prior.")
     return out + r.notes
 
@@ -101,7 +98,7 @@ def _why_not_recipe(ctx: Context, r: SearchResult) -> str:
         return (f"With these labels and this budget the teacher's RL lifts it only {t_gain * 100:+.1f} points and "
                 f"the bridge brings the student to {bridged:.1%}; the labels do more on the student directly.")
     if best.structure.teacher != paper.structure.teacher:
-        return f"{_short(best.structure.teacher)} is predicted to be the better teacher for this student."
+        return f"{short_name(best.structure.teacher)} is predicted to be the better teacher for this student."
     return ("The stages it adds or removes change the prediction by more than their noise (see the candidates); "
             "the evidence, not the recipe, decides.")
 
@@ -113,7 +110,7 @@ def _teacher_reasons(ctx: Context, r: SearchResult) -> list[str]:
         tr = ctx.teachers[s.teacher][1]
         yt, ys = signal_yield(tr.mean, tr.kappa, g), signal_yield(ctx.rates.mean, ctx.rates.kappa, g)
         lift = f"{tr.mean:.1%} -> {parts.get('teacher', tr.mean):.1%}"
-        head = f"Labels go to {_short(s.teacher)} first ({q.teacher_labels:,} of {ctx.labels:,}, GRPO with G={g}): "
+        head = f"Labels go to {short_name(s.teacher)} first ({q.teacher_labels:,} of {ctx.labels:,}, GRPO with G={g}): "
         if yt >= ys:
             body = (f"it gets signal (a group of {g} with mixed outcomes) from {yt:.0%} of prompts vs {ys:.0%} for "
                     f"the student, and RL is predicted to lift it {lift}")
@@ -124,7 +121,7 @@ def _teacher_reasons(ctx: Context, r: SearchResult) -> list[str]:
                 "the result to the student densely."]
     if s.teacher:
         why = "the plan has no labels" if ctx.labels == 0 else "GRPO on it does not fit or does not pay"
-        return [f"{_short(s.teacher)} is used raw ({why}): a teacher that RL has not reward-shaped is a weaker "
+        return [f"{short_name(s.teacher)} is used raw ({why}): a teacher that RL has not reward-shaped is a weaker "
                 "dense reward (the paper's raw-teacher ablation: -7.8 MATH points)."]
     return []
 
@@ -136,7 +133,7 @@ def _bridge_reasons(ctx: Context, r: SearchResult) -> list[str]:
     name = {"fkl+opd": "forward-KL warmup on teacher rollouts, then on-policy distillation",
             "opd": "on-policy distillation", "fkl": "forward-KL on teacher rollouts"}[s.bridge]
     if s.bridge == "fkl" and not s.fkl_token:
-        name = f"sequence-level forward-KL on {_short(s.teacher)}'s text (no token-level transfer fits or applies)"
+        name = f"sequence-level forward-KL on {short_name(s.teacher)}'s text (no token-level transfer fits or applies)"
     out = [f"Dense transfer to the student by {name}: predicted {ctx.rates.mean:.1%} -> "
            f"{best.prediction.parts.get('bridged', ctx.rates.mean):.1%} before any student RL."]
     others = {a.structure.bridge: a for a in r.alternatives
@@ -178,7 +175,7 @@ def _student_reasons(ctx: Context, r: SearchResult) -> list[str]:
         for name in ctx.teachers:
             if ctx.teachers[name][0].params_b > ctx.student.params_b:
                 st, p = full_bridge(ctx, name)
-                out.append(f"A full raw bridge from {_short(name)} (one pass over the {ctx.pool:,} prompts) is "
+                out.append(f"A full raw bridge from {short_name(name)} (one pass over the {ctx.pool:,} prompts) is "
                            f"predicted at {st['median']:.1%} [{st['low']:.1%} - {st['high']:.1%}]: it beats the "
                            f"student as it is with probability {p:.0%}.")
     if s.teacher is None and not s.direct:

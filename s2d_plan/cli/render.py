@@ -11,6 +11,7 @@ from typing import Any
 
 from s2d_plan.allocate.explain import rationale
 from s2d_plan.api import Recommendation
+from s2d_plan.contract import short_name
 from s2d_plan.plan.registry import ModelInfo
 from s2d_plan.plan.spec import PlanSpec
 from s2d_plan.predict.calibration import describe
@@ -24,10 +25,6 @@ def gigabytes(x: float) -> str:
 def hours(x: float) -> str:
     """GPU-hours as people write them: 0.0123, 4.56, 1,234."""
     return f"{x:.3g}" if x < 10 else f"{x:,.0f}"
-
-
-def _short(name: str) -> str:
-    return name if name.startswith("@") else name.split("/")[-1]
 
 
 def _pct(v: float | None) -> str:
@@ -96,7 +93,7 @@ def _stage_table(graph: Any) -> list[str]:
         lab = st.data.labeled
         labels = "-" if not lab else (f"{lab.count:,}" if lab.spend else f"({lab.count:,} read)")
         steps = getattr(st.params, "steps", None) or "-"
-        rows.append((st.id, _short(st.policy), labels, str(steps),
+        rows.append((st.id, short_name(st.policy), labels, str(steps),
                      hours(st.estimated.gpu_hours), gigabytes(st.estimated.peak_mem_gb_per_gpu),
                      st.estimated.strategy or ""))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]

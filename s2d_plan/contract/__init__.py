@@ -32,7 +32,7 @@ from s2d_plan.contract.params import (MAX_BATCH, MAX_GPU_HOURS, MAX_GPUS, MAX_RO
                                       GrpoParams, OpdParams, Params, ProbeParams, RolloutParams, VllmSettings)
 from s2d_plan.contract.stage import (KINDS, PLUGINS_ENV, REF, EvalSlice, Kind, LabeledSlice, ModelOrRef,
                                      PromptSlice, Resources, Stage, StageData, StageEstimate, kind_of, register_kind,
-                                     shown_value, stage_ref)
+                                     short_name, shown_value, stage_ref)
 from s2d_plan.errors import ConfigurationError, IncompatibleModelsError, S2DError
 
 __all__ = ["MAX_BATCH", "MAX_GPU_HOURS", "MAX_GPUS", "MAX_ROWS", "MAX_SAMPLES", "MAX_SEED", "MAX_STAGE_ID",
@@ -40,5 +40,5 @@ __all__ = ["MAX_BATCH", "MAX_GPU_HOURS", "MAX_GPUS", "MAX_ROWS", "MAX_SAMPLES", 
            "ConfigurationError", "EvalParams", "EvalSlice", "FklParams", "GrpoParams", "IncompatibleModelsError",
            "Kind", "LabeledSlice", "ModelOrRef", "OpdParams", "Params", "ProbeParams", "PromptSlice", "Resources",
            "RolloutParams", "S2DError", "Stage", "StageData", "StageEstimate", "StageSpec", "TRACKERS", "Tracking",
-           "VllmSettings", "finalize", "is_complete", "kind_of", "load_spec", "register_kind", "shown_value",
+           "VllmSettings", "finalize", "is_complete", "kind_of", "load_spec", "register_kind", "short_name", "shown_value",
            "stage_ref", "validation_problems", "write_spec"]

@@ -31,6 +31,17 @@ def stage_ref(value: Any) -> str | None:
     return value[1:] if isinstance(value, str) and value.startswith(REF) else None
 
 
+def short_name(model: str | None) -> str:
+    """A model as people read it in a table: its last path part; a ``@stage`` as written.
+
+    >>> short_name("Qwen/Qwen3-8B"), short_name("@teacher_grpo"), short_name("../models/student/")
+    ('Qwen3-8B', '@teacher_grpo', 'student')
+    """
+    if not model:
+        return ""
+    return model if stage_ref(model) is not None else model.rstrip("/").split("/")[-1]
+
+
 def _model_or_ref(value: str) -> str:
     if value == REF:
         raise ValueError("'@' must be followed by a stage id")

@@ -15,6 +15,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from s2d_plan.contract import short_name
 from s2d_plan.report.data import PEAK_MEM_KEY, Residual, RunData
 
 STATUS_COLOUR = {"FINISHED": "#2ca02c", "CACHED": "#17becf", "RUNNING": "#1f77b4", "PENDING": "#c7c7c7",
@@ -49,12 +50,6 @@ def _fig(title: str, **axes: Any) -> go.Figure:
     fig = go.Figure()
     fig.update_layout(title=title, **{**LAYOUT, **axes})
     return fig
-
-
-def _short(model: str | None) -> str:
-    if not model:
-        return ""
-    return model if model.startswith("@") else model.rstrip("/").split("/")[-1]
 
 
 # ------------------------------------------------------------------ the pipeline
@@ -118,7 +113,7 @@ def _layout(stages: list[dict[str, Any]]) -> tuple[dict[str, tuple[float, float]
 def _stage_text(st: dict[str, Any]) -> str:
     labeled = (st.get("data") or {}).get("labeled") or {}
     spent = f" · {labeled.get('count')} labels" if labeled and labeled.get("spend", True) else ""
-    return f"<b>{st['id']}</b><br>{st['kind']} · {_short(st.get('policy'))}{spent}"
+    return f"<b>{st['id']}</b><br>{st['kind']} · {short_name(st.get('policy'))}{spent}"
 
 
 def _stage_hover(st: dict[str, Any], status: str) -> str:

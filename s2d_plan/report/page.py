@@ -14,6 +14,7 @@ import html
 import json
 from dataclasses import dataclass, field
 
+from s2d_plan.contract import short_name
 from s2d_plan.report import charts as C
 from s2d_plan.report.data import Residual, RunData
 
@@ -156,7 +157,7 @@ def _stage_table(run: RunData) -> str:
                   if sid == s.stage_id and pts and pts[-1][1] is not None and
                   (k.startswith(("eval/", "probe/")) or k in ("reward", "loss", "verifier/accuracy"))
                   for v in [pts[-1][1]]]
-        rows.append([s.stage_id, s.kind, _short(s.policy), (s.status, f"status-{s.status}"), s.attempt,
+        rows.append([s.stage_id, s.kind, short_name(s.policy), (s.status, f"status-{s.status}"), s.attempt,
                      s.est_gpu_hours, s.gpu_hours, s.wall_s, est.get("peak_mem_gb_per_gpu"),
                      run.last(s.stage_id, "sys/peak_mem_gb"), " ".join(sorted(finals))])
     table = _table(["stage", "kind", "policy", "status", "attempt", "est GPU-h", "GPU-h", "seconds",
@@ -164,10 +165,6 @@ def _stage_table(run: RunData) -> str:
     errors = "".join(f"<p><b>{html.escape(s.stage_id)} {s.status}</b></p><pre>{html.escape(s.error)}</pre>"
                      for s in run.stages if s.error)
     return table + errors
-
-
-def _short(model: str | None) -> str:
-    return C._short(model)
 
 
 def _rationale(run: RunData) -> str:

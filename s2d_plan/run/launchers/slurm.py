@@ -123,7 +123,7 @@ class SlurmHandle:
 
     def describe(self) -> str:
         nodes = ", ".join(p.node for p in self.placements)
-        return f"slurm job {self.ref} on {nodes})"
+        return f"slurm job {self.ref} on {nodes}"
 
 
 class SlurmLauncher:
