@@ -158,7 +158,7 @@ def load_labeled(part: LabeledSlice | EvalSlice) -> list[dict[str, Any]]:
     rows = load_rows(part.source, part.format, part.split or "train")
     pf = _field(rows, part.problem_field, ("problem", "question", "prompt"), part.source, "problem")
     af = _field(rows, part.answer_field, ("answer", "solution", "gold"), part.source, "answer")
-    offset, count = (0, part.size) if isinstance(part, EvalSlice) else (part.offset, part.count)
+    offset, count = (part.offset, part.size) if isinstance(part, EvalSlice) else (part.offset, part.count)
     offset, rows = _slice(rows, offset, count, part.source)
     return [{"problem": str(r[pf]), "answer": str(r[af]), "index": offset + i} for i, r in enumerate(rows)]
 

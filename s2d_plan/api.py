@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from s2d_plan.adaptive.session import AdaptiveResult, execute_adaptive
 from s2d_plan.allocate.allocator import Context, SearchResult, allocate
 from s2d_plan.allocate.explain import graph_meta
 from s2d_plan.compiler import compile_graph, compile_probe_graph
@@ -43,7 +44,8 @@ from s2d_plan.run.executor import RunResult, execute_graph
 from s2d_plan.run.launchers import cluster_for
 from s2d_plan.run.recovery import recover_stale
 
-__all__ = ["Recommendation", "calibrate", "check_history", "execute", "export_query", "graph_for_plan", "probe",
+__all__ = ["AdaptiveResult", "Recommendation", "calibrate", "check_history", "execute", "execute_adaptive",
+           "export_query", "graph_for_plan", "probe",
            "query", "recommend", "report", "validate"]
 
 
@@ -108,10 +110,15 @@ def _unfinished_run_of(plan_hash: str, home: str | Path | None) -> tuple[str, st
 
 
 def execute(target: StageGraph | str | Path, home: str | Path | None = None, force: Iterable[str] = (),
-            display: Any = None, backend: str | None = None) -> RunResult:
+            display: Any = None, backend: str | None = None, adaptive: bool = False) -> RunResult | AdaptiveResult:
     """Run a graph (a ``StageGraph``, a graph JSON file, or a plan YAML, which is
     recommended first or resumed); returns what happened, never raising for a failed stage.
-    ``backend`` (local, ray, slurm) overrides where the graph says its stages run."""
+    ``backend`` (local, ray, slurm) overrides where the graph says its stages run.
+    ``adaptive`` (a plan only): pilots first, then the winner (``execute_adaptive``)."""
+    if adaptive:
+        if isinstance(target, StageGraph) or Path(target).suffix.lower() not in (".yaml", ".yml"):
+            raise GraphError("adaptive execution starts from a plan (.yaml), not a stage graph")
+        return execute_adaptive(target, home, display=display)
     graph = target if isinstance(target, StageGraph) else load_target(target, home)[0]
     return execute_graph(graph, home, force, display=display, cluster=cluster_for(backend, graph.cluster))
 

@@ -136,7 +136,7 @@ def compile_stages(ctx: Context, alloc: Allocation) -> list[Stage]:
               "answer_field": e.answer_field, "size": e.size or sc.eval_default_size,
               **({"split": e.split} if e.split else {})} for e in ctx.spec.eval]
     b.add("final_eval", "eval", last, last_needs, {"eval": evals},
-          {"k": sc.eval_k, "temperature": 0.0 if sc.tiny else 0.6, "greedy": sc.tiny, "max_new_tokens": sc.max_new,
+          {"k": sc.eval_k, "temperature": 1.0 if sc.tiny else 0.6, "greedy": sc.tiny, "max_new_tokens": sc.max_new,
            "seed": b.seed, "vllm": b.vllm("final_eval")})
     return b.stages
 

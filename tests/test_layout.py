@@ -30,11 +30,13 @@ ALLOWED = {
     "compiler": BASE | {"contract", "graph", "plan", "predict", "allocate"},
     "rules": BASE | {"contract", "graph", "plan"},
     "run": BASE | {"contract", "graph", "history"},  # the executor never plans
+    # adaptive execution plans, runs and re-plans: it sits above both
+    "adaptive": BASE | {"contract", "graph", "history", "plan", "predict", "allocate", "compiler", "run"},
     "api": BASE | {"contract", "graph", "history", "plan", "predict", "allocate", "compiler", "rules", "run",
-                   "report"},
+                   "report", "adaptive"},
     "report": BASE | {"contract", "graph", "history", "predict"},
     "cli": BASE | {"contract", "graph", "history", "plan", "predict", "allocate", "compiler", "rules", "run",
-                   "api", "report"},
+                   "api", "report", "adaptive"},
 }
 
 

@@ -127,6 +127,8 @@ def execute(
     force: list[str] = typer.Option([], "--force", help="Re-run this stage and its dependants (repeatable)."),
     backend: Optional[str] = typer.Option(None, "--backend", help="Where stages run: local, ray or slurm "
                                           "(default: the plan's compute.cluster, else local)."),
+    adaptive: bool = typer.Option(False, "--adaptive", help="Pilot the candidates whose ranking is uncertain "
+                                  "(the plan's adaptive.pilot_share of its GPU-hours), then run the winner."),
     home: Optional[Path] = HOME_OPT,
 ) -> None:
     """Run a stage graph (or a plan): resumable, cached by content, logged to DuckDB."""
@@ -136,6 +138,9 @@ def execute(
     from s2d_plan.run.preview import dry_run as plan_dry_run
     from s2d_plan.run.progress import make_display
 
+    if adaptive:
+        _execute_adaptive(target, dry_run, backend, home)
+        return
     graph, chosen = load_target(target, home)
     if chosen:
         typer.echo(chosen)
@@ -145,6 +150,29 @@ def execute(
     result = run_graph(graph, home, force, display=make_display(f"s2d-plan execute {graph.plan}"), backend=backend)
     for line in result.failures:
         typer.echo(line, err=True)
+    raise typer.Exit(result.exit_code)
+
+
+def _home(home: Optional[Path]) -> Path:
+    from s2d_plan.paths import resolve_home
+
+    return resolve_home(home)
+
+
+def _execute_adaptive(target: Path, dry_run: bool, backend: Optional[str], home: Optional[Path]) -> None:
+    from s2d_plan.api import execute_adaptive
+    from s2d_plan.errors import ConfigurationError
+    from s2d_plan.run.progress import make_display
+
+    if target.suffix.lower() not in (".yaml", ".yml"):
+        raise ConfigurationError(f"--adaptive plans its pilots from a plan: give the plan's YAML, not {target.name}")
+    if dry_run or backend:
+        raise ConfigurationError("--adaptive runs pilots, then decides: it has no --dry-run, and its stages run where the "
+                        "plan's compute.cluster says (no --backend)")
+    result = execute_adaptive(target, home, display=make_display(f"s2d-plan execute --adaptive {target.name}"),
+                              say=typer.echo)
+    typer.echo(f"session {result.session}: {result.status} (final run {result.run_id}; "
+               f"`s2d-plan show {result.run_id}` shows the decision trail)")
     raise typer.Exit(result.exit_code)
 
 
@@ -211,9 +239,15 @@ def show(
     json_out: bool = JSON_OPT,
     home: Optional[Path] = HOME_OPT,
 ) -> None:
-    """Show one run: stages, statuses, estimated vs actual GPU-hours, final metrics."""
+    """Show one run: stages, statuses, estimated vs actual GPU-hours, final metrics, and
+    for a run of an adaptive session (or a session id), the session's decision trail."""
+    from s2d_plan.cli import render
+    from s2d_plan.history.decisions import session_of_run, trail
     from s2d_plan.history.read import show_run
 
+    if run.startswith("ad-"):
+        typer.echo(render.decisions(run, trail(_home(home), run)))
+        return
     view = show_run(run, home)
     if csv or json_out:  # rows only, for scripts
         _rows(view.columns, view.stages, table, csv, json_out)
@@ -225,6 +259,9 @@ def show(
         typer.echo(f"\n{stage_id} {status}: {text.rstrip()}")
     if view.error:
         typer.echo(f"\nrun: {view.error}")
+    session = session_of_run(_home(home), view.run_id)
+    if session:
+        typer.echo("\n" + render.decisions(session, trail(_home(home), session)))
 
 
 @app.command()

@@ -257,3 +257,23 @@ def _cost_factors(c: dict[str, Any]) -> list[str]:
         how = "fitted" if k["fitted"] else f"pooled: fewer than {c['min_stages']} stages"
         lines.append(f"  {kind.ljust(8)} {k['factor']:6.3g}  ({k['stages']} stage(s), ratio {k['ratio']:.3g}; {how})")
     return lines
+
+
+def decisions(session: str, trail: list) -> str:
+    """An adaptive session's decision trail, one block per decision."""
+    if not trail:
+        return f"no decisions recorded for session {session}"
+    lines = [f"adaptive session {session}: {len(trail)} decision(s)"]
+    for d in trail:
+        when = f"{d.time:%H:%M:%S}" if d.time is not None else ""
+        run = f"  run {d.run_id}" if d.run_id else ""
+        lines.append(f"  {d.seq:>2}. {when} {d.kind:<10} {d.why}{run}")
+        for c in (d.candidates or [])[:6] if d.kind in ("candidates", "choose") else []:
+            voi = f"  value of a pilot {c['voi'] * 100:.1f} pts" if c.get("voi") else ""
+            lines.append(f"        {c['label']:<44} {c['median'] or 0:6.1%} [{c['low'] or 0:.1%}, "
+                         f"{c['high'] or 0:.1%}]{voi}")
+        for g, curve in (d.evidence.get("curves") or {}).items():
+            if curve:
+                lines.append(f"        {g}: sigmoid in steps -> {curve['predicted']:.1%} at {curve['at']:.0f} steps "
+                             f"(asymptote {curve['asymptote']:.1%})")
+    return "\n".join(lines)

@@ -84,7 +84,8 @@ class EvalSlice(_Frozen):
     source: str = Field(max_length=MAX_TEXT)
     problem_field: Name = "problem"
     answer_field: Name = "answer"
-    size: int | None = Field(default=None, gt=0, le=MAX_ROWS)  # the first `size` rows
+    offset: int = Field(default=0, ge=0, le=MAX_ROWS)  # rows [offset, offset + size): a held-out slice
+    size: int | None = Field(default=None, gt=0, le=MAX_ROWS)  # `size` rows from `offset` (None: to the end)
     split: Name | None = None
     format: Name | None = None
 

@@ -127,6 +127,26 @@ CREATE TABLE placements (
     end_time TIMESTAMP
 );
 """),
+    (3, """
+-- Adaptive execution (`execute --adaptive`): every decision of a session, in order. A
+-- session is one plan's pilots and its final run; run_id is the run a row is about
+-- (a pilot's or the final run; NULL for a decision made between runs).
+CREATE TABLE decisions (
+    session VARCHAR,
+    seq INTEGER,               -- order within the session (a resumed session continues it)
+    time TIMESTAMP,
+    plan_hash VARCHAR,
+    kind VARCHAR,              -- candidates, pilot, prune, choose, final, finished
+    run_id VARCHAR,
+    candidates JSON,           -- [{label, median, low, high, mean, p_best, voi, gpu_hours}]
+    evidence JSON,             -- what the decision used (pilot curves, holdout accuracies)
+    chosen VARCHAR,
+    predicted_median DOUBLE,
+    predicted_low DOUBLE,
+    predicted_high DOUBLE,
+    why VARCHAR
+);
+"""),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -194,6 +194,24 @@ class Tracking(_Spec):
         return list(dict.fromkeys(v))
 
 
+class Adaptive(_Spec):
+    """``execute --adaptive``: short pilots of the candidates whose ranking is uncertain,
+    then the rest of the budget on the winner. Pilot compute and labels count as spent."""
+
+    pilot_share: float = Field(default=0.12, gt=0)  # share of compute.hours the pilots may use
+    holdout: int | None = Field(default=None, ge=1, le=MAX_ROWS)  # labels kept out of training to score pilots
+    max_candidates: int = Field(default=4, ge=1, le=16)
+    rounds: int = Field(default=2, ge=1, le=6)  # successive-halving rounds (each doubles a survivor's pilot)
+
+    @field_validator("pilot_share")
+    @classmethod
+    def _share(cls, v: float) -> float:
+        if v >= 1:
+            raise ValueError(f"pilot_share {shown_value(v)} would spend the whole budget (or more) on pilots, "
+                             "leaving nothing for the winner; give a share below 1 (0.10-0.15 is usual)")
+        return v
+
+
 class PlanSpec(_Spec):
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     objective: Objective
@@ -205,6 +223,7 @@ class PlanSpec(_Spec):
     search: Search = Search()
     pins: Pins = Pins()
     tracking: Tracking = Tracking()
+    adaptive: Adaptive = Adaptive()
     trust_remote_code: list[str] = Field(default_factory=list, max_length=MAX_LIST)  # models allowed to run repo code
     _base_dir: Path = PrivateAttr(default=Path("."))
 
@@ -224,8 +243,9 @@ class PlanSpec(_Spec):
 
     def hash(self) -> str:
         """Content hash of the validated plan (not of its formatting, nor of where it runs
-        or which trackers it logs to: neither changes what is recommended)."""
-        canon = json.dumps(self.model_dump(mode="json", exclude={"compute": {"cluster"}, "tracking": True}),
+        which trackers it logs to, or how ``--adaptive`` pilots: none changes what is recommended)."""
+        canon = json.dumps(self.model_dump(mode="json", exclude={"compute": {"cluster"}, "tracking": True,
+                                                                 "adaptive": True}),
                            sort_keys=True)
         return hashlib.sha256(canon.encode()).hexdigest()[:16]
 

@@ -1,0 +1,317 @@
+"""Adaptive execution (``s2d-plan execute PLAN --adaptive``): plan, pilot, re-plan, run.
+
+A session is one plan's pilot runs and its final run. Each decision (the candidates,
+each pilot round and what it measured, who left the race, the choice, the end) is a
+``decisions`` row written before the next step starts, so a session killed at any point
+resumes from its last decision: a finished pilot round is read back, never re-run; an
+interrupted one is run again as the same graph, which the executor resumes from the
+stages' checkpoints; the final graph is stored with the choice and resumed likewise.
+
+Successive halving is done here in synchronous rounds rather than with Optuna's pruner:
+that pruner is asynchronous (it promotes the first trials unconditionally because Optuna
+cannot suspend a trial; optuna/pruners/_successive_halving.py), which with two to four
+candidates would spend most of the pilot budget on whichever ran first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from s2d_plan.adaptive import pilots as P
+from s2d_plan.allocate.allocator import Context, SearchResult, allocate
+from s2d_plan.allocate.explain import graph_meta
+from s2d_plan.compiler import compile_graph, compile_stages
+from s2d_plan.graph import StageGraph
+from s2d_plan.history.decisions import Decision, open_session, record, trail
+from s2d_plan.history.read import query
+from s2d_plan.paths import resolve_home
+from s2d_plan.plan.spec import load_plan
+from s2d_plan.predict.calibration import load_calibration
+from s2d_plan.predict.evidence import load_rates
+from s2d_plan.predict.posterior import datum_from_json, datum_to_json, paper_evidence, posterior_for
+from s2d_plan.run.executor import RunResult, execute_graph
+
+
+@dataclass(frozen=True)
+class AdaptiveResult:
+    session: str
+    run_id: str | None  # the final run
+    status: str
+    exit_code: int
+    runs: tuple[str, ...]  # every run of the session, pilots first
+    decisions: tuple[Decision, ...]
+
+
+def session_key(spec: Any) -> str:
+    """What identifies a session's plan: its content and its adaptive settings."""
+    raw = spec.hash() + json.dumps(spec.adaptive.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def execute_adaptive(plan: str | Path, home: str | Path | None = None, display: Any = None,
+                     say: Callable[[str], None] = print) -> AdaptiveResult:
+    spec = load_plan(plan)
+    holdout = P.holdout_size(spec)
+    return Session(spec, P.training_spec(spec, holdout), resolve_home(home), holdout, display, say).run()
+
+
+class Session:
+    def __init__(self, spec: Any, tspec: Any, home: Path, holdout: int, display: Any, say: Callable[[str], None]):
+        self.spec, self.home, self.holdout, self.display, self.say = spec, home, holdout, display, say
+        self.key = session_key(spec)
+        self.sid = open_session(home, self.key) or f"ad-{self.key[:8]}-{time.strftime('%Y%m%d%H%M%S')}"
+        self.trail = trail(home, self.sid)
+        self.cal = load_calibration(home)
+        self.evidence = paper_evidence() + self.cal.evidence
+        post = posterior_for(self.evidence, home, self.cal.pins)
+        self.ctx = Context.from_spec(tspec, load_rates(tspec, home), self.cal.costs, post)
+        self.runs: list[str] = []
+        if self.trail:
+            say(f"adaptive: resuming session {self.sid} after its decision {self.trail[-1].seq} "
+                f"({self.trail[-1].kind})")
+
+    # -- the decision trail ------------------------------------------------------------
+    def _find(self, kind: str, **ev: Any) -> Decision | None:
+        return next((d for d in self.trail if d.kind == kind and all(d.evidence.get(k) == v for k, v in ev.items())),
+                    None)
+
+    def _decide(self, d: Decision) -> Decision:
+        d = record(self.home, self.sid, self.key, d)
+        self.trail.append(d)
+        self.say(f"adaptive [{d.kind}] {d.why}")
+        return d
+
+    # -- the session -------------------------------------------------------------------
+    def run(self) -> AdaptiveResult:
+        done = self._find("finished")
+        if done is not None:
+            self.say(f"adaptive: session {self.sid} already finished (run {done.run_id})")
+            return self._result(done.run_id, done.evidence.get("status", "FINISHED"), 0)
+        choice = self._find("choose")
+        if choice is None:
+            choice = self._choose()
+        return self._final(choice)
+
+    def _choose(self) -> Decision:
+        result = allocate(self.ctx)
+        finals = [result.best] + result.alternatives + ([result.baseline] if result.baseline else [])
+        opts = P.options(self.ctx, finals, self.spec.adaptive.max_candidates)
+        cost = P.pilot_cost(self.ctx, opts[0].alloc, self.spec.adaptive.pilot_share)
+        race = P.worth_piloting(opts, cost)
+        groups = list(dict.fromkeys(g for g in (self._group(o.alloc) for o in race) if g))
+        if self._find("candidates") is None:
+            self._decide(Decision("candidates", f"{len(opts)} candidate(s); {len(groups)} distinct first stage(s) "
+                                  f"worth a pilot ({', '.join(groups) or 'none'}); holdout {self.holdout} labels",
+                                  candidates=[o.row() for o in opts],
+                                  evidence={"groups": groups, "pilot_cost": cost}))
+        if len(groups) < 2:
+            why = ("one candidate: nothing to decide, it runs as recommended" if len(opts) == 1 else
+                   "no pilot is worth its cost (every other candidate's value of information is under "
+                   f"{max(cost, P.VOI_MIN):.2%}, what the pilots would cost the pick): it runs as recommended")
+            return self._decide_final(self.ctx, result, why, {})
+        ctx, result, done = self._race(groups, {g: next(o.alloc for o in race if self._group(o.alloc) == g)
+                                                for g in groups})
+        return self._decide_final(ctx, result, "after pilots", done)
+
+    def _decide_final(self, ctx: Context, result: SearchResult, why: str,
+                      piloted: dict[str, list[dict[str, Any]]]) -> Decision:
+        best = result.best
+        graph = compile_graph(ctx, result, graph_meta(ctx, result))
+        stages = [json.loads(s.model_dump_json()) for s in graph.stages]
+        group = self._group(best)
+        if group in piloted:
+            stages = P.splice(stages, piloted[group], group, ctx.min_steps)
+            why += f"; its first stage continues from pilot {piloted[group][-1]['id']}"
+        doc = json.loads(graph.model_dump_json())
+        doc.update(stages=stages, meta=dict(doc["meta"], adaptive={"session": self.sid, "role": "final"}))
+        p = best.prediction
+        return self._decide(Decision("choose", f"{best.structure.label}: predicted {p.median:.1%} "
+                                     f"[{p.low:.1%}, {p.high:.1%}] ({why})", chosen=best.structure.label,
+                                     predicted=(p.median, p.low, p.high),
+                                     candidates=[P.Option(a, 0.0).row() for a in [best] + result.alternatives],
+                                     evidence={"graph": doc, "budget_left": ctx.budget}))
+
+    def _final(self, choice: Decision) -> AdaptiveResult:
+        graph = StageGraph.model_validate(choice.evidence["graph"])
+        self.say(f"adaptive: running the choice, {choice.chosen}")
+        r = execute_graph(graph, self.home, display=self.display)
+        self.runs.append(r.run_id)
+        self._decide(Decision("finished", f"final run {r.run_id} {r.status}", run_id=r.run_id,
+                              evidence={"status": r.status}))
+        return self._result(r.run_id, r.status, r.exit_code)
+
+    def _result(self, run_id: str | None, status: str, code: int) -> AdaptiveResult:
+        _, rows = query("SELECT run_id FROM runs WHERE json_extract_string(graph, '$.meta.adaptive.session') = ? "
+                        "ORDER BY start_time", self.home, [self.sid])
+        return AdaptiveResult(self.sid, run_id, status, code, tuple(r[0] for r in rows), tuple(self.trail))
+
+    # -- the race ----------------------------------------------------------------------
+    def _race(self, groups: list[str], reps: dict[str, Any]) -> tuple[Context, SearchResult, dict]:
+        budget = self.spec.adaptive.pilot_share * self.ctx.budget
+        alive, data, steps = list(groups), [], {g: [] for g in groups}
+        compiled = {g: compile_stages(self.ctx, a) for g, a in reps.items()}
+        ctx, result = self.ctx, None
+        for r in range(self.spec.adaptive.rounds):
+            if r and len(alive) < 2:
+                break
+            row = self._find("pilot", round=r)
+            if row is None and self._spent() >= budget:
+                self._decide(Decision("prune", f"round {r}: the pilot budget ({budget:.3g} GPU-hours) is spent "
+                                      f"({self._spent():.3g}); no more pilots", evidence={"round": r, "stop": True}))
+                break
+            row = row or self._pilot_round(r, alive, compiled, steps, budget)
+            if row.evidence.get("failed"):
+                break
+            for g in alive:
+                steps[g].append(row.evidence["steps"][g])
+            data += [datum_from_json(d) for d in row.evidence["data"]]
+            ctx, result = self._replan(data)
+            alive = self._prune(r, alive, result, budget)
+        piloted = {g: P.pilot_stages(compiled[g], g, self._student(), steps[g]) for g in groups if steps[g]}
+        return ctx, result if result is not None else allocate(ctx), piloted
+
+    def _replan(self, data: list) -> tuple[Context, SearchResult]:
+        post = posterior_for(self.evidence + data, self.home, self.cal.pins)
+        left = max(self.ctx.budget - self._spent(), 1e-9)
+        ctx = replace(self.ctx, budget=left, posterior=post, notes=[])
+        return ctx, allocate(ctx)
+
+    def _prune(self, r: int, alive: list[str], result: SearchResult, budget: float) -> list[str]:
+        finals = [result.best] + result.alternatives + ([result.baseline] if result.baseline else [])
+        value = {g: max([a.prediction.mean or a.prediction.value for a in finals if self._group(a) == g],
+                        default=-1.0) for g in alive}
+        keep = sorted(alive, key=lambda g: -value[g])[:max(1, math.ceil(len(alive) / 2))]
+        if self._find("prune", round=r) is None:
+            self._decide(Decision("prune", f"round {r}: predicted after pilots "
+                                  + ", ".join(f"{g} {value[g]:.1%}" for g in sorted(alive, key=lambda g: -value[g]))
+                                  + f"; {', '.join(keep)} stay{'s' if len(keep) == 1 else ''} in the race",
+                                  candidates=[P.Option(a, 0.0).row() for a in finals],
+                                  evidence={"round": r, "values": value, "keep": keep,
+                                            "spent": self._spent(), "pilot_budget": budget}))
+        return keep
+
+    def _group(self, a: Any) -> str | None:
+        return P.group_of(a.structure, list(self.ctx.teachers))
+
+    def _student(self) -> str:
+        return self.spec.resolve_path(self.spec.student.model)
+
+    def _spent(self) -> float:
+        return sum(d.evidence.get("gpu_hours", 0.0) for d in self.trail if d.kind == "pilot")
+
+    # -- one pilot round ---------------------------------------------------------------
+    def _pilot_round(self, r: int, alive: list[str], compiled: dict, steps: dict, budget: float) -> Decision:
+        n = {g: self._steps(r, g, alive, compiled[g], steps[g], budget) for g in alive}
+        stages = self._round_stages(r, alive, compiled, steps, n)
+        graph = StageGraph.model_validate({
+            "plan": self.spec.name, "stages": stages, "cluster": None,
+            "meta": {"adaptive": {"session": self.sid, "role": "pilot", "round": r},
+                     "structure": f"pilot round {r}: " + ", ".join(f"{g} +{n[g]} steps" for g in alive)}})
+        self.say(f"adaptive: pilot round {r}: " + ", ".join(f"{g} +{n[g]} steps" for g in alive))
+        res = execute_graph(graph, self.home, display=self.display)
+        self.runs.append(res.run_id)
+        return self._decide(self._measured(r, alive, compiled, steps, n, res))
+
+    def _steps(self, r: int, g: str, alive: list[str], compiled: list, done: list[int], budget: float) -> int:
+        """Steps this round adds to group ``g``: its share of the round's budget at the
+        cost per step measured so far (the cost model's before the first round)."""
+        first = P._first_stage(compiled, g)
+        full = int(first["params"]["steps"])
+        per_step = self._measured_per_step(g) or first["estimated"]["gpu_hours"] / max(full, 1)
+        rounds_left = self.spec.adaptive.rounds - r
+        share = (budget - self._spent()) / rounds_left / len(alive) - self._overhead()
+        want = int(share / max(per_step, 1e-12))
+        return max(self.ctx.min_steps, min(want, max(full - sum(done), self.ctx.min_steps)))
+
+    def _measured_per_step(self, g: str) -> float | None:
+        """GPU-hours per added step of ``g``'s pilot, start-up excluded (from the pilots so far)."""
+        rows = [(d.evidence["stage_hours"].get(g), d.evidence["steps"].get(g)) for d in self.trail
+                if d.kind == "pilot" and d.evidence.get("stage_hours")]
+        hours = sum(max(h - self._overhead() / 2, 0.0) for h, s in rows if h and s)
+        n = sum(s for h, s in rows if h and s)
+        return hours / n if n and hours else None
+
+    def _overhead(self) -> float:
+        """A pilot's fixed cost per round beyond its steps, measured: its holdout eval (a
+        process start-up plus the eval), and as much again for the training stage's start-up."""
+        evals = [h for d in self.trail if d.kind == "pilot" for h in (d.evidence.get("eval_hours") or {}).values()]
+        return 2 * sum(evals) / len(evals) if evals else 0.0
+
+    def _round_stages(self, r: int, alive: list[str], compiled: dict, steps: dict, n: dict) -> list[dict]:
+        lab = self.spec.data.labeled
+        src = {"source": self.spec.resolve_path(lab.source), "problem_field": lab.problem_field,
+               "answer_field": lab.answer_field, "split": lab.split}
+        offset = lab.size - self.holdout
+        template = json.loads(next(s for s in compiled[alive[0]] if s.kind == "eval").model_dump_json())
+        out: list[dict] = []
+        if r == 0:
+            out.append(P.holdout_eval("pilot_ref_student", self._student(), [], template, src, offset, self.holdout))
+            for t in dict.fromkeys(self._teacher(g) for g in alive if g != "student"):
+                out.append(P.holdout_eval(f"pilot_ref_teacher{list(self.ctx.teachers).index(t)}",
+                                          self.spec.resolve_path(t), [], template, src, offset, self.holdout))
+        for g in alive:
+            chain = P.pilot_stages(compiled[g], g, self._student(), steps[g] + [n[g]])
+            out += chain
+            out.append(P.holdout_eval(f"pilot_eval_{g}_{r}", "@" + chain[-1]["id"], [chain[-1]["id"]], template,
+                                      src, offset, self.holdout))
+        return out
+
+    def _teacher(self, g: str) -> str:
+        """The teacher a group's pilot involves (the plan's first, or the one its index names)."""
+        digits = g[len(P.kind_of(g)):]
+        return list(self.ctx.teachers)[int(digits or 0)]
+
+    def _measured(self, r: int, alive: list[str], compiled: dict, steps: dict, n: dict, res: RunResult) -> Decision:
+        _, rows = query("""SELECT s.stage_id, s.status, coalesce(s.gpu_hours, 0), max(m.value)
+                           FROM stages s LEFT JOIN metrics_latest m ON m.stage_id = s.stage_id
+                                AND m.cache_key = s.cache_key AND m.key LIKE 'eval/holdout/avg@%'
+                           WHERE s.run_id = ? GROUP BY ALL""", self.home, [res.run_id])
+        by = {sid: (status, hours, acc) for sid, status, hours, acc in rows}
+        hours = sum(h for _, h, _ in by.values())
+        if res.exit_code:
+            return Decision("pilot", f"round {r} failed ({res.status}): choosing on what the pilots measured so far",
+                            run_id=res.run_id, evidence={"round": r, "failed": True, "gpu_hours": hours,
+                                                         "errors": list(res.failures)[:3]})
+        refs = self._refs(by)
+        data, acc, curves = [], {}, {}
+        for g in alive:
+            acc[g] = by[f"pilot_eval_{g}_{r}"][2]
+            chain = P.pilot_stages(compiled[g], g, self._student(), steps[g] + [n[g]])
+            total = sum(steps[g]) + n[g]
+            data.append(datum_to_json(P.datum(self.ctx, g, self._teacher(g) if g != "student" else None, chain[-1],
+                                              total, acc[g], refs, self.holdout)))
+            curves[g] = self._curve(g, total, acc[g], refs, compiled[g])
+        why = f"round {r}: holdout " + ", ".join(f"{g} {acc[g]:.1%} after {sum(steps[g]) + n[g]} steps" for g in alive)
+        why += " (untrained: " + ", ".join(f"{P.short(k)} {v:.1%}" for k, v in refs.items()) + ")"
+        return Decision("pilot", why + f"; {hours:.3g} GPU-hours", run_id=res.run_id, evidence={
+            "round": r, "steps": n, "accuracy": acc, "refs": refs, "data": data, "curves": curves,
+            "gpu_hours": hours, "stage_hours": {g: by[f"pilot_{g}_{r}"][1] for g in alive},
+            "eval_hours": {g: by[f"pilot_eval_{g}_{r}"][1] for g in alive}})
+
+    def _refs(self, by: dict) -> dict[str, float]:
+        """Holdout accuracy of the untrained student and teachers (measured in round 0)."""
+        refs = dict(next((d.evidence["refs"] for d in self.trail if d.kind == "pilot" and d.evidence.get("refs")), {}))
+        got = by.get("pilot_ref_student")
+        if got and got[2] is not None:
+            refs["student"] = got[2]
+        for sid, (_, _, acc) in by.items():
+            if sid.startswith("pilot_ref_teacher") and acc is not None:
+                refs[list(self.ctx.teachers)[int(sid[len("pilot_ref_teacher"):])]] = acc
+        return refs
+
+    def _curve(self, g: str, total: int, acc: float, refs: dict, compiled: list) -> dict | None:
+        points, cum = [], 0
+        for d in self.trail:
+            if d.kind == "pilot" and g in d.evidence.get("accuracy", {}):
+                cum += d.evidence["steps"][g]
+                points.append((cum, d.evidence["accuracy"][g]))
+        points.append((total, acc))
+        full = int(P._first_stage(compiled, g)["params"]["steps"])
+        base = refs["student"] if P.kind_of(g) in ("student", "bridge") else refs[self._teacher(g)]
+        return P.sigmoid_curve(points, base, full)

@@ -1,0 +1,91 @@
+"""The decision trail of adaptive execution: one ``decisions`` row per decision, written
+between runs (never while an executor holds the history), read back to resume a session
+and to show it.
+
+    >>> trail("/nonexistent", "ad-0")
+    []
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from s2d_plan.errors import HistoryError
+from s2d_plan.history.read import query
+from s2d_plan.history.store import HistoryWriter
+from s2d_plan.history.verbs import utcnow
+from s2d_plan.paths import db_path
+
+COLUMNS = ("session", "seq", "time", "plan_hash", "kind", "run_id", "candidates", "evidence", "chosen",
+           "predicted_median", "predicted_low", "predicted_high", "why")
+
+
+@dataclass(frozen=True)
+class Decision:
+    kind: str  # candidates, pilot, prune, choose, final, finished
+    why: str
+    run_id: str | None = None
+    candidates: list[dict[str, Any]] | None = None
+    evidence: dict[str, Any] = field(default_factory=dict)
+    chosen: str | None = None
+    predicted: tuple[float, float, float] | None = None  # median, low, high
+    seq: int = 0
+    time: Any = None
+
+
+def record(home: Path, session: str, plan_hash: str, d: Decision) -> Decision:
+    """Append ``d`` as the session's next row; returns it with its sequence number."""
+    seq = len(trail(home, session)) + 1
+    med, low, high = d.predicted or (None, None, None)
+    row = (session, seq, utcnow(), plan_hash, d.kind, d.run_id,
+           None if d.candidates is None else json.dumps(d.candidates, default=float),
+           json.dumps(d.evidence, default=float), d.chosen, med, low, high, d.why)
+    writer = HistoryWriter(Path(home))
+    try:
+        writer.append_rows("decisions", COLUMNS, [row])
+    finally:
+        writer.close()
+    return Decision(d.kind, d.why, d.run_id, d.candidates, d.evidence, d.chosen, d.predicted, seq, row[2])
+
+
+def trail(home: str | Path, session: str) -> list[Decision]:
+    """The session's decisions in order ([] when there is no history yet)."""
+    if not db_path(Path(home)).exists():
+        return []
+    try:
+        _, rows = query("SELECT kind, why, run_id, candidates, evidence, chosen, predicted_median, predicted_low, "
+                        "predicted_high, seq, time FROM decisions WHERE session = ? ORDER BY seq", home, [session])
+    except HistoryError:
+        return []
+    out = []
+    for kind, why, run_id, cands, ev, chosen, med, low, high, seq, t in rows:
+        pred = None if med is None else (med, low, high)
+        out.append(Decision(kind, why, run_id, None if cands is None else json.loads(cands),
+                            json.loads(ev) if ev else {}, chosen, pred, seq, t))
+    return out
+
+
+def open_session(home: str | Path, plan_hash: str) -> str | None:
+    """The newest session of this plan that has not finished, if any."""
+    if not db_path(Path(home)).exists():
+        return None
+    try:
+        _, rows = query("""SELECT session FROM decisions WHERE plan_hash = ? GROUP BY session
+                           HAVING count(*) FILTER (kind = 'finished') = 0 ORDER BY max(time) DESC LIMIT 1""",
+                        home, [plan_hash])
+    except HistoryError:
+        return None
+    return rows[0][0] if rows else None
+
+
+def session_of_run(home: str | Path, run_id: str) -> str | None:
+    """The adaptive session a run belongs to (a pilot or the final run), if any."""
+    try:
+        _, rows = query("SELECT json_extract_string(graph, '$.meta.adaptive.session') FROM runs WHERE run_id = ?",
+                        home, [run_id])
+    except HistoryError:
+        return None
+    return rows[0][0] if rows and rows[0][0] else None
