@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -31,7 +31,7 @@ from s2d_plan.allocate.choice import with_predictive
 from s2d_plan.allocate.space import Allocation, Context, Structure, pipeline
 from s2d_plan.errors import ConfigurationError
 from s2d_plan.predict.outcome import Pipeline, SolveRates
-from s2d_plan.predict.posterior import Datum, eval_sd, predictive
+from s2d_plan.predict.posterior import Datum, Posterior, eval_sd, predictive
 
 VOI_MIN = 0.0005  # below a twentieth of a point no pilot is worth its process start-ups
 MIN_TRAIN_LABELS = 8  # labels left for training after the holdout
@@ -122,8 +122,6 @@ def options(ctx: Context, finals: list[Allocation], max_n: int) -> list[Option]:
 def pilot_cost(ctx: Context, alloc: Allocation, share: float) -> float:
     """What the pilots cost the pick, in accuracy: its prediction (posterior mode) at the
     full budget minus at the budget the pilots leave."""
-    from dataclasses import replace
-
     from s2d_plan.predict.outcome import predict
 
     q = alloc.quantities
@@ -167,7 +165,9 @@ def pilot_stages(compiled: list[Any], group: str, student_path: str, steps: list
             per = int(d["params"]["prompts_per_step"])
             d["data"]["prompts"].update(offset=int(d["data"]["prompts"].get("offset") or 0) + done * per,
                                         count=n * per)
-        d.pop("estimated", None)
+        if d.get("estimated"):  # the cost model's figure for these steps (a start-up is not in it)
+            d["estimated"] = dict(d["estimated"], gpu_hours=round(d["estimated"]["gpu_hours"] * n /
+                                                                   max(int(base["params"]["steps"]), 1), 6))
         out.append(d)
         done += n
     return out
@@ -236,6 +236,63 @@ def datum(ctx: Context, group: str, teacher: str | None, pilot: dict[str, Any], 
     q = Pipeline(teacher=t_info, teacher_rates=SolveRates(refs[teacher], source="pilot holdout"),
                  opd_rollouts=steps * int(p["prompts_per_step"]), pool=ctx.pool)
     return Datum(name, ctx.student, SolveRates(refs["student"], source="pilot holdout"), q, acc, sd, "pilot")
+
+
+# The speed constant each pilot measures: GRPO pilots (student or teacher) the labels to
+# saturation of RL gains, bridge pilots the rollouts to saturation of distillation.
+SPEED = {"student": "l_rl", "teacher": "l_rl", "bridge": "tau_bridge"}
+MAX_LOG_FACTOR = 14.0  # a speed-up up to e^14 (~1.2e6): tiny CPU models vs the paper's 1.7B
+
+
+def local_speeds(post: Posterior, data: list[Datum]) -> dict[str, dict[str, float]]:
+    """Per speed constant, the factor that makes the posterior's mode fit this plan's
+    pilots (a plan-local calibration: the closed forms were fitted at 1.7B-8B, and a
+    plan far from there can learn 10^4 times faster or slower). Each is a bounded 1-D
+    least-squares fit in log space; the model's own saturating forms then carry the
+    pilots' curves to the full budget."""
+    from scipy.optimize import minimize_scalar
+
+    from s2d_plan.predict.outcome import predict
+
+    out = {}
+    for const in sorted(set(SPEED.values())):
+        ds = [d for d in data if SPEED.get(kind_of(d.name.split()[1])) == const]
+        if not ds:
+            continue
+        base = getattr(post.mode, const)
+
+        def loss(log_f: float) -> float:
+            k = replace(post.mode, **{const: base / math.exp(log_f)})
+            return sum(((predict(d.student, d.rates, d.pipeline, k).value - d.measured) / d.sd) ** 2 for d in ds)
+
+        grid = np.linspace(-MAX_LOG_FACTOR, MAX_LOG_FACTOR, 113)
+        losses = np.array([loss(g) for g in grid])
+        if loss(0.0) - losses.min() < 1.0:
+            continue  # no change improves the fit by one sd (chi-square by 1): the pilots do not ask for one
+        near = np.flatnonzero(losses <= losses.min() + 1e-9)
+        start = float(grid[near[np.argmin(np.abs(grid[near]))]])  # of equal fits, the smallest change
+        step = grid[1] - grid[0]
+        best = minimize_scalar(loss, bounds=(start - step, start + step), method="bounded").x
+        out[const] = {"factor": float(math.exp(best)), "pilots": len(ds),
+                      "rmse_before": math.sqrt(loss(0.0) / len(ds)), "rmse_after": math.sqrt(loss(best) / len(ds))}
+    return out
+
+
+def rescaled(post: Posterior, speeds: dict[str, dict[str, float]]) -> Posterior:
+    """The posterior with each speed constant divided by its local factor (every draw
+    moved alike, so the uncertainty the evidence left is kept)."""
+    mean, samples, base = list(post.mean_x), [list(r) for r in post.samples_x], post.base
+    for const, fit in speeds.items():
+        shift = math.log(fit["factor"])
+        if const in post.names:
+            i = post.names.index(const)
+            mean[i] -= shift
+            for r in samples:
+                r[i] -= shift
+        else:
+            base = replace(base, **{const: getattr(base, const) / fit["factor"]})
+    return replace(post, mean_x=tuple(mean), samples_x=tuple(tuple(r) for r in samples), base=base,
+                   info=dict(post.info, local_speeds=speeds))
 
 
 def sigmoid_curve(points: list[tuple[float, float]], r0: float, at: float) -> dict[str, float] | None:

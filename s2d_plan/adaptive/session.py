@@ -177,9 +177,12 @@ class Session:
         return ctx, result if result is not None else allocate(ctx), piloted
 
     def _replan(self, data: list) -> tuple[Context, SearchResult]:
-        post = posterior_for(self.evidence + data, self.home, self.cal.pins)
+        """The allocation for what is left of the budget, under the posterior with the
+        speed constants the pilots measured (``pilots.local_speeds``)."""
+        speeds = P.local_speeds(self.ctx.post, data)
         left = max(self.ctx.budget - self._spent(), 1e-9)
-        ctx = replace(self.ctx, budget=left, posterior=post, notes=[])
+        ctx = replace(self.ctx, budget=left, posterior=P.rescaled(self.ctx.post, speeds), notes=[])
+        self.speeds = speeds
         return ctx, allocate(ctx)
 
     def _prune(self, r: int, alive: list[str], result: SearchResult, budget: float) -> list[str]:
@@ -192,7 +195,7 @@ class Session:
                                   + ", ".join(f"{g} {value[g]:.1%}" for g in sorted(alive, key=lambda g: -value[g]))
                                   + f"; {', '.join(keep)} stay{'s' if len(keep) == 1 else ''} in the race",
                                   candidates=[P.Option(a, 0.0).row() for a in finals],
-                                  evidence={"round": r, "values": value, "keep": keep,
+                                  evidence={"round": r, "values": value, "keep": keep, "speeds": self.speeds,
                                             "spent": self._spent(), "pilot_budget": budget}))
         return keep
 
