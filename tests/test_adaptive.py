@@ -92,7 +92,9 @@ def test_sigmoid_curve_recovers_a_saturating_curve():
     fit = P.sigmoid_curve(pts, r0, 400)
     assert abs(fit["asymptote"] - a) < 0.01 and abs(fit["c_mid"] - mid) < 2
     assert abs(fit["predicted"] - (r0 + (a - r0) / (1 + mid / 400))) < 0.01
-    assert P.sigmoid_curve(pts[:1], r0, 400) is None
+    assert P.sigmoid_curve(pts[:2], r0, 400) is None  # two points fit any asymptote
+    three = P.sigmoid_curve(pts[:3], r0, 400)
+    assert three["exponent"] == 1.0 and abs(three["asymptote"] - a) < 0.02
 
 
 # ---------------------------------------------------------------- real sessions

@@ -297,15 +297,15 @@ def rescaled(post: Posterior, speeds: dict[str, dict[str, float]]) -> Posterior:
 
 def sigmoid_curve(points: list[tuple[float, float]], r0: float, at: float) -> dict[str, float] | None:
     """ScaleRL's saturating form R(C) = R0 + (A - R0) / (1 + (C_mid / C)^B), fitted to
-    (compute, accuracy) points (B held at 1 with fewer than three points), evaluated at
-    ``at``; None with fewer than two points."""
-    if len(points) < 2:
+    (compute, accuracy) points (B held at 1 with three points, free with more), evaluated
+    at ``at``; None with fewer than three points (two would fit any asymptote exactly)."""
+    if len(points) < 3:
         return None
     from scipy.optimize import least_squares
 
     c = np.array([x for x, _ in points], float)
     y = np.array([v for _, v in points], float)
-    free_b = len(points) >= 3
+    free_b = len(points) >= 4
 
     def curve(theta: np.ndarray, x: np.ndarray) -> np.ndarray:
         a, log_mid = theta[0], theta[1]

@@ -37,6 +37,8 @@ from s2d_plan.predict.evidence import load_rates
 from s2d_plan.predict.posterior import datum_from_json, datum_to_json, paper_evidence, posterior_for
 from s2d_plan.run.executor import RunResult, execute_graph
 
+MAX_PILOT_STEPS = 10_000
+
 
 @dataclass(frozen=True)
 class AdaptiveResult:
@@ -223,14 +225,16 @@ class Session:
 
     def _steps(self, r: int, g: str, alive: list[str], compiled: list, done: list[int], budget: float) -> int:
         """Steps this round adds to group ``g``: its share of the round's budget at the
-        cost per step measured so far (the cost model's before the first round)."""
+        cost per step measured so far (the cost model's before the first round). Not capped
+        by the candidate's own steps: a candidate the priors sized small (because they
+        expect nothing of it) is exactly one whose response a pilot must measure."""
         first = P._first_stage(compiled, g)
-        full = int(first["params"]["steps"])
-        per_step = self._measured_per_step(g) or first["estimated"]["gpu_hours"] / max(full, 1)
+        planned = first["estimated"]["gpu_hours"] / max(int(first["params"]["steps"]), 1)
+        per_step = self._measured_per_step(g) or planned
         rounds_left = self.spec.adaptive.rounds - r
         share = (budget - self._spent()) / rounds_left / len(alive) - self._overhead()
         want = int(share / max(per_step, 1e-12))
-        return max(self.ctx.min_steps, min(want, max(full - sum(done), self.ctx.min_steps)))
+        return max(self.ctx.min_steps, min(want, MAX_PILOT_STEPS))
 
     def _measured_per_step(self, g: str) -> float | None:
         """GPU-hours per added step of ``g``'s pilot, start-up excluded (from the pilots so far)."""
@@ -289,7 +293,7 @@ class Session:
             total = sum(steps[g]) + n[g]
             data.append(datum_to_json(P.datum(self.ctx, g, self._teacher(g) if g != "student" else None, chain[-1],
                                               total, acc[g], refs, self.holdout)))
-            curves[g] = self._curve(g, total, acc[g], refs, compiled[g])
+            curves[g] = self._curve(g, total, acc[g], refs)
         why = f"round {r}: holdout " + ", ".join(f"{g} {acc[g]:.1%} after {sum(steps[g]) + n[g]} steps" for g in alive)
         why += " (untrained: " + ", ".join(f"{P.short(k)} {v:.1%}" for k, v in refs.items()) + ")"
         return Decision("pilot", why + f"; {hours:.3g} GPU-hours", run_id=res.run_id, evidence={
@@ -308,13 +312,14 @@ class Session:
                 refs[list(self.ctx.teachers)[int(sid[len("pilot_ref_teacher"):])]] = acc
         return refs
 
-    def _curve(self, g: str, total: int, acc: float, refs: dict, compiled: list) -> dict | None:
+    def _curve(self, g: str, total: int, acc: float, refs: dict) -> dict | None:
         points, cum = [], 0
         for d in self.trail:
             if d.kind == "pilot" and g in d.evidence.get("accuracy", {}):
                 cum += d.evidence["steps"][g]
                 points.append((cum, d.evidence["accuracy"][g]))
         points.append((total, acc))
-        full = int(P._first_stage(compiled, g)["params"]["steps"])
+        per_step = self._measured_per_step(g)  # at: the steps the plan's whole budget would buy
+        at = min(self.ctx.budget / per_step, MAX_PILOT_STEPS) if per_step else 4.0 * total
         base = refs["student"] if P.kind_of(g) in ("student", "bridge") else refs[self._teacher(g)]
-        return P.sigmoid_curve(points, base, full)
+        return P.sigmoid_curve(points, base, at)

@@ -167,8 +167,8 @@ def _execute_adaptive(target: Path, dry_run: bool, backend: Optional[str], home:
     if target.suffix.lower() not in (".yaml", ".yml"):
         raise ConfigurationError(f"--adaptive plans its pilots from a plan: give the plan's YAML, not {target.name}")
     if dry_run or backend:
-        raise ConfigurationError("--adaptive runs pilots, then decides: it has no --dry-run, and its stages run where the "
-                        "plan's compute.cluster says (no --backend)")
+        raise ConfigurationError("--adaptive runs pilots, then decides: it has no --dry-run, and its stages run "
+                                 "where the plan's compute.cluster says (no --backend)")
     result = execute_adaptive(target, home, display=make_display(f"s2d-plan execute --adaptive {target.name}"),
                               say=typer.echo)
     typer.echo(f"session {result.session}: {result.status} (final run {result.run_id}; "
