@@ -194,7 +194,8 @@ def test_tiny_cpu_plan_is_tiny():
             if part is not None:
                 assert Path(part.source).is_absolute()
         assert not st.policy.startswith("..")
-    assert graph.stage("final_eval").params.k <= 2
+    ev = graph.stage("final_eval").params  # sampled avg@4 at T=1: greedy sits at its ceiling on tiny models
+    assert (ev.k, ev.temperature, ev.greedy) == (4, 1.0, True)
 
 
 def test_the_search_records_its_posterior_and_uses_no_optuna():
