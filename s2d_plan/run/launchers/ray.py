@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -76,6 +77,7 @@ class _NodeWorker:
         from s2d_plan.run.launchers.node import build
         if self.proc is None and not self.idle:  # idempotent: a re-attaching executor may ask again
             os.environ.update(env)  # plugins (S2D_STAGE_PLUGINS) must be known to build the argv
+            sys.path[:0] = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
             argv = build(args)  # built here, not by a second Python: saves an interpreter start
             if argv is None:
                 self.idle = True  # a sampling stage runs on node rank 0 only
@@ -178,8 +180,7 @@ class RayLauncher:
         try:
             if not ray.is_initialized():
                 ray.init(address=self.cluster.address, namespace=self.cluster.namespace,
-                         log_to_driver=False, logging_level="ERROR",
-                         runtime_env={"env_vars": remote_env()})
+                         log_to_driver=False, logging_level="ERROR")
         except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError ...
             raise ClusterError(f"cannot reach the Ray cluster at {self.cluster.address!r}: "
                                f"{' '.join(str(exc).split())[:300]}") from None
