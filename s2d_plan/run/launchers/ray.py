@@ -42,8 +42,17 @@ def _ray():
 
 
 def ray_ip() -> str:
+    """This node's IP as Ray knows it, an IPv4-mapped IPv6 one (``::ffff:10.0.0.5``, what a
+    node that joined at ``[::ffff:HEAD]:PORT`` reports) in its IPv4 form: the form an
+    AF_INET socket binds and torchrun's rendezvous parses."""
+    import ipaddress
+
     import ray
-    return ray.util.get_node_ip_address()
+    ip = ray.util.get_node_ip_address()
+    try:
+        return str(getattr(ipaddress.ip_address(ip), "ipv4_mapped", None) or ip)
+    except ValueError:  # a host name
+        return ip
 
 
 class _NodeWorker:
@@ -56,7 +65,7 @@ class _NodeWorker:
     def where(self) -> dict:
         import ray
         ctx = ray.get_runtime_context()
-        return {"host": socket.gethostname(), "ip": ray.util.get_node_ip_address(),
+        return {"host": socket.gethostname(), "ip": ray_ip(),
                 "node_id": ctx.get_node_id(), "pid": os.getpid()}
 
     def free_port(self) -> int:
@@ -151,7 +160,7 @@ def _probe_gcs(address: str) -> None:
         return
     host, _, port = address.rpartition(":")
     try:
-        socket.create_connection((host, int(port)), timeout=5.0).close()
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5.0).close()  # [IPv6]:PORT too
     except (OSError, ValueError) as exc:
         raise ClusterError(f"cannot reach the Ray cluster at {address!r}: {exc}; "
                            f"start it with `ray start --head` or fix compute.cluster.address") from None
