@@ -223,3 +223,17 @@ def live_rows(cli, sql: str) -> list[dict]:
     """Rows, or [] while the run has not created its history yet."""
     r = cli("history", "--json", sql)
     return json.loads(r.stdout) if r.returncode == 0 else []
+
+
+def private_mount_argv(directory: Path, argv: list[str]) -> list[str]:
+    """``argv`` in a mount namespace of its own where ``directory`` is an empty tmpfs: what
+    it writes there no other process sees (a home on a disk local to the executor, on one
+    host). Needs CAP_SYS_ADMIN (root, as CI runs): see ``can_unshare``."""
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", 'mount -t tmpfs s2d-private "$0" && exec "$@"',
+            str(directory), *argv]
+
+
+def can_unshare() -> bool:
+    if not shutil.which("unshare"):
+        return False
+    return subprocess.run(["unshare", "--mount", "--propagation", "private", "true"], capture_output=True).returncode == 0

@@ -7,10 +7,19 @@ s2d_plan.run.launchers.node`` as its own process group, which execs the runner (
 torchrun / accelerate with ``--nnodes`` and node rank 0's address as the rendezvous).
 Logs and metrics go to the home on the shared filesystem, which the executor tails.
 
-Actors are *detached* and named ``<job name>-<rank>`` in the cluster's namespace, so a
-restarted executor finds them again (``cancel``; re-attaching is not done yet). A node that dies takes its actor with
-it: the call waiting on the runner raises, and the handle reports ``lost`` with Ray's
-cause, which makes the executor retry the stage elsewhere.
+Actors are *detached* and named ``<job name>-<rank>`` in the cluster's namespace, and
+their placement group is detached too, so they outlive the executor (a normal task or
+actor dies with its driver): a restarted executor finds them by the name kept in
+``placements`` and re-attaches (``attach``: a new handle waiting on the same runner
+processes). A node that dies takes its actor with it: the call waiting on the runner
+raises, and the handle reports ``lost`` with Ray's cause, which makes the executor retry
+the stage elsewhere.
+
+s2d-plan must be importable on every node (installed in the nodes' environment). The
+executor's settings (``remote_env``: S2D_*, HF_*, PYTHONPATH, ...) travel with each
+``start`` call, not as a job ``runtime_env``: with one, every stage actor needed a fresh
+worker process set up for that environment (about 1 s a stage here); without, Ray hands
+the actor a worker it already started.
 
 Ray is imported only when this launcher is used (``pip install 's2d-plan[cluster]'``).
 """
@@ -107,6 +116,7 @@ class RayHandle:
     """The actors of one attempt: poll them, signal them, release them."""
 
     pid = None
+    note = None
 
     def __init__(self, ray: Any, name: str, actors: list[Any], pg: Any, placements: list[Placement]):
         self.ray, self.ref, self.actors, self.pg = ray, name, actors, pg
@@ -273,21 +283,44 @@ class RayLauncher:
                       for rank, w in enumerate(wheres)]
         return RayHandle(ray, job.name, actors, pg, placements)
 
-    def cancel(self, ref: str) -> bool:
-        """Kill the actors ``<ref>-<rank>`` and the placement group a dead executor left."""
-        found = False
+    def _actors(self, ref: str) -> list[Any]:
+        actors = []
         for rank in range(MAX_NODES):
             try:
-                actor = self.ray.get_actor(f"{ref}-{rank}", namespace=self.cluster.namespace)
+                actors.append(self.ray.get_actor(f"{ref}-{rank}", namespace=self.cluster.namespace))
             except ValueError:
                 break
+        return actors
+
+    def attach(self, ref: str, slot: Slot) -> RayHandle | None:
+        """A handle on the actors ``<ref>-<rank>`` a dead executor left, when every node's
+        actor is still alive (else they are cancelled, and None)."""
+        actors = self._actors(ref)
+        try:
+            wheres = self.ray.get([a.where.remote() for a in actors], timeout=CONNECT_TIMEOUT_S)
+        except self.ray.exceptions.RayError:
+            wheres = []
+        if not actors or len(wheres) != slot.nodes:
+            self.cancel(ref)
+            return None
+        try:
+            pg = self.ray.util.get_placement_group(ref)
+        except ValueError:
+            pg = None
+        placements = [Placement(f"{w['host']}:{w['node_id'][:8]}", slot.gpus_per_node, f"{ref}-{rank}")
+                      for rank, w in enumerate(wheres)]
+        return RayHandle(self.ray, ref, actors, pg, placements)
+
+    def cancel(self, ref: str) -> bool:
+        """Kill the actors ``<ref>-<rank>`` and the placement group a dead executor left."""
+        actors = self._actors(ref)
+        for actor in actors:
             self.ray.kill(actor)
-            found = True
         try:
             self.ray.util.remove_placement_group(self.ray.util.get_placement_group(ref))
         except ValueError:
             pass
-        return found
+        return bool(actors)
 
     def close(self) -> None:
         pass  # the connection ends with the process; detached actors are killed per attempt
