@@ -199,7 +199,7 @@ def test_restarted_executor_reattaches_to_the_actors_its_killed_predecessor_left
                                                                                  s2d_home):
     """SIGKILL the executor mid-stage, run it again: it finds the detached actor by the
     name in ``placements``, waits on the same runner, and the stage finishes as attempt 1."""
-    graph = ray_graph(write_graph, ray_cluster, [sim_stage("long", steps=40, sleep_s=0.25, resources={"gpus": 1})])
+    graph = ray_graph(write_graph, ray_cluster, [sim_stage("long", steps=60, sleep_s=0.25, resources={"gpus": 1})])
     env = cli_env(s2d_home)
     start = [sys.executable, "-m", "s2d_plan.cli", "execute", str(graph)]
     proc = subprocess.Popen(start, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO)
@@ -229,7 +229,7 @@ def test_restarted_executor_reattaches_to_the_actors_its_killed_predecessor_left
         [{"status": "FINISHED", "attempt": 1}]
     steps = rows(cli, "SELECT count(DISTINCT step) AS n, count(*) AS lines, max(attempt) AS a FROM metrics "
                       "WHERE stage_id = 'long' AND key = 'loss'")[0]
-    assert steps == {"n": 40, "lines": 40, "a": 1}  # one runner: no step twice, none lost
+    assert steps == {"n": 60, "lines": 60, "a": 1}  # one runner: no step twice, none lost
     wait_for(lambda: ray_cluster.alive_actors(job) == [], timeout=60, every=1)  # released once it ended
 
 
