@@ -7,7 +7,9 @@ one DuckDB writer, statuses, skipping dependants. A launcher only answers four q
 - ``allocate(stage, running)``: may this stage start now, and on what (a ``Slot``)?
 - ``start(job, slot)``: start it; returns a ``Handle`` (``poll``/``wait``/``signal``,
   ``placements``: the nodes it runs on, ``lost``: why, when the *infrastructure* failed
-  rather than the runner, which makes the attempt worth retrying elsewhere).
+  rather than the runner, which makes the attempt worth retrying elsewhere; ``note``:
+  what to say about the start). ``job.avoid`` names the nodes earlier attempts were
+  lost on: a launcher that can (Slurm's ``--exclude``) keeps the retry off them.
 - ``attach(ref, slot)``: a ``Handle`` on an attempt a dead executor left running (Ray
   actor names and Slurm job ids are kept in the history's ``placements`` table), or
   None when the cluster no longer has it; ``cancel(ref)`` ends one instead (the stage
