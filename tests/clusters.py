@@ -40,15 +40,27 @@ class RayCluster:
     nodes: dict[str, RayNode] = field(default_factory=dict)
 
     def start_node(self, name: str, head: bool, gpus: int = 1, cpus: int = 1) -> RayNode:
+        """The head listens on 127.0.0.1 only; a worker joins it over loopback.
+
+        Ray 2.60 binds a node's servers to 127.0.0.1 only when its node IP is literally
+        127.0.0.1, and ``ray start`` replaces a localhost node IP or GCS address by the
+        host's routable IP (``services.resolve_ip_for_localhost``) unless
+        ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` declares a one-machine cluster, under which
+        ``ray start --address`` refuses to start a worker node. So the head runs with that
+        variable at 0 and ``--node-ip-address 127.0.0.1``; the worker and every driver use
+        the GCS address in its IPv4-mapped form (``[::ffff:127.0.0.1]:PORT``), which Ray
+        does not rewrite. The worker's node IP is then ``::ffff:127.0.0.1`` and its raylet
+        and agent listen on all interfaces (Ray binds the wildcard for any other node IP):
+        on one host that cannot be avoided with Ray 2.60."""
         temp = self.root / name  # short: Ray's unix sockets live under it (107-byte limit)
         temp.mkdir(parents=True, exist_ok=True)
-        where = ["--head", "--port", self.address.split(":")[1], "--include-dashboard", "false"] if head \
+        port = self.address.rsplit(":", 1)[1]
+        where = ["--head", "--port", port, "--include-dashboard", "false", "--node-ip-address", "127.0.0.1"] if head \
             else ["--address", self.address]
         argv = [str(RAY), "start", *where, "--block", "--num-cpus", str(cpus), "--num-gpus", str(gpus),
-                "--resources", json.dumps({name: 1}), "--temp-dir", str(temp), "--disable-usage-stats",
-                "--node-ip-address", "127.0.0.1"]
+                "--resources", json.dumps({name: 1}), "--temp-dir", str(temp), "--disable-usage-stats"]
         env = dict(os.environ, RAY_health_check_period_ms="1000", RAY_health_check_failure_threshold="3",
-                   RAY_health_check_initial_delay_ms="1000")
+                   RAY_health_check_initial_delay_ms="1000", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0" if head else "1")
         with open(temp.with_suffix(".log"), "ab") as log:
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         node = self.nodes[name] = RayNode(name, proc, temp)
@@ -81,6 +93,14 @@ class RayCluster:
                              capture_output=True, text=True, timeout=120,
                              env=dict(os.environ, RAY_DISABLE_USAGE_STATS="1")).stdout
         return json.loads(out.strip().splitlines()[-1])
+
+    def listening(self, name: str) -> list[str]:
+        """ADDRESS:PORT of every TCP socket the processes of node ``name`` listen on."""
+        import psutil
+        node = self.nodes[name]
+        pids = {node.proc.pid, *_pids_in_session(node.proc.pid)}
+        return sorted({f"{c.laddr.ip}:{c.laddr.port}" for c in psutil.net_connections(kind="tcp")
+                       if c.status == psutil.CONN_LISTEN and c.pid in pids})
 
     def kill_node(self, name: str) -> None:
         """A node dies: SIGKILL to every process its `ray start` started (its group) and to
@@ -134,8 +154,8 @@ def _killpg(proc: subprocess.Popen, sig: int) -> None:
 
 
 def start_ray_cluster() -> RayCluster:
-    """Head (node_a) and one worker (node_b) on 127.0.0.1, one fake GPU and one CPU each."""
-    cluster = RayCluster(f"127.0.0.1:{free_port()}", Path(tempfile.mkdtemp(prefix="s2dray-", dir="/tmp")))
+    """Head (node_a) and one worker (node_b) on loopback, one fake GPU and one CPU each."""
+    cluster = RayCluster(f"[::ffff:127.0.0.1]:{free_port()}", Path(tempfile.mkdtemp(prefix="s2dray-", dir="/tmp")))
     try:
         cluster.start_node("node_a", head=True)
         cluster.wait_nodes(1)
@@ -203,3 +223,17 @@ def live_rows(cli, sql: str) -> list[dict]:
     """Rows, or [] while the run has not created its history yet."""
     r = cli("history", "--json", sql)
     return json.loads(r.stdout) if r.returncode == 0 else []
+
+
+def private_mount_argv(directory: Path, argv: list[str]) -> list[str]:
+    """``argv`` in a mount namespace of its own where ``directory`` is an empty tmpfs: what
+    it writes there no other process sees (a home on a disk local to the executor, on one
+    host). Needs CAP_SYS_ADMIN (root, as CI runs): see ``can_unshare``."""
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", 'mount -t tmpfs s2d-private "$0" && exec "$@"',
+            str(directory), *argv]
+
+
+def can_unshare() -> bool:
+    if not shutil.which("unshare"):
+        return False
+    return subprocess.run(["unshare", "--mount", "--propagation", "private", "true"], capture_output=True).returncode == 0

@@ -1,8 +1,10 @@
 """The executor on a real single-host Slurm cluster started by ``scripts/slurm-local.sh``
 (munged, slurmctld and two slurmd nodes n1, n2 with one fake GPU each): stages as jobs on
 both nodes, a 2-GPU stage as one job of two nodes with ``srun`` on each, a job cancelled
-mid-stage by someone else retried and resumed from its checkpoint, Ctrl-C ``scancel``ing
-the running job, and an unreachable controller refused before anything is submitted.
+mid-stage by someone else retried on the other node and resumed from its checkpoint,
+Ctrl-C ``scancel``ing the running job, an executor killed mid-stage and started again
+re-attaching to its job, and an unreachable controller or a home the nodes cannot see
+refused before anything is submitted.
 
 Part of ``make test-cluster`` (skipped where Slurm is not installed).
 """
@@ -20,7 +22,7 @@ import pytest
 if not shutil.which("slurmctld"):
     pytest.skip("Slurm is not installed (scripts/slurm-local.sh install)", allow_module_level=True)
 
-from clusters import live_rows, rows, start_slurm_cluster  # noqa: E402
+from clusters import can_unshare, live_rows, private_mount_argv, rows, start_slurm_cluster  # noqa: E402
 from conftest import REPO, cli_env, sim_stage, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.cluster
@@ -70,7 +72,8 @@ def test_jobs_on_both_nodes_and_one_job_of_two_nodes(slurm, write_graph, cli):
 
 
 def test_job_cancelled_mid_stage_is_retried_and_resumes(slurm, write_graph, cli, s2d_home):
-    graph = slurm_graph(write_graph, [sim_stage("long", steps=14, sleep_s=0.5, resources={"gpus": 1})], retries=1)
+    # long enough that the scancel lands mid-stage even when the machine is loaded
+    graph = slurm_graph(write_graph, [sim_stage("long", steps=40, sleep_s=0.4, resources={"gpus": 1})], retries=1)
     proc = start_execute(graph, s2d_home)
     try:
         wait_for(lambda: live_rows(cli, "SELECT step FROM metrics WHERE stage_id = 'long' AND step >= 3"),
@@ -82,13 +85,17 @@ def test_job_cancelled_mid_stage_is_retried_and_resumes(slurm, write_graph, cli,
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, out + err
-    attempts = rows(cli, "SELECT attempt, status, error FROM placements WHERE stage_id = 'long' ORDER BY attempt")
+    attempts = rows(cli, "SELECT attempt, status, error, node, job_id FROM placements WHERE stage_id = 'long' "
+                         "ORDER BY attempt")
     assert [a["status"] for a in attempts] == ["FAILED", "FINISHED"]
     assert attempts[0]["error"].startswith(f"node lost (slurm job {job} CANCELLED")
+    # the retry kept off the node the lost attempt ran on (the other one was free)
+    assert {attempts[0]["node"], attempts[1]["node"]} == {"n1", "n2"}
+    assert f"ExcNodeList={attempts[0]['node']} " in slurm.run("scontrol", "show", "job", "-o", attempts[1]["job_id"])
     first = rows(cli, "SELECT min(step) AS s FROM metrics WHERE stage_id = 'long' AND attempt = 2")[0]["s"]
     assert first >= 3  # resumed from the checkpoint, not from step 0
     assert rows(cli, "SELECT count(DISTINCT step) AS n FROM metrics_latest WHERE stage_id = 'long' "
-                     "AND key = 'loss'")[0]["n"] == 14
+                     "AND key = 'loss'")[0]["n"] == 40
 
 
 def test_ctrl_c_scancels_the_job(slurm, write_graph, cli, s2d_home):
@@ -122,24 +129,59 @@ def test_unreachable_controller_is_refused_before_anything_runs(slurm, write_gra
     assert not (s2d_home / "history.duckdb").exists()
 
 
-def test_restarted_executor_cancels_the_job_its_dead_predecessor_left(slurm, write_graph, cli, s2d_home):
-    graph = slurm_graph(write_graph, [sim_stage("long", steps=300, sleep_s=0.2, resources={"gpus": 1})])
+def test_restarted_executor_reattaches_to_the_job_its_killed_predecessor_left(slurm, write_graph, cli, s2d_home):
+    """SIGKILL the executor mid-stage, run it again: it waits on the same Slurm job (no
+    second submission), tails its metrics into the history and records its outcome."""
+    graph = slurm_graph(write_graph, [sim_stage("long", steps=60, sleep_s=0.25, resources={"gpus": 1}),
+                                      sim_stage("next", needs=("long",), policy="@long", steps=2)])
     proc = start_execute(graph, s2d_home)
+    again = None
     try:
         wait_for(lambda: live_rows(cli, "SELECT step FROM metrics WHERE stage_id = 'long' AND step >= 3"),
                  timeout=120, every=0.5)
         job = rows(cli, "SELECT job_id FROM placements WHERE stage_id = 'long'")[0]["job_id"]
-        proc.kill()  # the executor dies; its job goes on
+        proc.send_signal(signal.SIGKILL)  # the executor dies; its job goes on
         proc.communicate(timeout=60)
         assert slurm.run("squeue", "-h", "-j", job, "-o", "%T").strip() == "RUNNING"
         again = start_execute(graph, s2d_home)
-        wait_for(lambda: live_rows(cli, "SELECT 1 FROM placements WHERE stage_id = 'long' AND attempt = 2"),
-                 timeout=120, every=0.5)
-        assert slurm.run("squeue", "-h", "-j", job, "-o", "%T").strip() == ""  # no duplicate
-        again.send_signal(signal.SIGINT)
-        out, err = again.communicate(timeout=120)
+        out, err = again.communicate(timeout=300)
     finally:
-        for p in (proc, locals().get("again")):
+        for p in (proc, again):
             if p is not None and p.poll() is None:
                 p.kill()
-    assert f"cancelled slurm job {job} left by a dead executor" in out + err
+    assert again.returncode == 0, out + err
+    assert f"re-attached to slurm job {job} (attempt 1)" in out + err
+    first, second = [r["run_id"] for r in rows(cli, "SELECT run_id FROM runs ORDER BY start_time")]
+    placed = rows(cli, "SELECT run_id, attempt, job_id, node, status FROM placements WHERE stage_id = 'long' "
+                       "ORDER BY start_time")
+    assert [(p["run_id"], p["attempt"], p["job_id"], p["status"]) for p in placed] == \
+        [(first, 1, job, "REATTACHED"), (second, 1, job, "FINISHED")]
+    assert placed[0]["node"] == placed[1]["node"]
+    stages = rows(cli, "SELECT s.run_id, s.status, s.attempt, s.error FROM stages s JOIN runs r USING (run_id) "
+                       "WHERE s.stage_id = 'long' ORDER BY r.start_time")
+    assert [(s["run_id"], s["status"], s["attempt"]) for s in stages] == [(first, "FAILED", 1), (second, "FINISHED", 1)]
+    assert f"run {second} re-attached to it" in stages[0]["error"]
+    assert "COMPLETED" in slurm.run("scontrol", "show", "job", "-o", job)
+    # Slurm's own record of finished jobs: the re-attached run submitted only "next"
+    jobs = (slurm.root / "log/jobcomp.log").read_text().splitlines()
+    assert [j for j in jobs if f"JobId={job} " in j and "JobState=COMPLETED" in j]
+    assert [j.split("Name=")[1].split()[0] for j in jobs if f"s2d-{second}-" in j] == [f"s2d-{second}-next-1"]
+    # every step once, all of attempt 1: lines before the kill under the first run, the rest under the second
+    steps = rows(cli, "SELECT count(DISTINCT step) AS n, count(*) AS lines, max(attempt) AS a FROM metrics "
+                      "WHERE stage_id = 'long' AND key = 'loss'")[0]
+    assert steps == {"n": 60, "lines": 60, "a": 1}
+
+
+def test_home_a_node_cannot_see_is_refused_before_anything_runs(slurm, write_graph, tmp_path):
+    """The executor's home on a disk only it sees (a tmpfs in its own mount namespace):
+    the job that looks for the home's token on a compute node does not find it."""
+    if not can_unshare():
+        pytest.skip("needs unshare --mount (CAP_SYS_ADMIN) to give the executor a disk of its own")
+    private = tmp_path / "private"
+    private.mkdir()
+    graph = slurm_graph(write_graph, [sim_stage("a", steps=1)])
+    argv = private_mount_argv(private, [sys.executable, "-m", "s2d_plan.cli", "execute", str(graph)])
+    r = subprocess.run(argv, capture_output=True, text=True, env=cli_env(private / "home"), cwd=REPO, timeout=300)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"error: the home {private / 'home'} must be on a filesystem every Slurm node sees" in r.stderr
+    assert not list(private.iterdir())  # what the executor wrote there stayed in its namespace

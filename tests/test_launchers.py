@@ -91,3 +91,33 @@ def test_node_entry_rendezvous():
     assert node.build(["--kind", "eval", "--spec", "/s.json", "--nnodes", "2", "--rank", "0"])[1:] == \
         ["-m", "runners.eval", "/s.json"]
     assert Slot(nodes=2, gpus_per_node=8).gpus == 16 and Slot(gpu_ids=(0, 1)).gpus == 2
+
+
+def test_slurm_retry_excludes_the_lost_nodes_only_while_others_remain(tmp_path):
+    """The sbatch argv of a retry (no controller needed): ``--exclude`` names the nodes the
+    lost attempts ran on when the partition has enough other responding nodes; otherwise
+    no exclusion (the job would never start) and a note the attempt's log and the
+    executor print."""
+    from s2d_plan.cluster import SlurmCluster
+    from s2d_plan.run.launchers import Job
+    from s2d_plan.run.launchers.slurm import SlurmLauncher
+    launcher = SlurmLauncher(SlurmCluster(backend="slurm", partition="gpu", gpus_per_node=1))
+
+    def argv(avoid, nodes, slot):
+        job = Job("s2d-r-a-2", "simulate", tmp_path / "a.2.spec.json", tmp_path / "a.2.log", avoid=avoid)
+        return launcher.sbatch_argv(job, slot, nodes)
+
+    first, note = argv((), ["n1", "n2"], Slot(nodes=1, gpus_per_node=1))
+    assert note is None and not [a for a in first if a.startswith("--exclude")]
+    assert first[:first.index(str(tmp_path / "a.2.log").join(["--output=", ""]))] == \
+        ["sbatch", "--parsable", "--job-name=s2d-r-a-2", "--nodes=1", "--ntasks-per-node=1"]
+    retry, note = argv(("n1",), ["n1", "n2", "n3"], Slot(nodes=1, gpus_per_node=1))
+    assert "--exclude=n1" in retry and note is None
+    # a two-node stage lost on n1 and n2 of a three-node partition: no two others to go to
+    both, note = argv(("n1", "n2"), ["n1", "n2", "n3"], Slot(nodes=2, gpus_per_node=1))
+    assert not [a for a in both if a.startswith("--exclude")]
+    assert note == "no node but n1, n2 to retry on (2 node(s) needed, 1 other responding): Slurm may pick n1, n2 again"
+    # a one-node cluster
+    alone, note = argv(("n1",), ["n1"], Slot(nodes=1, gpus_per_node=1))
+    assert not [a for a in alone if a.startswith("--exclude")] and note.startswith("no node but n1 to retry on")
+    assert all(isinstance(a, str) for a in retry + both + alone)  # an argv list, never a shell string

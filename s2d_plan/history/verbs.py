@@ -86,10 +86,17 @@ class RunRecords:
                      [status, (error or "").split("\n", 1)[0] or None, utcnow(), run_id, stage_id, attempt])
 
     def orphan_jobs(self) -> list[tuple]:
-        """(backend, job_id, stage_id) of attempts still RUNNING on a cluster (a dead executor's)."""
-        return self.query("SELECT DISTINCT p.backend, p.job_id, p.stage_id FROM placements p JOIN stages s "
-                          "USING (run_id, stage_id, attempt) WHERE s.status = 'RUNNING' AND p.status = 'RUNNING' "
-                          "AND p.backend <> 'local'")
+        """Attempts still RUNNING on a cluster (a dead executor's), one row per job: (backend,
+        job_id, run_id, stage_id, attempt, cache_key, nodes, gpus per node, start_time,
+        log_path, metrics_path, metrics_offset, executor pid, executor host, heartbeat)."""
+        return self.query("""
+            SELECT p.backend, p.job_id, s.run_id, s.stage_id, s.attempt, s.cache_key, count(*), max(p.gpus),
+                   any_value(s.start_time), any_value(s.log_path), any_value(s.metrics_path),
+                   coalesce(any_value(s.metrics_offset), 0), any_value(r.pid), any_value(r.host),
+                   any_value(s.heartbeat)
+            FROM placements p JOIN stages s USING (run_id, stage_id, attempt) JOIN runs r USING (run_id)
+            WHERE s.status = 'RUNNING' AND p.status = 'RUNNING' AND p.backend <> 'local'
+            GROUP BY p.backend, p.job_id, s.run_id, s.stage_id, s.attempt, s.cache_key""")
 
     def heartbeat(self, run_id: str) -> None:
         self.execute("UPDATE stages SET heartbeat = ? WHERE run_id = ? AND status = 'RUNNING'", [utcnow(), run_id])

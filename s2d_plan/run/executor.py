@@ -13,9 +13,11 @@ How it departs from "run the stages in order":
    that directory only for kinds the contract marks resumable; otherwise, and under
    ``--force``, it starts the stage clean.
 3. *Crashes.* Any stage still RUNNING in the history when an executor opens it was left
-   by a dead executor (the history has one writer at a time, so none is alive): it is
-   marked FAILED with its log tail, the rest of its metrics file is ingested, any
+   by a dead executor (the history has one writer at a time, so none is alive). A local
+   one is marked FAILED with its log tail, the rest of its metrics file is ingested, any
    surviving runner process group is killed, and the stage runs again as a new attempt.
+   Cluster work outlives its executor: this run re-attaches to that Slurm job or those
+   Ray actors and goes on with the same attempt (``recovery.reattach``).
 4. *Failures stay local.* A failed stage's dependants are SKIPPED, independent branches go
    on, and the command exits 1 with one line per failure. SIGINT/SIGTERM/SIGHUP stops
    running stages (SIGINT first, SIGKILL after a grace period), records them KILLED and
@@ -42,13 +44,13 @@ from typing import Any, Iterable, Sequence
 from s2d_plan.contract import EVIDENCE_FILE, StageSpec, is_complete, kind_of, write_spec
 from s2d_plan.errors import GraphError, HistoryError, S2DError
 from s2d_plan.graph import StageGraph
-from s2d_plan.history.store import HistoryWriter
+from s2d_plan.history.store import HistoryWriter, utcnow
 from s2d_plan.paths import attempt_file, partial_dir, resolve_home, stage_dir
 from s2d_plan.run import procs as _procs, staging
 from s2d_plan.run.identity import cache_keys, resolve_inputs
 from s2d_plan.run.launchers import Busy, Job, Slot, make_launcher
 from s2d_plan.run.progress import PlainDisplay
-from s2d_plan.run.recovery import recover_stale
+from s2d_plan.run.recovery import Adopted, reattach, recover_stale
 from s2d_plan.run.state import RunResult, StageState, StopRequest
 
 DONE = ("FINISHED", "CACHED")
@@ -114,11 +116,13 @@ class _Executor:
         started = time.monotonic()
         self.stop.install()
         try:
-            self._cancel_orphans()
-            for line in recover_stale(self.db, self.home, self.run_id):
+            keys = {sid: st.key for sid, st in self.states.items()}
+            forced = [sid for sid, st in self.states.items() if st.forced]
+            adopted, notes = reattach(self.db, self.launcher, self.home, keys, forced, self.run_id)
+            for line in notes + recover_stale(self.db, self.home, self.run_id):
                 display.event(line)
             self.db.begin_live(self.run_id)
-            self._record_start()
+            self._record_start(adopted)
             try:
                 self._loop()
             except BaseException as exc:  # a bug, or the history failing: leave no runner behind
@@ -131,15 +135,8 @@ class _Executor:
             self.hashing.shutdown(wait=True)
             self.db.close()
 
-    def _cancel_orphans(self) -> None:
-        """Cluster work a dead executor left running (its stages are still RUNNING): cancel
-        it by the ids in ``placements`` before the stage runs again (no re-attach yet)."""
-        for backend, job_id, stage_id in self.db.orphan_jobs():
-            if backend == self.launcher.name and self.launcher.cancel(job_id):
-                self.display.event(f"{stage_id}: cancelled {backend} job {job_id} left by a dead executor")
-
     def _abandon(self, exc: BaseException) -> None:
-        running = self._running()
+        running = [st for st in self._running() if st.proc is not None]  # not one whose start raised
         for st in running:  # first the processes: the history may be what failed
             st.proc.signal(signal.SIGKILL)
             st.proc.wait()
@@ -155,23 +152,12 @@ class _Executor:
         except Exception:
             pass  # the next execute recovers whatever is still marked RUNNING
         if broken is not None:  # a full disk or an I/O error: one line, no traceback
-            kept = sum(self._lines_not_ingested(st) for st in self.states.values() if st.tail is not None)
+            kept = sum(len(st.buffered) + st.tail.lines_left() for st in self.states.values() if st.tail)
             what = "disk full" if broken.disk_full else "history write failed"
             raise HistoryError(f"{what} at {broken.path}: run KILLED, {kept} metric lines kept on disk "
                                f"for the next run to ingest ({str(broken.cause).splitlines()[0]})") from None
 
-    def _lines_not_ingested(self, st: StageState) -> int:
-        """Metric lines of a stage that the history has not committed: buffered, or on disk
-        past what was read."""
-        try:
-            with open(st.tail.path, "rb") as f:
-                f.seek(st.tail.offset)
-                rest = f.read()
-        except OSError:
-            rest = b""
-        return len(st.buffered) + len(rest.splitlines())
-
-    def _record_start(self) -> None:
+    def _record_start(self, adopted: dict[str, Adopted]) -> None:
         g = self.graph
         plan_hash = g.plan_hash or hashlib.sha256(g.to_json().encode()).hexdigest()[:16]
         est = g.estimated.gpu_hours or sum(s.estimated.gpu_hours for s in g.stages)
@@ -179,13 +165,30 @@ class _Executor:
         for position, st in enumerate(self.states.values()):
             self.db.add_stage(self.run_id, position, st.stage, st.key, st.output_dir)
         self.db.record_trials(self.run_id, g.meta.get("trials"))
+        for sid, a in adopted.items():
+            self._adopt(self.states[sid], a)
         for st in self.states.values():
-            if not st.forced and staging.reclaim_aside(st.output_dir):
+            if st.status == "PENDING" and not st.forced and staging.reclaim_aside(st.output_dir):
                 st.status = "CACHED"
                 st.attempt = self.db.producer_attempt(st.stage.id, st.key)
                 self.db.update_stage(self.run_id, st.stage.id, status="CACHED", gpu_hours=0.0, attempt=st.attempt)
                 self.display.event(f"{st.stage.id}: CACHED ({st.output_dir.name})")
         self.db.publish(force=True)
+
+    def _adopt(self, st: StageState, a: Adopted) -> None:
+        """Go on with an attempt a dead executor left running: same attempt and job, its
+        metrics tailed from what the history already holds."""
+        s = st.stage
+        st.attempt, st.proc, st.slot, st.status = a.attempt, a.handle, a.slot, "RUNNING"
+        st.spec_path, st.log_path, st.tail = a.spec_path, a.log_path, _procs.MetricTail(a.metrics_path)
+        while st.tail.offset < a.offset and st.tail.read(max_bytes=a.offset - st.tail.offset):
+            pass  # up to what the history holds: only for the artifacts announced there
+        age = (utcnow() - a.start).total_seconds() if a.start else 0.0
+        st.started = time.monotonic() - age  # wall time counts from the attempt's real start
+        self.db.start_stage(self.run_id, s.id, a.attempt, None, a.log_path, a.metrics_path)
+        self.db.update_stage(self.run_id, s.id, start_time=a.start, metrics_offset=a.offset)
+        self.db.record_placements(self.run_id, s.id, a.attempt, self.launcher.name, a.handle.ref, a.handle.placements)
+        self.display.event(f"{s.id}: RUNNING attempt {a.attempt}, re-attached ({a.handle.describe()}")
 
     # -- the loop ----------------------------------------------------------------------
     def _loop(self) -> None:
@@ -223,14 +226,9 @@ class _Executor:
         for st in self.states.values():
             if st.status != "PENDING" or any(self.states[n].status not in DONE for n in st.stage.needs):
                 continue
-            slot = self._allocate(st)
-            if slot is None:
-                continue
-            self._launch(st, slot)
-
-    def _allocate(self, st: StageState) -> Slot | None:
-        """Where the stage may run now (the launcher decides), or None when it must wait."""
-        return self.launcher.allocate(st.stage, self._running())
+            slot = self.launcher.allocate(st.stage, self._running())  # None: it must wait
+            if slot is not None:
+                self._launch(st, slot)
 
     # -- one stage -------------------------------------------------------------------
     def _launch(self, st: StageState, slot: Slot) -> None:
@@ -248,7 +246,7 @@ class _Executor:
                              device="cuda" if slot.gpu_ids else "auto", cache_key=st.key,
                              tracking=self.graph.tracking), st.spec_path)
         job = Job(f"s2d-{self.run_id}-{s.id}-{st.attempt}", s.kind, st.spec_path, st.log_path,
-                  gpus_asked=s.resources.gpus)
+                  gpus_asked=s.resources.gpus, avoid=tuple(sorted(st.avoid)))
         st.tail = _procs.MetricTail(metrics_path)
         st.slot, st.started, st.status = slot, time.monotonic(), "RUNNING"
         try:
@@ -265,7 +263,8 @@ class _Executor:
         self.db.publish(force=True)
         short = (f" on {slot.gpus} of the {s.resources.gpus} GPUs it asks for"
                  if slot.gpu_ids and slot.gpus < s.resources.gpus else "")
-        self.display.event(f"{s.id}: RUNNING attempt {st.attempt}{short} ({st.proc.describe()}")
+        self.display.event(f"{s.id}: RUNNING attempt {st.attempt}{short} ({st.proc.describe()}"
+                           + (f"; {st.proc.note}" if st.proc.note else ""))
 
     def _poll(self, st: StageState) -> None:
         code = st.proc.poll()
@@ -307,6 +306,7 @@ class _Executor:
             return
         if st.retries >= self.launcher.retries:
             return
+        st.avoid |= {p.node for p in st.proc.placements}  # a launcher that can keeps the retry off them
         st.retries += 1
         st.status = "PENDING"
         self.db.update_stage(self.run_id, st.stage.id, status="PENDING")

@@ -160,6 +160,15 @@ class MetricTail:
     last_step: int | None = None
     last_metric: tuple[str, float | None] | None = None
 
+    def lines_left(self) -> int:
+        """Lines on disk past what was read (0 when the file cannot be read)."""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                return len(f.read().splitlines())
+        except OSError:
+            return 0
+
     def read(self, final: bool = False, max_bytes: int = 64 << 20) -> list[str]:
         try:
             with open(self.path, "rb") as f:

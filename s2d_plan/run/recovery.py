@@ -10,19 +10,28 @@ before its executor died) and runs again as a new attempt.
 An attempt that ended but whose metrics file holds more than its committed offset (its
 executor could not commit the last batch: a full disk) gets the rest ingested here too,
 so the next run, with space, ingests exactly the missing lines.
+
+Cluster work outlives its executor (Slurm jobs; Ray's detached actors). Before the above,
+``reattach`` takes over every such attempt whose stage is in the new run's graph with
+the same cache key and is not forced: the new run continues the *same* attempt (same
+job, same attempt number, its metrics file tailed from the committed offset), and the
+dead run's row says where it went. Other cluster work a dead executor left is cancelled.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 from s2d_plan.contract import is_complete
 from s2d_plan.errors import HistoryError
 from s2d_plan.history.store import HistoryWriter, utcnow
 from s2d_plan.paths import attempt_file
 from s2d_plan.run import procs as _procs
+from s2d_plan.run.launchers import Slot
 
 STALE_HEARTBEAT_S = 60.0  # a RUNNING stage on another host counts as dead after this
 
@@ -94,3 +103,47 @@ def _ingest_rest(db: HistoryWriter, run_id: str, stage_id: str, attempt: int, ke
     while chunk:
         db.append_metrics(run_id, stage_id, attempt, key, chunk, tail.offset)
         chunk = tail.read(final=True)
+
+
+@dataclass(frozen=True)
+class Adopted:
+    """An attempt a dead executor left running on the cluster, now the new run's."""
+
+    run_id: str  # the dead executor's run
+    attempt: int
+    handle: Any  # the launcher's handle on the same job / actors
+    slot: Slot
+    start: dt.datetime | None
+    spec_path: Path
+    log_path: Path | None
+    metrics_path: Path
+    offset: int  # bytes of the metrics file the history already holds
+
+
+def reattach(db: HistoryWriter, launcher: Any, home: Path, keys: dict[str, str], forced: Collection[str],
+             new_run: str) -> tuple[dict[str, Adopted], list[str]]:
+    """Re-attach to (or cancel) the cluster attempts dead executors left RUNNING; returns
+    {stage id: Adopted} and one line per thing done."""
+    adopted: dict[str, Adopted] = {}
+    report = []
+    for (backend, ref, run_id, stage_id, attempt, key, nodes, gpus, start, log_path, metrics_path, offset,
+         executor_pid, host, heartbeat) in db.orphan_jobs():
+        if backend != launcher.name:
+            continue  # recover_stale marks it FAILED; another backend's work is not ours to touch
+        _refuse_if_alive(run_id, executor_pid, host, heartbeat)
+        slot = Slot(nodes=nodes, gpus_per_node=gpus or 0)
+        wanted = keys.get(stage_id) == key and stage_id not in forced and stage_id not in adopted
+        handle = launcher.attach(ref, slot) if wanted and metrics_path else None
+        if handle is None:
+            if launcher.cancel(ref):
+                report.append(f"{stage_id}: cancelled {backend} job {ref} left by a dead executor")
+            continue
+        adopted[stage_id] = Adopted(run_id, attempt, handle, slot, start,
+                                    attempt_file(home, run_id, stage_id, attempt, "spec.json"),
+                                    Path(log_path) if log_path else None, Path(metrics_path), int(offset))
+        why = f"executor died during the stage; its {backend} job {ref} ran on and run {new_run} re-attached to it"
+        # the metrics file is the new run's row's now: no leftover ingestion under the dead one
+        db.update_stage(run_id, stage_id, status="FAILED", end_time=utcnow(), error=why, metrics_path=None)
+        db.end_placements(run_id, stage_id, attempt, "REATTACHED", f"re-attached by run {new_run}")
+        report.append(f"{stage_id}: re-attached to {backend} job {ref} (attempt {attempt}) left running by run {run_id}")
+    return adopted, report

@@ -28,6 +28,7 @@ class StageState:
     tail: MetricTail | None = None
     slot: Slot = Slot()  # where the launcher put it (local GPU ids, or nodes x GPUs)
     retries: int = 0  # attempts restarted because their node was lost
+    avoid: set[str] = field(default_factory=set)  # nodes those lost attempts ran on
     started: float | None = None
     ended: float | None = None
     buffered: list[str] = field(default_factory=list)  # metric lines not yet in the history

@@ -7,10 +7,13 @@ one DuckDB writer, statuses, skipping dependants. A launcher only answers four q
 - ``allocate(stage, running)``: may this stage start now, and on what (a ``Slot``)?
 - ``start(job, slot)``: start it; returns a ``Handle`` (``poll``/``wait``/``signal``,
   ``placements``: the nodes it runs on, ``lost``: why, when the *infrastructure* failed
-  rather than the runner, which makes the attempt worth retrying elsewhere).
-- ``cancel(ref)``: cancel an attempt a dead executor left running (Ray actor names and
-  Slurm job ids are kept in the history's ``placements`` table). Re-attaching to it
-  instead is not done yet.
+  rather than the runner, which makes the attempt worth retrying elsewhere; ``note``:
+  what to say about the start). ``job.avoid`` names the nodes earlier attempts were
+  lost on: a launcher that can (Slurm's ``--exclude``) keeps the retry off them.
+- ``attach(ref, slot)``: a ``Handle`` on an attempt a dead executor left running (Ray
+  actor names and Slurm job ids are kept in the history's ``placements`` table), or
+  None when the cluster no longer has it; ``cancel(ref)`` ends one instead (the stage
+  is no longer in the graph, or is forced to run again).
 - ``check(home)``: fail early, before anything is submitted, when the cluster cannot be
   reached or its workers cannot see the home.
 
@@ -75,6 +78,7 @@ class Job:
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
     gpus_asked: int = 0
+    avoid: tuple[str, ...] = ()  # nodes earlier attempts were lost on (a retry keeps off them where it can)
 
 
 class Handle(Protocol):
@@ -82,6 +86,7 @@ class Handle(Protocol):
     ref: str  # what re-attaches to it: pid, actor name prefix, job id
     returncode: int | None
     lost: str | None
+    note: str | None  # something to say once the attempt started (a retry that could not avoid a node)
     placements: list[Placement]
 
     def poll(self) -> int | None: ...

@@ -22,6 +22,7 @@ class LocalHandle:
     """A runner's process group: ``subprocess.Popen`` plus what the executor asks of a handle."""
 
     lost = None  # a local process has no node to lose
+    note = None
 
     def __init__(self, proc: subprocess.Popen, argv: list[str], gpus: int):
         self.proc, self.argv = proc, argv
@@ -85,6 +86,9 @@ class LocalLauncher:
         nproc = len(slot.gpu_ids) if self.gpus else max(job.gpus_asked, 1)
         argv = stage_command(job.kind, job.spec_path, nproc)
         return LocalHandle(_procs.start(argv, job.log_path, env), argv, len(slot.gpu_ids))
+
+    def attach(self, ref: str, slot: Slot) -> None:
+        return None  # nothing to re-attach to: a local runner dies with its executor
 
     def cancel(self, ref: str) -> bool:
         return False  # a local runner dies with its executor (PR_SET_PDEATHSIG); recovery kills survivors

@@ -7,10 +7,19 @@ s2d_plan.run.launchers.node`` as its own process group, which execs the runner (
 torchrun / accelerate with ``--nnodes`` and node rank 0's address as the rendezvous).
 Logs and metrics go to the home on the shared filesystem, which the executor tails.
 
-Actors are *detached* and named ``<job name>-<rank>`` in the cluster's namespace, so a
-restarted executor finds them again (``cancel``; re-attaching is not done yet). A node that dies takes its actor with
-it: the call waiting on the runner raises, and the handle reports ``lost`` with Ray's
-cause, which makes the executor retry the stage elsewhere.
+Actors are *detached* and named ``<job name>-<rank>`` in the cluster's namespace, and
+their placement group is detached too, so they outlive the executor (a normal task or
+actor dies with its driver): a restarted executor finds them by the name kept in
+``placements`` and re-attaches (``attach``: a new handle waiting on the same runner
+processes). A node that dies takes its actor with it: the call waiting on the runner
+raises, and the handle reports ``lost`` with Ray's cause, which makes the executor retry
+the stage elsewhere.
+
+s2d-plan must be importable on every node (installed in the nodes' environment). The
+executor's settings (``remote_env``: S2D_*, HF_*, PYTHONPATH, ...) travel with each
+``start`` call, not as a job ``runtime_env``: with one, every stage actor needed a fresh
+worker process set up for that environment (about 1 s a stage here); without, Ray hands
+the actor a worker it already started.
 
 Ray is imported only when this launcher is used (``pip install 's2d-plan[cluster]'``).
 """
@@ -20,6 +29,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -41,8 +51,17 @@ def _ray():
 
 
 def ray_ip() -> str:
+    """This node's IP as Ray knows it, an IPv4-mapped IPv6 one (``::ffff:10.0.0.5``, what a
+    node that joined at ``[::ffff:HEAD]:PORT`` reports) in its IPv4 form: the form an
+    AF_INET socket binds and torchrun's rendezvous parses."""
+    import ipaddress
+
     import ray
-    return ray.util.get_node_ip_address()
+    ip = ray.util.get_node_ip_address()
+    try:
+        return str(getattr(ipaddress.ip_address(ip), "ipv4_mapped", None) or ip)
+    except ValueError:  # a host name
+        return ip
 
 
 class _NodeWorker:
@@ -55,7 +74,7 @@ class _NodeWorker:
     def where(self) -> dict:
         import ray
         ctx = ray.get_runtime_context()
-        return {"host": socket.gethostname(), "ip": ray.util.get_node_ip_address(),
+        return {"host": socket.gethostname(), "ip": ray_ip(),
                 "node_id": ctx.get_node_id(), "pid": os.getpid()}
 
     def free_port(self) -> int:
@@ -76,6 +95,7 @@ class _NodeWorker:
         from s2d_plan.run.launchers.node import build
         if self.proc is None and not self.idle:  # idempotent: a re-attaching executor may ask again
             os.environ.update(env)  # plugins (S2D_STAGE_PLUGINS) must be known to build the argv
+            sys.path[:0] = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
             argv = build(args)  # built here, not by a second Python: saves an interpreter start
             if argv is None:
                 self.idle = True  # a sampling stage runs on node rank 0 only
@@ -96,6 +116,7 @@ class RayHandle:
     """The actors of one attempt: poll them, signal them, release them."""
 
     pid = None
+    note = None
 
     def __init__(self, ray: Any, name: str, actors: list[Any], pg: Any, placements: list[Placement]):
         self.ray, self.ref, self.actors, self.pg = ray, name, actors, pg
@@ -149,7 +170,7 @@ def _probe_gcs(address: str) -> None:
         return
     host, _, port = address.rpartition(":")
     try:
-        socket.create_connection((host, int(port)), timeout=5.0).close()
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5.0).close()  # [IPv6]:PORT too
     except (OSError, ValueError) as exc:
         raise ClusterError(f"cannot reach the Ray cluster at {address!r}: {exc}; "
                            f"start it with `ray start --head` or fix compute.cluster.address") from None
@@ -178,8 +199,7 @@ class RayLauncher:
         try:
             if not ray.is_initialized():
                 ray.init(address=self.cluster.address, namespace=self.cluster.namespace,
-                         log_to_driver=False, logging_level="ERROR",
-                         runtime_env={"env_vars": remote_env()})
+                         log_to_driver=False, logging_level="ERROR")
         except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError ...
             raise ClusterError(f"cannot reach the Ray cluster at {self.cluster.address!r}: "
                                f"{' '.join(str(exc).split())[:300]}") from None
@@ -263,21 +283,44 @@ class RayLauncher:
                       for rank, w in enumerate(wheres)]
         return RayHandle(ray, job.name, actors, pg, placements)
 
-    def cancel(self, ref: str) -> bool:
-        """Kill the actors ``<ref>-<rank>`` and the placement group a dead executor left."""
-        found = False
+    def _actors(self, ref: str) -> list[Any]:
+        actors = []
         for rank in range(MAX_NODES):
             try:
-                actor = self.ray.get_actor(f"{ref}-{rank}", namespace=self.cluster.namespace)
+                actors.append(self.ray.get_actor(f"{ref}-{rank}", namespace=self.cluster.namespace))
             except ValueError:
                 break
+        return actors
+
+    def attach(self, ref: str, slot: Slot) -> RayHandle | None:
+        """A handle on the actors ``<ref>-<rank>`` a dead executor left, when every node's
+        actor is still alive (else they are cancelled, and None)."""
+        actors = self._actors(ref)
+        try:
+            wheres = self.ray.get([a.where.remote() for a in actors], timeout=CONNECT_TIMEOUT_S)
+        except self.ray.exceptions.RayError:
+            wheres = []
+        if not actors or len(wheres) != slot.nodes:
+            self.cancel(ref)
+            return None
+        try:
+            pg = self.ray.util.get_placement_group(ref)
+        except ValueError:
+            pg = None
+        placements = [Placement(f"{w['host']}:{w['node_id'][:8]}", slot.gpus_per_node, f"{ref}-{rank}")
+                      for rank, w in enumerate(wheres)]
+        return RayHandle(self.ray, ref, actors, pg, placements)
+
+    def cancel(self, ref: str) -> bool:
+        """Kill the actors ``<ref>-<rank>`` and the placement group a dead executor left."""
+        actors = self._actors(ref)
+        for actor in actors:
             self.ray.kill(actor)
-            found = True
         try:
             self.ray.util.remove_placement_group(self.ray.util.get_placement_group(ref))
         except ValueError:
             pass
-        return found
+        return bool(actors)
 
     def close(self) -> None:
         pass  # the connection ends with the process; detached actors are killed per attempt

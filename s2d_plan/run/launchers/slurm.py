@@ -10,7 +10,13 @@ the runner under torchrun / accelerate. Everything is an argv list (``sbatch``,
 State comes from ``squeue`` while the job is queued or running and from ``scontrol show
 job`` after (kept ``MinJobAge`` seconds; no accounting database needed). A job that ended
 NODE_FAIL, PREEMPTED, BOOT_FAIL or was cancelled by someone else is a lost node: the
-executor retries the stage, which resumes from its checkpoint on the shared filesystem.
+executor retries the stage, which resumes from its checkpoint on the shared filesystem,
+with ``--exclude`` naming the nodes that failed it while the partition has enough other
+responding nodes (otherwise the attempt's log and the executor say so, and Slurm may
+pick the same node again).
+
+A job outlives the executor that submitted it: a restarted executor re-attaches to it
+(``attach``, by the job id kept in ``placements``) and waits on it like on its own.
 """
 
 from __future__ import annotations
@@ -54,6 +60,25 @@ def job_info(job_id: str) -> dict[str, str]:
     return info
 
 
+def exclude_for_retry(avoid: Sequence[str], nodes: Sequence[str], needed: int) -> tuple[list[str], str | None]:
+    """The nodes a retry's ``--exclude`` names, and a note when it cannot name them: the
+    partition's other responding ``nodes`` are fewer than the ``needed`` nodes.
+
+    >>> exclude_for_retry(["n1"], ["n1", "n2"], 1)
+    (['n1'], None)
+    >>> exclude_for_retry(["n1"], ["n1"], 1)[1]
+    'no node but n1 to retry on (1 node(s) needed, 0 other responding): Slurm may pick n1 again'
+    """
+    avoid = sorted(set(avoid))
+    if not avoid:
+        return [], None
+    others = [n for n in dict.fromkeys(nodes) if n not in avoid]
+    if len(others) >= needed:
+        return avoid, None
+    return [], (f"no node but {', '.join(avoid)} to retry on ({needed} node(s) needed, {len(others)} other "
+                f"responding): Slurm may pick {', '.join(avoid)} again")
+
+
 def hostnames(nodelist: str) -> list[str]:
     if not nodelist or nodelist in ("(null)", "None"):
         return []
@@ -69,6 +94,7 @@ class SlurmHandle:
         self.lost: str | None = None
         self.placements: list[Placement] = []
         self.cancelled_by_us = False
+        self.note: str | None = None  # said once when the attempt starts (a retry that could not avoid a node)
         self._next_poll = 0.0
 
     def locate(self, wait_s: float) -> None:
@@ -163,18 +189,45 @@ class SlurmLauncher:
         nodes, per = split_nodes(stage.resources.gpus, self.cluster.gpus_per_node)
         return Slot(nodes=nodes, gpus_per_node=per)
 
-    def start(self, job: Job, slot: Slot) -> SlurmHandle:
+    def sbatch_argv(self, job: Job, slot: Slot, nodes: Sequence[str]) -> tuple[list[str], str | None]:
+        """The ``sbatch`` argv of an attempt (``nodes``: the partition's responding nodes,
+        read only for a retry), and a note when a retry cannot keep off the lost nodes."""
         argv = ["sbatch", "--parsable", f"--job-name={job.name}", f"--nodes={slot.nodes}", "--ntasks-per-node=1",
                 f"--output={job.log_path}", "--open-mode=append", "--no-requeue", *self._where()]
         if slot.gpus_per_node and self.cluster.gres:
             argv.append(f"--gres={self.cluster.gres}:{slot.gpus_per_node}")
+        exclude, note = exclude_for_retry(job.avoid, nodes, slot.nodes)
+        if exclude:
+            argv.append(f"--exclude={','.join(exclude)}")
         node = [sys.executable, "-m", "s2d_plan.run.launchers.node", "--kind", job.kind, "--spec", str(job.spec_path),
                 "--nproc", str(max(slot.gpus_per_node, 1)), "--nnodes", str(slot.nodes), "--slurm", "nodes"]
+        return [*argv, str(SCRIPT), *node], note
+
+    def start(self, job: Job, slot: Slot) -> SlurmHandle:
+        argv, note = self.sbatch_argv(job, slot, self._nodes() if job.avoid else [])
         job.log_path.parent.mkdir(parents=True, exist_ok=True)
-        r = _run([*argv, str(SCRIPT), *node])
+        if note:  # the job's output is appended after it
+            with open(job.log_path, "a") as log:
+                log.write(f"s2d-plan: retry after a lost node: {note}\n")
+        r = _run(argv)
         if r.returncode != 0:
             raise ClusterError(f"sbatch refused the stage: {r.stderr.strip()[:300]}")
         handle = SlurmHandle(r.stdout.strip().split(";")[0], job.name, slot)
+        handle.note = note
+        handle.locate(PLACE_WAIT_S)
+        return handle
+
+    def _nodes(self) -> list[str]:
+        """The partition's responding nodes (``sinfo -r``), by name."""
+        part = [f"--partition={self.cluster.partition}"] if self.cluster.partition else []
+        return _run(["sinfo", "-h", "-N", "-r", "-o", "%N", *part]).stdout.split()
+
+    def attach(self, ref: str, slot: Slot) -> SlurmHandle | None:
+        """The job a dead executor left, if Slurm still knows it (queued, running, or ended
+        within ``MinJobAge``: then its outcome is read as for our own)."""
+        if not job_info(ref).get("JobState"):
+            return None
+        handle = SlurmHandle(ref, ref, slot)
         handle.locate(PLACE_WAIT_S)
         return handle
 
