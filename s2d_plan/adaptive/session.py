@@ -163,9 +163,11 @@ class Session:
             if r and len(alive) < 2:
                 break
             row = self._find("pilot", round=r)
-            if row is None and self._spent() >= budget:
-                self._decide(Decision("prune", f"round {r}: the pilot budget ({budget:.3g} GPU-hours) is spent "
-                                      f"({self._spent():.3g}); no more pilots", evidence={"round": r, "stop": True}))
+            fixed = len(alive) * self._overhead()  # a round's start-ups and evals, as measured
+            if row is None and self._spent() + fixed >= budget:
+                self._decide(Decision("prune", f"round {r}: the pilot budget ({budget:.3g} GPU-hours) cannot pay "
+                                      f"another round ({self._spent():.3g} spent, {fixed:.3g} for its start-ups and "
+                                      "evals alone); no more pilots", evidence={"round": r, "stop": True}))
                 break
             row = row or self._pilot_round(r, alive, compiled, steps, budget)
             if row.evidence.get("failed"):
