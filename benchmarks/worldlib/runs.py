@@ -174,14 +174,16 @@ def _session_outcome(plan_home: Path, session: str, run_id: str) -> tuple[str | 
     from s2d_plan.history.read import query
 
     _, h = query("""SELECT sum(s.gpu_hours) FROM runs r JOIN stages s USING (run_id)
-                    WHERE json_extract_string(r.graph, '$.meta.adaptive.session') = ? AND s.status = 'FINISHED'""",
+                    WHERE json_extract_string(r.graph, '$.meta.adaptive.session') = ? AND s.status = 'FINISHED'
+                      -- pilots' evals are spent budget; the final run's own eval is not (as for every arm)
+                      AND NOT (json_extract_string(r.graph, '$.meta.adaptive.role') = 'final' AND s.kind = 'eval')""",
                  plan_home, [session])
-    # the final run's last training stage (its model may have been computed by a pilot: by cache key)
-    _, art = query("""SELECT a.uri FROM stages s JOIN artifacts a USING (cache_key)
-                      WHERE s.run_id = ? AND s.kind IN ('grpo', 'opd', 'fkl') AND s.status IN ('FINISHED', 'CACHED')
-                      ORDER BY s.end_time DESC, a.time DESC LIMIT 1""", plan_home, [run_id])
-    uri = art[0][0] if art else None
-    return (uri.removeprefix("file://") if uri else None), float(h[0][0] or 0.0)
+    # the final run's last training stage; its output (model/) may have been computed by a pilot
+    _, out = query("""SELECT output_dir FROM stages WHERE run_id = ? AND kind IN ('grpo', 'opd', 'fkl')
+                        AND status IN ('FINISHED', 'CACHED') AND output_dir IS NOT NULL
+                      ORDER BY position DESC LIMIT 1""", plan_home, [run_id])
+    model = Path(out[0][0]) / "model" if out else None
+    return (str(model) if model is not None and model.is_dir() else None), float(h[0][0] or 0.0)
 
 
 def _eval_model(world: World, seed: int, home: Path, sz, cache: Path, model: str, hours: float, session: str) -> str:
