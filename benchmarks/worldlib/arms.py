@@ -122,5 +122,29 @@ def graph_for(world: World, arm: str, seed: int, stages: list[dict], res: dict, 
     g = tw.graph_of(arm, seed, stages, res, models, sz)
     doc = json.loads(g.model_dump_json())
     doc["plan"] = PLAN
+    for st in doc["stages"]:  # the cost model's estimate: measured / estimated is what calibrate fits
+        st["estimated"] = {"gpu_hours": estimate(st, models, sz)}
     doc["meta"] = {**doc["meta"], "world": world.name, "world_spec": world.spec()}
     return StageGraph.model_validate(doc)
+
+
+def estimate(st: dict, models, sz: tw.Sizes) -> float:
+    """The planner's cost model for one arm stage (the tiny scale's prompt length, one CPU)."""
+    from s2d_plan.plan.registry import gpu_info
+    from s2d_plan.predict import costs
+
+    student, teacher = models[0], models[1]
+    cpu, p, kind = gpu_info("cpu"), st["params"], st["kind"]
+    model = teacher if st["policy"] in (teacher.name, "@teacher_grpo") else student
+    plen, new, pps = 24, sz.max_new, sz.prompts_per_step
+    if kind == "grpo":
+        est = costs.grpo_cost(model, cpu, 1, p["steps"] * pps, sz.group, plen, new, pps)
+    elif kind == "rollout":
+        est = costs.rollout_cost(model, cpu, 1, st["data"]["prompts"]["count"], plen, new)
+    elif kind == "fkl":
+        est = costs.fkl_cost(student, model, cpu, 1, sz.rollouts, 1.0, plen, new, False)
+    elif kind == "opd":
+        est = costs.opd_cost(student, teacher, cpu, 1, p["steps"] * pps, plen, new, pps)
+    else:
+        est = costs.eval_cost(model, cpu, 1, sz.eval_size, sz.eval_k + 1, plen, new)
+    return round(est.gpu_hours, 8)

@@ -85,13 +85,29 @@ def run_fixed(world: World, seed: int, home: Path, cache: Path, sz, arms: list[s
 
 
 def _execute(graph, home: Path) -> str:
-    return tw.execute(graph, home)
+    """tinyworld's execute; a run stopped by a signal (Ctrl-C, SIGTERM) stops the benchmark too."""
+    from s2d_plan.history.read import query
+
+    run_id = tw.execute(graph, home)
+    if query("SELECT status FROM runs WHERE run_id = ?", home, [run_id])[1] == [("KILLED",)]:
+        raise SystemExit(f"run {run_id} was stopped: the benchmark stops here (rerun to resume from the cache)")
+    return run_id
 
 
 # ---------------------------------------------------------------- the planner's policies
 
 
-def plan_yaml(world: World, home: Path, sz, cache: Path, adaptive: dict | None = None) -> Path:
+def policy_budget(world: World, home: Path, seed: int) -> float:
+    """The CPU-hours every policy gets: what the paper's recipe (f, else c, else b) MEASURED in
+    this world's history (its stage sizes were scaled to ``hours`` by per-step seconds measured
+    elsewhere, and shared cores run slower or faster), never less than ``hours``."""
+    hours = measured(home, world.name, seed)
+    spent = next((sum(hours[r].values()) for r in RECIPE_ORDER if hours.get(r)), 0.0)
+    return round(max(world.hours, spent), 5)
+
+
+def plan_yaml(world: World, home: Path, sz, cache: Path, adaptive: dict | None = None,
+              budget: float | None = None) -> Path:
     """plans/tinyworld.yaml pointed at this world: its models, labels, prompts, budget."""
     import yaml
 
@@ -105,7 +121,7 @@ def plan_yaml(world: World, home: Path, sz, cache: Path, adaptive: dict | None =
     plan["data"]["labeled"].update(source=str(wa.data / "labeled.jsonl"), size=max(world.labels, 1))
     plan["data"]["prompts"].update(source=str(wa.data / "prompts.jsonl"), size=world.prompts)
     plan["eval"][0].update(source=str(wa.data / "eval.jsonl"), size=sz.eval_size)
-    plan["compute"]["hours"] = world.hours
+    plan["compute"]["hours"] = budget or world.hours
     plan["pins"]["steps"] = {"teacher_grpo": sz.grpo_steps, "direct_grpo": sz.grpo_steps,
                              "student_grpo": sz.grpo_steps, "student_fkl": max(2, sz.rollouts // sz.fkl_batch),
                              "student_opd": sz.opd_steps}
@@ -133,7 +149,7 @@ def lowo_home(world: World, root: Path, others: list[str]) -> Path:
 
 def run_allocator(world: World, seed: int, home: Path, plan_home: Path, sz, cache: Path, tag: str) -> None:
     """The allocator's pick for the world (planned in ``plan_home``), trained and evaluated like every arm."""
-    plan = plan_yaml(world, plan_home, sz, cache)
+    plan = plan_yaml(world, plan_home, sz, cache, budget=policy_budget(world, home, seed))
     g = tw.recommended(plan, plan_home, seed, WorldArms(world, sz, seed, cache), tag)
     doc = json.loads(g.model_dump_json())
     doc["plan"] = PLAN
@@ -157,7 +173,8 @@ def run_adaptive(world: World, seed: int, home: Path, plan_home: Path, sz, cache
     if not adaptive_available():
         print("adaptive: not available in this checkout", flush=True)
         return None
-    plan = plan_yaml(world, plan_home, sz, cache, adaptive={"pilot_share": 0.12, "holdout": 64, "max_candidates": 4})
+    plan = plan_yaml(world, plan_home, sz, cache, adaptive={"pilot_share": 0.12, "holdout": 64, "max_candidates": 4},
+                     budget=policy_budget(world, home, seed))
     t0 = time.time()
     res = api.execute(plan, home=plan_home, adaptive=True)
     print(f"  [{world.name} seed {seed}] adaptive session {res.session}: exit {res.exit_code} in "

@@ -131,12 +131,12 @@ D1 = "difficulty=1,student=2x64@1500,teacher=4x128@2000,prompts=4096"
 # the table says which do. Base accuracies (held-out sampled avg@4): 2x64@1500 52.9% (the
 # shipped d1 student), 2x64@800 28.3%, 2x64@3000 61.4%, 3x64@1500 37.6%, 4x128@2000 63.1%.
 BUILTIN = {
-    "paper": f"{D1},labels=512,hours=0.02",  # the tinyworld setting: a strong teacher, a fair label set
-    "few-labels": f"{D1},labels=16,hours=0.02",  # almost no labels: distil from the raw teacher
-    "weak-student": "difficulty=1,student=2x64@800,teacher=4x128@2000,prompts=4096,labels=512,hours=0.02",
-    "strong-student": "difficulty=1,student=2x64@3000,teacher=4x128@2000,prompts=4096,labels=512,hours=0.02",
-    "weak-teacher": "difficulty=1,student=2x64@1500,teacher=3x64@1500,prompts=4096,labels=512,hours=0.02",
-    "tight": f"{D1},labels=512,hours=0.005",  # compute for little more than one short GRPO run
+    "paper": f"{D1},labels=512,hours=0.01",  # the tinyworld setting: a strong teacher, a fair label set
+    "few-labels": f"{D1},labels=16,hours=0.01",  # almost no labels: distil from the raw teacher
+    "weak-student": "difficulty=1,student=2x64@800,teacher=4x128@2000,prompts=4096,labels=512,hours=0.01",
+    "strong-student": "difficulty=1,student=2x64@3000,teacher=4x128@2000,prompts=4096,labels=512,hours=0.01",
+    "weak-teacher": "difficulty=1,student=2x64@1500,teacher=3x64@1500,prompts=4096,labels=512,hours=0.01",
+    "tight": f"{D1},labels=512,hours=0.0025",  # compute for little more than one short GRPO run
 }
 
 
