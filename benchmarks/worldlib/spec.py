@@ -13,8 +13,9 @@ Fields (all required but ``name``; order free; no spaces needed):
                 paper's recipe half on the teacher (Stage 1) and half held out for Stage 3
     prompts     unlabeled prompts for the bridge (teacher rollouts use the first half, OPD
                 the second)
-    hours       the CPU-hours of compute per pipeline: the paper's full recipe (arm f) is
-                sized to it, every policy gets it (pilots included)
+    hours       the compute scale in CPU-hours: the paper's full recipe (arm f) is sized to
+                it by per-step seconds measured in the d1 benchmark; every policy then gets
+                what f MEASURED in this world (at least ``hours``), pilots included
 
 A model ``LxH@S`` is the base world's own student or teacher when it matches its shape and
 steps, else a variant built by ``python -m tinyworld.variants`` under
