@@ -8,7 +8,7 @@ from pathlib import Path
 
 FIXED_ARMS = ("a", "a-matched", "b", "c", "d", "e", "f", "g")
 POLICIES = {  # policy -> the arm (run tag) that measures it
-    "always direct GRPO": ("a-matched", "a"),
+    "always direct GRPO": ("a-matched", "a", "base"),  # with no labels, direct GRPO leaves the student as is
     "always the paper's recipe": ("f", "c", "b"),
     "allocator (priors)": ("h-prior",),
     "allocator (calibrated on the other worlds)": ("h-lowo",),

@@ -138,6 +138,7 @@ BUILTIN = {
     "strong-student": "difficulty=1,student=2x64@3000,teacher=4x128@2000,prompts=4096,labels=512,hours=0.01",
     "weak-teacher": "difficulty=1,student=2x64@1500,teacher=3x64@1500,prompts=4096,labels=512,hours=0.01",
     "tight": f"{D1},labels=512,hours=0.0025",  # compute for little more than one short GRPO run
+    "no-labels": f"{D1},labels=0,hours=0.01",  # nothing to verify: only distillation from the raw teacher can help
 }
 
 
