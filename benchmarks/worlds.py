@@ -102,7 +102,7 @@ def in_parallel(worlds, a, phase: str) -> None:
     """Each world in its own process, ``--jobs`` at a time (each stage uses one or two threads)."""
     base = [sys.executable, __file__, "--home", str(a.home), "--phase", phase, "--seeds", *map(str, a.seeds),
             "--noise", str(a.noise), "--arms", *a.arms]
-    base += ["--extra-seeds", *map(str, a.extra_seeds)] if a.extra_seeds else []
+    base += ["--extra-seeds", *map(str, a.extra_seeds)]  # empty: none (the default is 1 2)
     base += ["--quick"] if a.quick else []
     base += ["--no-policies"] if a.no_policies else []
     base += [f"--eval-size={a.eval_size}"] if a.eval_size else []
