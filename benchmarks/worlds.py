@@ -100,7 +100,9 @@ def run_policies(world, a, home: Path, cache: Path, sz) -> None:
 
 def in_parallel(worlds, a, phase: str) -> None:
     """Each world in its own process, ``--jobs`` at a time (each stage uses one or two threads)."""
-    base = [sys.executable, __file__, "--home", str(a.home), "--phase", phase, "--seeds", *map(str, a.seeds),
+    # each world's own report goes under the home; the grid's report (after all) to --out
+    base = [sys.executable, __file__, "--home", str(a.home), "--out", str(a.home / "reports"), "--phase", phase,
+            "--seeds", *map(str, a.seeds),
             "--noise", str(a.noise), "--arms", *a.arms]
     base += ["--extra-seeds", *map(str, a.extra_seeds)]  # empty: none (the default is 1 2)
     base += ["--quick"] if a.quick else []
