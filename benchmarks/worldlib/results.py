@@ -95,9 +95,12 @@ def top_two(seeds: dict[str, dict[int, float]]) -> str:
     common = sorted(set(seeds[first]) & set(seeds[second]))
     d = [seeds[first][s] - seeds[second][s] for s in common]
     sd = statistics.stdev(d) if len(d) > 1 else float("nan")
-    within = len(d) < 2 or abs(statistics.mean(d)) < 2 * sd / len(d) ** 0.5
+    if len(d) < 2:
+        verdict = " - one seed: noise unknown"
+    else:  # two standard errors of the paired mean
+        verdict = " - within noise" if abs(statistics.mean(d)) < 2 * sd / len(d) ** 0.5 else f" - {first} wins"
     return (f"{first} - {second}: {statistics.mean(d):+.1f} points over seeds {common} (per seed "
-            f"{', '.join(f'{x:+.1f}' for x in d)}; sd {sd:.1f}){' - within noise' if within else ''}")
+            f"{', '.join(f'{x:+.1f}' for x in d)}; sd {sd:.1f}){verdict}")
 
 
 def table_text(cols: list[str], rows: list[tuple]) -> str:
