@@ -150,7 +150,8 @@ def report(worlds, a, t0: float) -> int:
     print("\n" + "\n".join(notes))
     a.out.mkdir(parents=True, exist_ok=True)
     tag = a.tag or ("quick" if a.quick else "grid" if len(worlds) > 1 else worlds[0].name)
-    header = f"{len(worlds)} world(s); seeds {a.seeds} (+{a.extra_seeds} where close); wall {time.time() - t0:.0f}s"
+    header = (f"{len(worlds)} world(s); seeds {a.seeds} (+{a.extra_seeds} where close); "
+              + ("table from the histories (--report-only)" if a.report_only else f"wall {time.time() - t0:.0f}s"))
     paths = res.write(a.out, tag, cols, rows, regret, notes, header)
     print("\nwrote " + ", ".join(str(p) for p in paths))
     return 0
