@@ -18,8 +18,9 @@ Fields (all required but ``name``; order free; no spaces needed):
                 what f MEASURED in this world (at least ``hours``), pilots included
 
 A model ``LxH@S`` is the base world's own student or teacher when it matches its shape and
-steps, else a variant built by ``python -m tinyworld.variants`` under
-``tinyworld-cache/models/LxH@S`` (``worlds.py`` says the exact command when one is missing).
+steps, else one shipped in ``tinyworld/pretrained/d1-variants/`` (the built-in grid's three:
+2x64@800, 2x64@3000, 3x64@1500, 2 MB), else a variant built by ``python -m tinyworld.variants``
+under ``tinyworld-cache/models/LxH@S`` (``worlds.py`` says the exact command when one is missing).
 """
 
 from __future__ import annotations
@@ -165,7 +166,8 @@ def model_path(world: World, m: ModelSpec) -> tuple[Path, dict]:
         own = info["models"][role]
         if (own["layers"], own["hidden"], own["steps"]) == (m.layers, m.hidden, m.steps):
             return base / role, own
-    path = MODELS / m.name
+    shipped = REPO / "tinyworld" / "pretrained" / f"d{world.difficulty}-variants" / m.name  # the built-in grid's
+    path = shipped if (shipped / "model.json").exists() else MODELS / m.name
     if not (path / "model.json").exists():
         raise WorldSpecError(
             f"model {m.name} is not built: run `python -m tinyworld.variants {base.relative_to(REPO)} "
