@@ -1,6 +1,6 @@
 """tinyworld: the reward-density principle reproduced end to end on a CPU (issue 6).
 
-    python benchmarks/tinyworld.py                 # 3 seeds, every arm (~40 min here, cores shared)
+    python benchmarks/tinyworld.py                 # 3 seeds, every arm (was ~39 min with 500 x avg@8 evals; now 256 x avg@4)
     python benchmarks/tinyworld.py --quick         # a 1-seed smoke run (~3 min once the world is built)
     python benchmarks/tinyworld.py --seeds 0 1 2 3 --difficulty 2
 
@@ -8,7 +8,8 @@ Arms, at equal labeled data (256 labels; Stage 3 adds 256 held-out labels):
 
     base        the student as pretrained (reference)
     a           direct GRPO on the student (GRPO_STEPS steps)
-    a-matched   direct GRPO on the student, as many steps as the bridge's OPD (compute-matched)
+    a-matched   direct GRPO on the student for the bridge's (c) measured CPU time (steps from
+                the history: c's time over a direct GRPO step's)
     b           bridge FKL->OPD from the raw (pre-RL) teacher
     c           teacher GRPO, then the bridge FKL->OPD
     d           (c) with forward-KL only        e  (c) with OPD only
@@ -65,7 +66,7 @@ class Sizes:
     # (plus 8 for the teacher references and a second allocator run) on two cores shared
     # with other jobs; a GRPO step is ~0.2 s on idle cores.
     grpo_steps: int = 64
-    matched_steps: int = 300  # a-matched: as many steps as the bridge's OPD (the probe's compute match)
+    matched_steps: int = 300  # a-matched when (a) or (c) is not measured; else matched in measured time
     grpo_lr: float = 1e-4
     rollouts: int = 2048  # teacher rollouts (one per prompt of the pool's first half)
     fkl_lr: float = 3e-4
@@ -73,8 +74,11 @@ class Sizes:
     opd_steps: int = 300
     opd_lr: float = 3e-4
     opd_prompts: int = 2048  # OPD's fresh prompts (the pool's second half)
-    eval_size: int = 500
-    eval_k: int = 8
+    # 256 problems x avg@4 (T=1): binomial sd of one arm's avg@4 is ~1.5-3 points (the first
+    # if samples were independent, the second if problems were all-or-nothing); 500 x avg@8
+    # made the evals most of a 39-minute run
+    eval_size: int = 256
+    eval_k: int = 4
     max_new: int = 40  # replaced by the world's (world.json max_new_tokens)
 
 
@@ -260,6 +264,26 @@ def execute(graph: StageGraph, home: Path) -> str:
     return r.run_id
 
 
+def matched_steps(home: Path, seed: int, sz: Sizes) -> int:
+    """Direct GRPO steps that cost what the bridge (c) cost in this seed: c's measured CPU time
+    over a direct GRPO step's measured time (arm a), both from the history."""
+    from s2d_plan.history.read import query
+
+    _, rows = query("""SELECT json_extract_string(r.graph, '$.meta.arm'), sum(done.h) FROM runs r JOIN stages s USING (run_id)
+                       JOIN (SELECT cache_key, max(gpu_hours) AS h FROM stages WHERE status = 'FINISHED'
+                             GROUP BY cache_key) done USING (cache_key)
+                       WHERE r.plan = 'tinyworld-bench' AND r.status = 'FINISHED' AND s.kind <> 'eval'
+                         AND CAST(json_extract(r.graph, '$.meta.seed') AS INT) = ?
+                         AND json_extract_string(r.graph, '$.meta.arm') IN ('a', 'c') GROUP BY ALL""", home, [seed])
+    hours = dict(rows)
+    if not hours.get("a") or not hours.get("c"):
+        return sz.matched_steps  # not measured: the probe's step count
+    steps = round(hours["c"] / (hours["a"] / sz.grpo_steps))
+    print(f"  a-matched, seed {seed}: {steps} GRPO steps = (c)'s {hours['c'] * 3600:.0f}s at "
+          f"{hours['a'] * 3600 / sz.grpo_steps:.2f}s per direct GRPO step", flush=True)
+    return max(steps, 2)
+
+
 def replay_steps(home: Path, seed: int, sz: Sizes) -> int:
     """OPD steps that cost what Stage 3 cost in this seed: Stage 3's measured CPU time over
     the bridge OPD's measured time per step (both from the history)."""
@@ -434,8 +458,12 @@ def plot(rows: list[tuple], cols: list[str], path: Path, title: str) -> None:
 def run_seed(world: Path, sz: Sizes, seed: int, models, home: Path, wanted: list[str]) -> None:
     arms = Arms(world, sz, seed)
     for arm, (stages, res) in arms.all().items():
-        if arm in wanted and arm != "g":
+        if arm in wanted and arm not in ("g", "a-matched"):
             execute(graph_of(arm, seed, stages, res, models, sz), home)
+    # matched in measured time (this seed's history), not in step counts
+    if "a-matched" in wanted:
+        stages, res = Arms(world, replace(sz, matched_steps=matched_steps(home, seed, sz)), seed).all()["a-matched"]
+        execute(graph_of("a-matched", seed, stages, res, models, sz), home)
     if "g" in wanted:
         stages, res = arms.all(replay_steps(home, seed, sz))["g"]
         execute(graph_of("g", seed, stages, res, models, sz), home)

@@ -173,3 +173,21 @@ def test_a_long_fit_reports_its_progress_and_draws_the_same_samples():
     watched = fit(paper_evidence(), progress=lambda step, steps: seen.append((step, steps)))
     assert [s for s, _ in seen] == list(range(1, STEPS + 1)) and {n for _, n in seen} == {STEPS}
     assert watched.samples_x == fit(paper_evidence()).samples_x
+
+
+def test_a_held_out_calibration_reads_only_the_homes_it_is_given(tmp_path):
+    """calibrate(home, sources=...): evidence from the source homes only, written to ``home``
+    (what leave-one-world-out planning in benchmarks/worlds.py needs)."""
+    a, b, target = tmp_path / "a", tmp_path / "b", tmp_path / "target"
+    for labels, steps in RUNS[:3]:
+        run(graph_for(labels, steps), a)
+    run(graph_for(*RUNS[3]), b)
+    doc = calibrate(target, sources=[a])
+    assert doc["fit"]["runs"] == 3 and (target / "calibration.json").exists()
+    assert not (a / "calibration.json").exists() and not (b / "calibration.json").exists()
+    assert len(load_calibration(target).evidence) == 3
+    both = calibrate(target, sources=[a, b])
+    assert both["fit"]["runs"] == 4 and len(load_calibration(target).evidence) == 4
+    assert both["fit"]["costs"]["stages"] == 4  # stage times of both homes
+    with pytest.raises(S2DError, match="has 1"):
+        calibrate(target, sources=[b])

@@ -54,8 +54,11 @@ def _chat(problem: str, answer_text: str | None = None) -> list[dict]:
     return msgs + ([{"role": "assistant", "content": answer_text}] if answer_text is not None else [])
 
 
-def pretrain(name: str, out: str, tok_dir: str, rows: list[dict], seed: int, fast: bool) -> dict:
-    """Train one model from scratch (runs in its own process, one thread)."""
+def pretrain(name: str, out: str, tok_dir: str, rows: list[dict], seed: int, fast: bool,
+             shape: tuple | None = None, save_at: dict[int, str] | None = None) -> dict:
+    """Train one model from scratch (runs in its own process, one thread). ``shape``: (layers,
+    hidden, steps, (lr, lr after LR_DROP)) instead of SHAPES[name]; ``save_at``: step -> folder
+    for checkpoints on the way (a weaker model of the same run, for free)."""
     import torch
     from transformers import AutoTokenizer
 
@@ -63,7 +66,7 @@ def pretrain(name: str, out: str, tok_dir: str, rows: list[dict], seed: int, fas
 
     torch.set_num_threads(1)
     torch.manual_seed(seed)
-    layers, hidden, steps, (lr0, lr1) = SHAPES[name]
+    layers, hidden, steps, (lr0, lr1) = shape or SHAPES[name]
     steps = FAST_STEPS[name] if fast else steps
     tok = AutoTokenizer.from_pretrained(tok_dir)
     model = tiny_qwen3(tok, layers, hidden, hidden * 4)
@@ -76,20 +79,15 @@ def pretrain(name: str, out: str, tok_dir: str, rows: list[dict], seed: int, fas
         for g in opt.param_groups:
             warm = min(1.0, (step + 1) / 50)
             g["lr"] = (lr0 if step < LR_DROP * steps else lr1) * warm
-        batch = rng.sample(rows, BATCH)
-        prompts = [tok.apply_chat_template(_chat(r["problem"]), tokenize=False, add_generation_prompt=True)
-                   for r in batch]
-        texts = [p + solution(r, rng, CORRUPT) + "<|im_end|>" for p, r in zip(prompts, batch)]
-        enc = tok(texts, return_tensors="pt", padding=True, padding_side="right", add_special_tokens=False)
-        labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
-        for i, p in enumerate(prompts):  # loss on the assistant turn only
-            labels[i, :len(tok(p, add_special_tokens=False)["input_ids"])] = -100
-        loss = model(**enc, labels=labels).loss
+        loss = _batch_loss(model, tok, rng.sample(rows, BATCH), rng)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad()
         loss_ema = loss.item() if loss_ema is None else 0.98 * loss_ema + 0.02 * loss.item()
+        if save_at and step + 1 in save_at:
+            model.save_pretrained(save_at[step + 1])
+            tok.save_pretrained(save_at[step + 1])
         if step % 250 == 0 or step == steps - 1:  # a line per 250 steps, terminal or pipe alike
             spent = time.time() - t0
             eta = spent / (step + 1) * (steps - step - 1)
@@ -99,6 +97,18 @@ def pretrain(name: str, out: str, tok_dir: str, rows: list[dict], seed: int, fas
     tok.save_pretrained(out)
     return {"layers": layers, "hidden": hidden, "steps": steps,
             "params": sum(p.numel() for p in model.parameters()), "seconds": round(time.time() - t0, 1)}
+
+
+def _batch_loss(model, tok, batch: list[dict], rng: random.Random):
+    """The LM loss of one batch of chat-formatted worked solutions, on the assistant turn only."""
+    prompts = [tok.apply_chat_template(_chat(r["problem"]), tokenize=False, add_generation_prompt=True)
+               for r in batch]
+    texts = [p + solution(r, rng, CORRUPT) + "<|im_end|>" for p, r in zip(prompts, batch)]
+    enc = tok(texts, return_tensors="pt", padding=True, padding_side="right", add_special_tokens=False)
+    labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+    for i, p in enumerate(prompts):
+        labels[i, :len(tok(p, add_special_tokens=False)["input_ids"])] = -100
+    return model(**enc, labels=labels).loss
 
 
 def max_new_tokens(difficulty: int) -> int:

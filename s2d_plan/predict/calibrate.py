@@ -31,7 +31,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from s2d_plan.errors import S2DError
 from s2d_plan.predict.calibration import load_calibration, write_calibration
@@ -200,12 +200,17 @@ def _cost_constants(old: dict[str, Any], cost_fit: dict[str, Any] | None) -> dic
 
 
 def calibrate(home: str | Path | None = None, min_runs: int = MIN_RUNS,
-              progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Fit, write ``<home>/calibration.json``, and return what was written plus a per-run table."""
+              progress: Callable[[int, int], None] | None = None,
+              sources: Sequence[str | Path] | None = None) -> dict[str, Any]:
+    """Fit, write ``<home>/calibration.json``, and return what was written plus a per-run table.
+
+    ``sources``: take the runs (outcome evidence and stage times) from these homes' histories
+    instead of ``home``'s, and write the calibration to ``home``: a held-out calibration, e.g.
+    one world planned with evidence from the other worlds only (benchmarks/worlds.py)."""
     from s2d_plan.paths import resolve_home
 
     home = resolve_home(home)
-    obs, skipped = observations(home)
+    obs, skipped = _observations_of(sources or [home])
     if len(obs) < min_runs:
         why = "; ".join(f"{n} run(s): {w}" for w, n in skipped.items())
         raise S2DError(f"calibrate needs at least {min_runs} finished runs with a measured final eval and the "
@@ -222,7 +227,7 @@ def calibrate(home: str | Path | None = None, min_runs: int = MIN_RUNS,
               "after": o.predicted(fitted)} for o in obs]
     old = in_force.raw or {}
     names = [n for n in updated.names if updated.narrowed(n) < 0.5]
-    cost_fit = fit_costs(home)
+    cost_fit = _merge_costs([fit_costs(resolve_home(h)) for h in (sources or [home])])
     cost_out = _cost_constants(old, cost_fit)
     fit = {"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "runs": len(obs),
            "metrics": sorted({o.metric for o in obs}), "fitted": names,
@@ -235,3 +240,34 @@ def calibrate(home: str | Path | None = None, min_runs: int = MIN_RUNS,
            "costs": cost_out, "fit": fit}
     path = write_calibration(home, doc)
     return {**doc, "table": table, "path": str(path)}
+
+
+def _observations_of(homes: Sequence[str | Path]) -> tuple[list[Observation], dict[str, int]]:
+    """Observations of several histories together (run ids are unique across homes)."""
+    obs: list[Observation] = []
+    skipped: dict[str, int] = {}
+    for h in homes:
+        o, s = observations(h)
+        obs += o
+        for why, n in s.items():
+            skipped[why] = skipped.get(why, 0) + n
+    return obs, skipped
+
+
+def _merge_costs(fits: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """Per-home cost fits as one: ratios weighted by stage counts (the pooled factor likewise)."""
+    fits = [f for f in fits if f]
+    if len(fits) <= 1:
+        return fits[0] if fits else None
+    kinds: dict[str, list[float]] = {}
+    for f in fits:
+        for kind, v in f["by_kind"].items():
+            acc = kinds.setdefault(kind, [0.0, 0])
+            acc[0] += v["ratio"] * v["stages"]
+            acc[1] += v["stages"]
+    stages = sum(f["stages"] for f in fits)
+    pooled = sum(f["factor"] * f["stages"] for f in fits) / stages
+    by_kind = {k: {"ratio": round(a[0] / a[1], 4), "stages": a[1], "fitted": a[1] >= MIN_KIND_STAGES,
+                   "factor": round(a[0] / a[1] if a[1] >= MIN_KIND_STAGES else pooled, 4)}
+               for k, a in sorted(kinds.items())}
+    return {"factor": round(pooled, 4), "stages": stages, "min_stages": MIN_KIND_STAGES, "by_kind": by_kind}
