@@ -218,6 +218,11 @@ def _reading(d: dict[str, Any], old: str, new: str) -> dict[str, Any]:
 # ---------------------------------------------------------------- evidence
 
 
+def refs_of(trail: list[Any]) -> dict[str, float]:
+    """Holdout accuracy of the untrained models, as the session's first pilot round measured it."""
+    return dict(next((d.evidence["refs"] for d in trail if d.kind == "pilot" and d.evidence.get("refs")), {}))
+
+
 def datum(ctx: Context, group: str, teacher: str | None, pilot: dict[str, Any], steps: int, acc: float,
           refs: dict[str, float], problems: int) -> Datum:
     """A pilot measurement as evidence for the outcome posterior; ``refs``: holdout

@@ -24,9 +24,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from s2d_plan.adaptive import pilots as P
+from s2d_plan.adaptive.rounds import PilotRounds, SessionStopped
 from s2d_plan.allocate.allocator import Context, SearchResult, allocate
 from s2d_plan.allocate.explain import graph_meta
 from s2d_plan.compiler import compile_graph, compile_stages
+from s2d_plan.errors import InfeasibleError
 from s2d_plan.graph import StageGraph
 from s2d_plan.history.decisions import Decision, open_session, record, trail
 from s2d_plan.history.read import query
@@ -34,10 +36,8 @@ from s2d_plan.paths import resolve_home
 from s2d_plan.plan.spec import load_plan
 from s2d_plan.predict.calibration import load_calibration
 from s2d_plan.predict.evidence import load_rates
-from s2d_plan.predict.posterior import datum_from_json, datum_to_json, paper_evidence, posterior_for
-from s2d_plan.run.executor import RunResult, execute_graph
-
-MAX_PILOT_STEPS = 10_000
+from s2d_plan.predict.posterior import datum_from_json, paper_evidence, posterior_for
+from s2d_plan.run.executor import execute_graph
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def execute_adaptive(plan: str | Path, home: str | Path | None = None, display: 
     return Session(spec, P.training_spec(spec, holdout), resolve_home(home), holdout, display, say).run()
 
 
-class Session:
+class Session(PilotRounds):
     def __init__(self, spec: Any, tspec: Any, home: Path, holdout: int, display: Any, say: Callable[[str], None]):
         self.spec, self.home, self.holdout, self.display, self.say = spec, home, holdout, display, say
         self.key = session_key(spec)
@@ -91,6 +91,13 @@ class Session:
 
     # -- the session -------------------------------------------------------------------
     def run(self) -> AdaptiveResult:
+        try:
+            return self._run()
+        except SessionStopped as stop:
+            self.say(f"adaptive: session {self.sid} stopped ({stop.result.status}); run the same command to resume it")
+            return self._result(stop.result.run_id, stop.result.status, stop.result.exit_code)
+
+    def _run(self) -> AdaptiveResult:
         done = self._find("finished")
         if done is not None:
             self.say(f"adaptive: session {self.sid} already finished (run {done.run_id})")
@@ -119,7 +126,60 @@ class Session:
             return self._decide_final(self.ctx, result, why, {})
         ctx, result, done = self._race(groups, {g: next(o.alloc for o in race if self._group(o.alloc) == g)
                                                 for g in groups})
-        return self._decide_final(ctx, result, "after pilots", done)
+        if result is None:
+            return self._salvage(done)
+        result, why = self._with_floors(result, done)
+        return self._decide_final(ctx, result, why, done)
+
+    def _with_floors(self, result: SearchResult, piloted: dict) -> tuple[SearchResult, str]:
+        """Rank the re-planned candidates by the larger of their predicted mean and what
+        their pilot already measured: a candidate that continues a pilot's student starts
+        from it, so its measured holdout accuracy is a floor the closed forms may miss."""
+        acc: dict[str, float] = {}
+        for d in self.trail:
+            if d.kind == "pilot":
+                acc.update(d.evidence.get("accuracy") or {})
+        finals = [result.best] + result.alternatives + ([result.baseline] if result.baseline else [])
+        finals = list({a.structure.label: a for a in finals}.values())
+
+        def floor(a: Any) -> float | None:
+            g = self._group(a)
+            return acc.get(g) if g in piloted and g and P.kind_of(g) in ("student", "bridge") else None
+
+        def value(a: Any) -> float:
+            return max(a.prediction.mean or a.prediction.value, floor(a) or 0.0)
+
+        ranked = sorted(finals, key=lambda a: -value(a))
+        best = ranked[0]
+        why = "after pilots"
+        if best is not result.best:
+            why += (f"; its pilot measured {floor(best):.1%} on the holdout, above the "
+                    f"{result.best.prediction.mean:.1%} predicted for {result.best.structure.label}")
+        return replace(result, best=best, alternatives=[a for a in ranked[1:] if not a.structure.direct]), why
+
+    def _salvage(self, piloted: dict[str, list[dict[str, Any]]]) -> Decision:
+        """The pilots left less than any allocation needs: the best student a pilot trained
+        (by its holdout accuracy, if above the untrained student's) is the result, as it stands."""
+        acc: dict[str, float] = {}
+        for d in self.trail:
+            if d.kind == "pilot":
+                acc.update(d.evidence.get("accuracy") or {})
+        refs = P.refs_of(self.trail)
+        students = {g: a for g, a in acc.items() if P.kind_of(g) in ("student", "bridge") and g in piloted}
+        g = max(students, key=students.get, default=None)
+        if g is None or students[g] <= refs.get("student", 1.0):
+            g = None
+        stages = list(piloted[g]) if g else []
+        policy = "@" + stages[-1]["id"] if stages else self._student()
+        ev = dict(self.eval_template, policy=policy, needs=[stages[-1]["id"]] if stages else [])
+        chosen = f"pilot {g} as it stands" if g else "no training (student as is)"
+        doc = {"plan": self.spec.name, "plan_hash": self.spec.hash(), "stages": stages + [ev],
+               "cluster": self.spec.compute.cluster, "meta": {"adaptive": {"session": self.sid, "role": "final"},
+                                                              "structure": chosen}}
+        return self._decide(Decision("choose", f"{chosen}: the pilots left {self.ctx.budget - self._spent():.3g} "
+                                     f"GPU-hours, short of any allocation ({self.short})", chosen=chosen,
+                                     evidence={"graph": json.loads(StageGraph.model_validate(doc).model_dump_json()),
+                                               "budget_left": self.ctx.budget - self._spent()}))
 
     def _decide_final(self, ctx: Context, result: SearchResult, why: str,
                       piloted: dict[str, list[dict[str, Any]]]) -> Decision:
@@ -144,6 +204,8 @@ class Session:
         self.say(f"adaptive: running the choice, {choice.chosen}")
         r = execute_graph(graph, self.home, display=self.display)
         self.runs.append(r.run_id)
+        if r.status == "KILLED":
+            raise SessionStopped(r)
         self._decide(Decision("finished", f"final run {r.run_id} {r.status}", run_id=r.run_id,
                               evidence={"status": r.status}))
         return self._result(r.run_id, r.status, r.exit_code)
@@ -158,7 +220,8 @@ class Session:
         budget = self.spec.adaptive.pilot_share * self.ctx.budget
         alive, data, steps = list(groups), [], {g: [] for g in groups}
         compiled = {g: compile_stages(self.ctx, a) for g, a in reps.items()}
-        ctx, result = self.ctx, None
+        self.eval_template = json.loads(next(st for st in compiled[groups[0]] if st.kind == "eval").model_dump_json())
+        ctx, result, ran = self.ctx, None, False
         for r in range(self.spec.adaptive.rounds):
             if r and len(alive) < 2:
                 break
@@ -176,9 +239,14 @@ class Session:
                 steps[g].append(row.evidence["steps"][g])
             data += [datum_from_json(d) for d in row.evidence["data"]]
             ctx, result = self._replan(data)
+            ran = True
+            if result is None:
+                break
             alive = self._prune(r, alive, result, budget)
         piloted = {g: P.pilot_stages(compiled[g], g, self._student(), steps[g]) for g in groups if steps[g]}
-        return ctx, result if result is not None else allocate(ctx), piloted
+        if not ran:
+            result = allocate(ctx)
+        return ctx, result, piloted
 
     def _replan(self, data: list) -> tuple[Context, SearchResult]:
         """The allocation for what is left of the budget, under the posterior with the
@@ -187,7 +255,11 @@ class Session:
         left = max(self.ctx.budget - self._spent(), 1e-9)
         ctx = replace(self.ctx, budget=left, posterior=P.rescaled(self.ctx.post, speeds), notes=[])
         self.speeds = speeds
-        return ctx, allocate(ctx)
+        try:
+            return ctx, allocate(ctx)
+        except InfeasibleError as e:  # the pilots spent (nearly) all of it
+            self.short = str(e)
+            return ctx, None
 
     def _prune(self, r: int, alive: list[str], result: SearchResult, budget: float) -> list[str]:
         finals = [result.best] + result.alternatives + ([result.baseline] if result.baseline else [])
@@ -211,117 +283,3 @@ class Session:
 
     def _spent(self) -> float:
         return sum(d.evidence.get("gpu_hours", 0.0) for d in self.trail if d.kind == "pilot")
-
-    # -- one pilot round ---------------------------------------------------------------
-    def _pilot_round(self, r: int, alive: list[str], compiled: dict, steps: dict, budget: float) -> Decision:
-        n = {g: self._steps(r, g, alive, compiled[g], steps[g], budget) for g in alive}
-        stages = self._round_stages(r, alive, compiled, steps, n)
-        graph = StageGraph.model_validate({
-            "plan": self.spec.name, "stages": stages, "cluster": None,
-            "meta": {"adaptive": {"session": self.sid, "role": "pilot", "round": r},
-                     "structure": f"pilot round {r}: " + ", ".join(f"{g} +{n[g]} steps" for g in alive)}})
-        self.say(f"adaptive: pilot round {r}: " + ", ".join(f"{g} +{n[g]} steps" for g in alive))
-        res = execute_graph(graph, self.home, display=self.display)
-        self.runs.append(res.run_id)
-        return self._decide(self._measured(r, alive, compiled, steps, n, res))
-
-    def _steps(self, r: int, g: str, alive: list[str], compiled: list, done: list[int], budget: float) -> int:
-        """Steps this round adds to group ``g``: its share of the round's budget at the
-        cost per step measured so far (the cost model's before the first round). Not capped
-        by the candidate's own steps: a candidate the priors sized small (because they
-        expect nothing of it) is exactly one whose response a pilot must measure."""
-        first = P._first_stage(compiled, g)
-        planned = first["estimated"]["gpu_hours"] / max(int(first["params"]["steps"]), 1)
-        per_step = self._measured_per_step(g) or planned
-        rounds_left = self.spec.adaptive.rounds - r
-        share = (budget - self._spent()) / rounds_left / len(alive) - self._overhead()
-        want = int(share / max(per_step, 1e-12))
-        return max(self.ctx.min_steps, min(want, MAX_PILOT_STEPS))
-
-    def _measured_per_step(self, g: str) -> float | None:
-        """GPU-hours per added step of ``g``'s pilot, start-up excluded (from the pilots so far)."""
-        rows = [(d.evidence["stage_hours"].get(g), d.evidence["steps"].get(g)) for d in self.trail
-                if d.kind == "pilot" and d.evidence.get("stage_hours")]
-        hours = sum(max(h - self._overhead() / 2, 0.0) for h, s in rows if h and s)
-        n = sum(s for h, s in rows if h and s)
-        return hours / n if n and hours else None
-
-    def _overhead(self) -> float:
-        """A pilot's fixed cost per round beyond its steps, measured: its holdout eval (a
-        process start-up plus the eval), and as much again for the training stage's start-up."""
-        evals = [h for d in self.trail if d.kind == "pilot" for h in (d.evidence.get("eval_hours") or {}).values()]
-        return 2 * sum(evals) / len(evals) if evals else 0.0
-
-    def _round_stages(self, r: int, alive: list[str], compiled: dict, steps: dict, n: dict) -> list[dict]:
-        lab = self.spec.data.labeled
-        src = {"source": self.spec.resolve_path(lab.source), "problem_field": lab.problem_field,
-               "answer_field": lab.answer_field, "split": lab.split}
-        offset = lab.size - self.holdout
-        template = json.loads(next(s for s in compiled[alive[0]] if s.kind == "eval").model_dump_json())
-        out: list[dict] = []
-        if r == 0:
-            out.append(P.holdout_eval("pilot_ref_student", self._student(), [], template, src, offset, self.holdout))
-            for t in dict.fromkeys(self._teacher(g) for g in alive if g != "student"):
-                out.append(P.holdout_eval(f"pilot_ref_teacher{list(self.ctx.teachers).index(t)}",
-                                          self.spec.resolve_path(t), [], template, src, offset, self.holdout))
-        for g in alive:
-            chain = P.pilot_stages(compiled[g], g, self._student(), steps[g] + [n[g]])
-            out += chain
-            out.append(P.holdout_eval(f"pilot_eval_{g}_{r}", "@" + chain[-1]["id"], [chain[-1]["id"]], template,
-                                      src, offset, self.holdout))
-        return out
-
-    def _teacher(self, g: str) -> str:
-        """The teacher a group's pilot involves (the plan's first, or the one its index names)."""
-        digits = g[len(P.kind_of(g)):]
-        return list(self.ctx.teachers)[int(digits or 0)]
-
-    def _measured(self, r: int, alive: list[str], compiled: dict, steps: dict, n: dict, res: RunResult) -> Decision:
-        _, rows = query("""SELECT s.stage_id, s.status, coalesce(s.gpu_hours, 0), max(m.value)
-                           FROM stages s LEFT JOIN metrics_latest m ON m.stage_id = s.stage_id
-                                AND m.cache_key = s.cache_key AND m.key LIKE 'eval/holdout/avg@%'
-                           WHERE s.run_id = ? GROUP BY ALL""", self.home, [res.run_id])
-        by = {sid: (status, hours, acc) for sid, status, hours, acc in rows}
-        hours = sum(h for _, h, _ in by.values())
-        if res.exit_code:
-            return Decision("pilot", f"round {r} failed ({res.status}): choosing on what the pilots measured so far",
-                            run_id=res.run_id, evidence={"round": r, "failed": True, "gpu_hours": hours,
-                                                         "errors": list(res.failures)[:3]})
-        refs = self._refs(by)
-        data, acc, curves = [], {}, {}
-        for g in alive:
-            acc[g] = by[f"pilot_eval_{g}_{r}"][2]
-            chain = P.pilot_stages(compiled[g], g, self._student(), steps[g] + [n[g]])
-            total = sum(steps[g]) + n[g]
-            data.append(datum_to_json(P.datum(self.ctx, g, self._teacher(g) if g != "student" else None, chain[-1],
-                                              total, acc[g], refs, self.holdout)))
-            curves[g] = self._curve(g, total, acc[g], refs)
-        why = f"round {r}: holdout " + ", ".join(f"{g} {acc[g]:.1%} after {sum(steps[g]) + n[g]} steps" for g in alive)
-        why += " (untrained: " + ", ".join(f"{P.short(k)} {v:.1%}" for k, v in refs.items()) + ")"
-        return Decision("pilot", why + f"; {hours:.3g} GPU-hours", run_id=res.run_id, evidence={
-            "round": r, "steps": n, "accuracy": acc, "refs": refs, "data": data, "curves": curves,
-            "gpu_hours": hours, "stage_hours": {g: by[f"pilot_{g}_{r}"][1] for g in alive},
-            "eval_hours": {g: by[f"pilot_eval_{g}_{r}"][1] for g in alive}})
-
-    def _refs(self, by: dict) -> dict[str, float]:
-        """Holdout accuracy of the untrained student and teachers (measured in round 0)."""
-        refs = dict(next((d.evidence["refs"] for d in self.trail if d.kind == "pilot" and d.evidence.get("refs")), {}))
-        got = by.get("pilot_ref_student")
-        if got and got[2] is not None:
-            refs["student"] = got[2]
-        for sid, (_, _, acc) in by.items():
-            if sid.startswith("pilot_ref_teacher") and acc is not None:
-                refs[list(self.ctx.teachers)[int(sid[len("pilot_ref_teacher"):])]] = acc
-        return refs
-
-    def _curve(self, g: str, total: int, acc: float, refs: dict) -> dict | None:
-        points, cum = [], 0
-        for d in self.trail:
-            if d.kind == "pilot" and g in d.evidence.get("accuracy", {}):
-                cum += d.evidence["steps"][g]
-                points.append((cum, d.evidence["accuracy"][g]))
-        points.append((total, acc))
-        per_step = self._measured_per_step(g)  # at: the steps the plan's whole budget would buy
-        at = min(self.ctx.budget / per_step, MAX_PILOT_STEPS) if per_step else 4.0 * total
-        base = refs["student"] if P.kind_of(g) in ("student", "bridge") else refs[self._teacher(g)]
-        return P.sigmoid_curve(points, base, at)
