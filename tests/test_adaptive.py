@@ -84,6 +84,16 @@ def test_splice_continues_the_pilot_and_drops_a_stage_it_finished():
     out = P.splice(short, pilots, "teacher", 2)  # 9 - 8 = 1 step left: the pilot is the stage
     assert [d["id"] for d in out] == ["pilot_teacher_0", "pilot_teacher_1", "student_opd"]
     assert out[2]["teacher"] == "@pilot_teacher_1" and out[2]["needs"] == ["pilot_teacher_1"]
+    rollouts = {"id": "teacher_rollouts", "kind": "rollout", "policy": "T", "needs": [], "data": {}, "params": {}}
+    out = P.splice([rollouts] + short, pilots, "teacher", 2)  # stages before the piloted one appear once
+    assert [d["id"] for d in out] == ["pilot_teacher_0", "pilot_teacher_1", "teacher_rollouts", "student_opd"]
+
+
+def test_a_raw_bridge_continues_its_pilot_only_when_it_is_opd_alone():
+    assert P.continues(Structure("t", False, "opd"), "bridge")
+    assert not P.continues(Structure("t", False, "fkl+opd"), "bridge")  # its OPD starts after FKL
+    assert P.continues(Structure("t", True, "fkl+opd", stage3=True), "teacher")
+    assert P.continues(Structure(direct=True), "student") and not P.continues(Structure(), None)
 
 
 def test_sigmoid_curve_recovers_a_saturating_curve():

@@ -209,10 +209,14 @@ def _session_outcome(plan_home: Path, session: str, run_id: str) -> tuple[str | 
     """The final run's last trained model (path) and the session's measured CPU-hours, all runs."""
     from s2d_plan.history.read import query
 
-    _, h = query("""SELECT sum(s.gpu_hours) FROM runs r JOIN stages s USING (run_id)
-                    WHERE json_extract_string(r.graph, '$.meta.adaptive.session') = ? AND s.status = 'FINISHED'
+    _, h = query("""SELECT sum(hours) FROM (
+                    SELECT DISTINCT s.cache_key, done.hours FROM runs r JOIN stages s USING (run_id)
+                    JOIN (SELECT cache_key, max(gpu_hours) AS hours FROM stages WHERE status = 'FINISHED'
+                          GROUP BY cache_key) done USING (cache_key)  -- a cached stage costs what it cost
+                    WHERE json_extract_string(r.graph, '$.meta.adaptive.session') = ?
+                      AND s.status IN ('FINISHED', 'CACHED')
                       -- pilots' evals are spent budget; the final run's own eval is not (as for every arm)
-                      AND NOT (json_extract_string(r.graph, '$.meta.adaptive.role') = 'final' AND s.kind = 'eval')""",
+                      AND NOT (json_extract_string(r.graph, '$.meta.adaptive.role') = 'final' AND s.kind = 'eval'))""",
                  plan_home, [session])
     # the final run's last training stage; its output (model/) may have been computed by a pilot
     _, out = query("""SELECT output_dir FROM stages WHERE run_id = ? AND kind IN ('grpo', 'opd', 'fkl')

@@ -76,6 +76,14 @@ def group_of(s: Structure, teachers: list[str] | None = None) -> str | None:
     return None  # no training, or a sequence-level bridge (no short prefix to pilot)
 
 
+def continues(s: Structure, group: str | None) -> bool:
+    """Whether a structure's first stage is the group's pilot continued (so it can start
+    from the pilot's checkpoint): a raw bridge only when it is OPD alone."""
+    kind = kind_of(group or "")
+    return bool(group) and ((kind == "student" and s.direct) or (kind == "teacher" and s.teacher_rl) or
+                            (kind == "bridge" and not s.teacher_rl and s.bridge == "opd"))
+
+
 def kind_of(group: str) -> str:
     return group.rstrip("0123456789")
 
@@ -199,7 +207,8 @@ def splice(final: list[dict[str, Any]], pilots: list[dict[str, Any]], group: str
             continue
         left = int(d["params"]["steps"]) - done
         if left < min_steps:
-            return out + [_reading(x, sid, last) for x in final if x["id"] != sid]
+            return [json.loads(json.dumps(p)) for p in pilots] + [_reading(x, sid, last) for x in final
+                                                                   if x["id"] != sid]
         d = dict(d, policy="@" + last, needs=sorted(set(d["needs"]) - {sid} | {last}))
         d["params"] = dict(d["params"], steps=left, save_steps=max(left // 4, 1))
         if d["data"].get("prompts"):

@@ -95,15 +95,22 @@ class PilotRounds:
         return list(self.ctx.teachers)[int(digits or 0)]
 
     def _measured(self, r: int, alive: list[str], compiled: dict, steps: dict, n: dict, res: RunResult) -> Decision:
-        _, rows = query("""SELECT s.stage_id, s.status, coalesce(s.gpu_hours, 0), max(m.value)
-                           FROM stages s LEFT JOIN metrics_latest m ON m.stage_id = s.stage_id
+        # a cached stage costs what its producing attempt cost: a re-run session spends (and
+        # sizes its next round) as the first did, so it makes the same decisions
+        _, rows = query("""SELECT s.stage_id, s.cache_key, coalesce(p.hours, s.gpu_hours, 0), max(m.value)
+                           FROM stages s
+                           LEFT JOIN (SELECT cache_key, max(gpu_hours) AS hours FROM stages
+                                      WHERE status = 'FINISHED' GROUP BY cache_key) p USING (cache_key)
+                           LEFT JOIN metrics_latest m ON m.stage_id = s.stage_id
                                 AND m.cache_key = s.cache_key AND m.key LIKE 'eval/holdout/avg@%'
                            WHERE s.run_id = ? GROUP BY ALL""", self.home, [res.run_id])
-        by = {sid: (status, hours, acc) for sid, status, hours, acc in rows}
-        hours = sum(h for _, h, _ in by.values())
+        by = {sid: (key, hours, acc) for sid, key, hours, acc in rows}
+        seen = {k for d in self.trail if d.kind == "pilot" for k in d.evidence.get("keys", [])}
+        keys = sorted({key for key, _, _ in by.values()} - seen)  # a round pays for what earlier rounds did not
+        hours = sum(h for key, h, _ in by.values() if key in keys)
         if res.exit_code:
             return Decision("pilot", f"round {r} failed ({res.status}): choosing on what the pilots measured so far",
-                            run_id=res.run_id, evidence={"round": r, "failed": True, "gpu_hours": hours,
+                            run_id=res.run_id, evidence={"round": r, "failed": True, "gpu_hours": hours, "keys": keys,
                                                          "errors": list(res.failures)[:3]})
         refs = self._refs(by)
         data, acc, curves = [], {}, {}
@@ -117,7 +124,7 @@ class PilotRounds:
         why = f"round {r}: holdout " + ", ".join(f"{g} {acc[g]:.1%} after {sum(steps[g]) + n[g]} steps" for g in alive)
         why += " (untrained: " + ", ".join(f"{P.short(k)} {v:.1%}" for k, v in refs.items()) + ")"
         return Decision("pilot", why + f"; {hours:.3g} GPU-hours", run_id=res.run_id, evidence={
-            "round": r, "steps": n, "accuracy": acc, "refs": refs, "data": data, "curves": curves,
+            "round": r, "steps": n, "accuracy": acc, "refs": refs, "data": data, "curves": curves, "keys": keys,
             "gpu_hours": hours, "stage_hours": {g: by[f"pilot_{g}_{r}"][1] for g in alive},
             "eval_hours": {g: by[f"pilot_eval_{g}_{r}"][1] for g in alive}})
 

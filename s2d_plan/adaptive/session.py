@@ -144,7 +144,8 @@ class Session(PilotRounds):
 
         def floor(a: Any) -> float | None:
             g = self._group(a)
-            return acc.get(g) if g in piloted and g and P.kind_of(g) in ("student", "bridge") else None
+            ok = g in piloted and P.kind_of(g) in ("student", "bridge") and P.continues(a.structure, g)
+            return acc.get(g) if ok else None
 
         def value(a: Any) -> float:
             return max(a.prediction.mean or a.prediction.value, floor(a) or 0.0)
@@ -152,9 +153,9 @@ class Session(PilotRounds):
         ranked = sorted(finals, key=lambda a: -value(a))
         best = ranked[0]
         why = "after pilots"
-        if best is not result.best:
+        if best.structure.label != result.best.structure.label and floor(best) is not None:
             why += (f"; its pilot measured {floor(best):.1%} on the holdout, above the "
-                    f"{result.best.prediction.mean:.1%} predicted for {result.best.structure.label}")
+                    f"{value(result.best):.1%} expected of {result.best.structure.label}")
         return replace(result, best=best, alternatives=[a for a in ranked[1:] if not a.structure.direct]), why
 
     def _salvage(self, piloted: dict[str, list[dict[str, Any]]]) -> Decision:
@@ -187,7 +188,7 @@ class Session(PilotRounds):
         graph = compile_graph(ctx, result, graph_meta(ctx, result))
         stages = [json.loads(s.model_dump_json()) for s in graph.stages]
         group = self._group(best)
-        if group in piloted:
+        if group in piloted and P.continues(best.structure, group):
             stages = P.splice(stages, piloted[group], group, ctx.min_steps)
             why += f"; its first stage continues from pilot {piloted[group][-1]['id']}"
         doc = json.loads(graph.model_dump_json())
