@@ -95,7 +95,10 @@ def run_policies(world, a, home: Path, cache: Path, sz) -> None:
         runs.run_allocator(world, seed, home, lowo, sz, cache, "h-lowo")
     except S2DError as e:
         print(f"  [{world.name}] allocator (calibrated): {e}", flush=True)
-    runs.run_adaptive(world, seed, home, lowo, sz, cache)
+    try:
+        runs.run_adaptive(world, seed, home, lowo, sz, cache)
+    except S2DError as e:  # e.g. no labels to hold out: refused before anything runs, as a user would see
+        print(f"  [{world.name}] adaptive refused: {e}", flush=True)
 
 
 def in_parallel(worlds, a, phase: str) -> None:

@@ -199,9 +199,10 @@ def run_adaptive(world: World, seed: int, home: Path, plan_home: Path, sz, cache
     print(f"  [{world.name} seed {seed}] adaptive session {res.session}: exit {res.exit_code} in "
           f"{time.time() - t0:.0f}s", flush=True)
     final, hours = _session_outcome(plan_home, res.session, res.run_id)
-    if final is None:
-        print(f"  [{world.name}] adaptive: the final run left no model", flush=True)
-        return None
+    if final is None:  # the session chose to train nothing: its result is the student as it is
+        print(f"  [{world.name}] adaptive: the final run trained nothing; the student as it is is evaluated",
+              flush=True)
+        final = models_of(world)[0].name
     return _eval_model(world, seed, home, sz, cache, final, hours, res.session)
 
 

@@ -68,7 +68,21 @@ class PilotRounds:
         """A pilot's fixed cost per round beyond its steps, measured: its holdout eval (a
         process start-up plus the eval), and as much again for the training stage's start-up."""
         evals = [h for d in self.trail if d.kind == "pilot" for h in (d.evidence.get("eval_hours") or {}).values()]
-        return 2 * sum(evals) / len(evals) if evals else 0.0
+        if evals:
+            return 2 * sum(evals) / len(evals)
+        return 2 * self._history_eval_hours()
+
+    def _history_eval_hours(self) -> float:
+        """Before any pilot has run: the median eval stage of this home's history (the
+        evals it ran of the same size), or 0 when it has none."""
+        if self.__dict__.get("_eval_h") is None:
+            try:
+                _, rows = query("SELECT median(gpu_hours) FROM stages WHERE kind = 'eval' AND status = 'FINISHED'",
+                                self.home)
+                self._eval_h = float(rows[0][0] or 0.0)
+            except Exception:  # no history yet
+                self._eval_h = 0.0
+        return self._eval_h
 
     def _round_stages(self, r: int, alive: list[str], compiled: dict, steps: dict, n: dict) -> list[dict]:
         lab = self.spec.data.labeled

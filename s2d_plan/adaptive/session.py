@@ -228,10 +228,13 @@ class Session(PilotRounds):
                 break
             row = self._find("pilot", round=r)
             fixed = len(alive) * self._overhead()  # a round's start-ups and evals, as measured
+            if r == 0:  # and the untrained models' evals
+                fixed += (1 + len({self._teacher(g) for g in alive if g != "student"})) * self._overhead() / 2
             if row is None and self._spent() + fixed >= budget:
                 self._decide(Decision("prune", f"round {r}: the pilot budget ({budget:.3g} GPU-hours) cannot pay "
-                                      f"another round ({self._spent():.3g} spent, {fixed:.3g} for its start-ups and "
-                                      "evals alone); no more pilots", evidence={"round": r, "stop": True}))
+                                      f"{'another' if r else 'a'} round ({self._spent():.3g} spent, {fixed:.3g} for "
+                                      "its start-ups and evals alone, as this home measured them); no more pilots",
+                                      evidence={"round": r, "stop": True}))
                 break
             row = row or self._pilot_round(r, alive, compiled, steps, budget)
             if row.evidence.get("failed"):
@@ -265,14 +268,17 @@ class Session(PilotRounds):
     def _prune(self, r: int, alive: list[str], result: SearchResult, budget: float) -> list[str]:
         finals = [result.best] + result.alternatives + ([result.baseline] if result.baseline else [])
         value = {g: max([a.prediction.mean or a.prediction.value for a in finals if self._group(a) == g],
-                        default=-1.0) for g in alive}
-        keep = sorted(alive, key=lambda g: -value[g])[:max(1, math.ceil(len(alive) / 2))]
+                        default=float("nan")) for g in alive}  # nan: no allocation of it fits what is left
+        order = sorted(alive, key=lambda g: -value[g] if value[g] == value[g] else 2.0)
+        keep = order[:max(1, math.ceil(len(alive) / 2))]
         if self._find("prune", round=r) is None:
             self._decide(Decision("prune", f"round {r}: predicted after pilots "
-                                  + ", ".join(f"{g} {value[g]:.1%}" for g in sorted(alive, key=lambda g: -value[g]))
+                                  + ", ".join(f"{g} {value[g]:.1%}" if value[g] == value[g] else f"{g} unaffordable"
+                                              for g in order)
                                   + f"; {', '.join(keep)} stay{'s' if len(keep) == 1 else ''} in the race",
                                   candidates=[P.Option(a, 0.0).row() for a in finals],
-                                  evidence={"round": r, "values": value, "keep": keep, "speeds": self.speeds,
+                                  evidence={"round": r, "values": {g: v if v == v else None for g, v in value.items()},
+                                            "keep": keep, "speeds": self.speeds,
                                             "spent": self._spent(), "pilot_budget": budget}))
         return keep
 
