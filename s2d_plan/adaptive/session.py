@@ -152,7 +152,7 @@ class Session(PilotRounds):
 
         ranked = sorted(finals, key=lambda a: -value(a))
         best = ranked[0]
-        why = "after pilots"
+        why = "after pilots" if acc else "without pilots: the pilot budget could not pay a round"
         if best.structure.label != result.best.structure.label and floor(best) is not None:
             why += (f"; its pilot measured {floor(best):.1%} on the holdout, above the "
                     f"{value(result.best):.1%} expected of {result.best.structure.label}")
