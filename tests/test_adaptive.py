@@ -144,7 +144,7 @@ def test_session_killed_mid_pilot_resumes_from_its_last_decision(tmp_path, cli, 
     wait_for(first_pilot_finished, timeout=240, every=0.5)
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=30)
-    assert [k for _, _, k, *_ in decisions(s2d_home)] == ["candidates"]  # killed inside round 0
+    assert [k for _, _, k, *_ in decisions(s2d_home)] == ["candidates", "round"]  # killed inside round 0
 
     r = cli("execute", str(plan), "--adaptive", timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -152,6 +152,7 @@ def test_session_killed_mid_pilot_resumes_from_its_last_decision(tmp_path, cli, 
     rows = decisions(s2d_home)
     kinds = [k for _, _, k, *_ in rows]
     assert kinds[0] == "candidates" and kinds[-2:] == ["choose", "finished"] and kinds.count("pilot") == 1
+    assert kinds.count("round") == 1  # the round's steps were decided once, before the kill
     assert len({s for s, *_ in rows}) == 1  # one session, continued
     # the pilot training stage that finished before the kill was served by the cache, not re-run
     _, done = query("""SELECT s.stage_id, count(*) FILTER (s.status = 'FINISHED') AS ran,
@@ -165,15 +166,20 @@ def test_session_killed_mid_pilot_resumes_from_its_last_decision(tmp_path, cli, 
     show = cli("show", final)
     assert show.returncode == 0 and "adaptive session" in show.stdout and "pilot" in show.stdout
     assert rows[-2][4] in show.stdout  # the chosen structure
-    # a finished session is not resumed: a new one starts, and the cache serves every pilot
+    # a finished session is not resumed: a new one starts
     again = cli("execute", str(plan), "--adaptive", timeout=300)
     assert again.returncode == 0 and "resuming" not in again.stdout, again.stderr[-2000:]
     sessions = {s for s, *_ in decisions(s2d_home)}
     assert len(sessions) == 2
     new = (sessions - {rows[0][0]}).pop()
-    _, statuses = query("""SELECT DISTINCT s.status FROM stages s JOIN runs r USING (run_id)
-                           WHERE json_extract_string(r.graph, '$.meta.adaptive.session') = ?""", s2d_home, [new])
-    assert statuses == [("CACHED",)]
+    # (its round sizes come from what this home has measured since, so they may differ); any
+    # stage it shares with the first session (same cache key) is served by the cache
+    _, shared = query("""SELECT DISTINCT s.stage_id, s.status FROM stages s JOIN runs r USING (run_id)
+                         WHERE json_extract_string(r.graph, '$.meta.adaptive.session') = ?
+                           AND s.cache_key IN (SELECT s2.cache_key FROM stages s2 JOIN runs r2 USING (run_id)
+                                WHERE json_extract_string(r2.graph, '$.meta.adaptive.session') = ?)""",
+                      s2d_home, [new, rows[0][0]])
+    assert shared and all(status == "CACHED" for _, status in shared), shared
 
 
 def test_local_speed_recovers_how_much_faster_a_plan_learns():

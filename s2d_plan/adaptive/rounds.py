@@ -29,14 +29,35 @@ class PilotRounds:
     ``runs``, ``display``, ``say``, ``_decide``, ``_spent``, ``_student``."""
 
     # -- one pilot round ---------------------------------------------------------------
-    def _pilot_round(self, r: int, alive: list[str], compiled: dict, steps: dict, budget: float) -> Decision:
+    def _round_plan(self, r: int, alive: list[str], compiled: dict, steps: dict, budget: float) -> dict | None:
+        """The steps round ``r`` adds per group, decided once (a ``round`` decision, so a
+        resumed session runs the very same graph); None when the pilot budget cannot pay
+        the round's start-ups and evals."""
+        planned = self._find("round", round=r)
+        if planned is not None:
+            return planned.evidence["steps"]
+        if self._find("prune", round=r, stop=True) is not None:
+            return None
+        fixed = len(alive) * self._overhead()  # a round's start-ups and evals, as measured
+        if r == 0:  # and the untrained models' evals
+            fixed += (1 + len({self._teacher(g) for g in alive if g != "student"})) * self._overhead() / 2
+        if self._spent() + fixed >= budget:
+            self._decide(Decision("prune", f"round {r}: the pilot budget ({budget:.3g} GPU-hours) cannot pay "
+                                  f"{'another' if r else 'a'} round ({self._spent():.3g} spent, {fixed:.3g} for "
+                                  "its start-ups and evals alone, as this home measured them); no more pilots",
+                                  evidence={"round": r, "stop": True}))
+            return None
         n = {g: self._steps(r, g, alive, compiled[g], steps[g], budget) for g in alive}
+        self._decide(Decision("round", f"round {r}: " + ", ".join(f"{g} +{n[g]} steps" for g in alive),
+                              evidence={"round": r, "steps": n, "alive": alive}))
+        return n
+
+    def _pilot_round(self, r: int, alive: list[str], compiled: dict, steps: dict, n: dict) -> Decision:
         stages = self._round_stages(r, alive, compiled, steps, n)
         graph = StageGraph.model_validate({
             "plan": self.spec.name, "stages": stages, "cluster": None,
             "meta": {"adaptive": {"session": self.sid, "role": "pilot", "round": r},
                      "structure": f"pilot round {r}: " + ", ".join(f"{g} +{n[g]} steps" for g in alive)}})
-        self.say(f"adaptive: pilot round {r}: " + ", ".join(f"{g} +{n[g]} steps" for g in alive))
         res = execute_graph(graph, self.home, display=self.display)
         self.runs.append(res.run_id)
         if res.status == "KILLED":  # stopped (Ctrl-C, SIGTERM): no decision; the next run resumes the round

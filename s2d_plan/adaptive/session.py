@@ -227,16 +227,11 @@ class Session(PilotRounds):
             if r and len(alive) < 2:
                 break
             row = self._find("pilot", round=r)
-            fixed = len(alive) * self._overhead()  # a round's start-ups and evals, as measured
-            if r == 0:  # and the untrained models' evals
-                fixed += (1 + len({self._teacher(g) for g in alive if g != "student"})) * self._overhead() / 2
-            if row is None and self._spent() + fixed >= budget:
-                self._decide(Decision("prune", f"round {r}: the pilot budget ({budget:.3g} GPU-hours) cannot pay "
-                                      f"{'another' if r else 'a'} round ({self._spent():.3g} spent, {fixed:.3g} for "
-                                      "its start-ups and evals alone, as this home measured them); no more pilots",
-                                      evidence={"round": r, "stop": True}))
-                break
-            row = row or self._pilot_round(r, alive, compiled, steps, budget)
+            if row is None:
+                n = self._round_plan(r, alive, compiled, steps, budget)
+                if n is None:
+                    break
+                row = self._pilot_round(r, alive, compiled, steps, n)
             if row.evidence.get("failed"):
                 break
             for g in alive:

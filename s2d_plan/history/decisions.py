@@ -25,7 +25,7 @@ COLUMNS = ("session", "seq", "time", "plan_hash", "kind", "run_id", "candidates"
 
 @dataclass(frozen=True)
 class Decision:
-    kind: str  # candidates, pilot, prune, choose, final, finished
+    kind: str  # candidates, round (its steps, decided before it runs), pilot, prune, choose, finished
     why: str
     run_id: str | None = None
     candidates: list[dict[str, Any]] | None = None

@@ -136,7 +136,7 @@ CREATE TABLE decisions (
     seq INTEGER,               -- order within the session (a resumed session continues it)
     time TIMESTAMP,
     plan_hash VARCHAR,
-    kind VARCHAR,              -- candidates, pilot, prune, choose, final, finished
+    kind VARCHAR,              -- candidates, round, pilot, prune, choose, finished
     run_id VARCHAR,
     candidates JSON,           -- [{label, median, low, high, mean, p_best, voi, gpu_hours}]
     evidence JSON,             -- what the decision used (pilot curves, holdout accuracies)
