@@ -479,7 +479,7 @@ def run_allocator(world: Path, sz: Sizes, seed: int, models, home: Path) -> dict
     report = calibrate(home)
     fit = report["fit"]
     print(f"calibrate: {fit['runs']} runs, RMSE {fit['rmse_before'] * 100:.1f} -> {fit['rmse_after'] * 100:.1f} "
-          f"points; fitted {', '.join(n + '=' + format(report['outcome'][n], '.4g') for n in fit['fitted'])}")
+          f"points; narrowed {', '.join(f'{n} {lo:.4g}-{hi:.4g}' for n, (lo, hi) in fit['ranges'].items()) or 'none'}")
     for r in report["table"]:
         print(f"    {r['structure']:<58} measured {r['measured']:6.1%}  before {r['before']:6.1%}  "
               f"after {r['after']:6.1%}")
