@@ -227,6 +227,20 @@ def _reading(d: dict[str, Any], old: str, new: str) -> dict[str, Any]:
 # ---------------------------------------------------------------- evidence
 
 
+def finals_of(result: Any) -> list[Allocation]:
+    """Every allocation a search result ranks: the pick, the other structures, direct GRPO."""
+    return [result.best] + result.alternatives + ([result.baseline] if result.baseline else [])
+
+
+def measured_of(trail: list[Any]) -> dict[str, float]:
+    """Each pilot group's latest holdout accuracy, from the session's ``pilot`` decisions."""
+    acc: dict[str, float] = {}
+    for d in trail:
+        if d.kind == "pilot":
+            acc.update(d.evidence.get("accuracy") or {})
+    return acc
+
+
 def refs_of(trail: list[Any]) -> dict[str, float]:
     """Holdout accuracy of the untrained models, as the session's first pilot round measured it."""
     return dict(next((d.evidence["refs"] for d in trail if d.kind == "pilot" and d.evidence.get("refs")), {}))

@@ -109,7 +109,7 @@ class Session(PilotRounds):
 
     def _choose(self) -> Decision:
         result = allocate(self.ctx)
-        finals = [result.best] + result.alternatives + ([result.baseline] if result.baseline else [])
+        finals = P.finals_of(result)
         opts = P.options(self.ctx, finals, self.spec.adaptive.max_candidates)
         cost = P.pilot_cost(self.ctx, opts[0].alloc, self.spec.adaptive.pilot_share)
         race = P.worth_piloting(opts, cost)
@@ -135,11 +135,8 @@ class Session(PilotRounds):
         """Rank the re-planned candidates by the larger of their predicted mean and what
         their pilot already measured: a candidate that continues a pilot's student starts
         from it, so its measured holdout accuracy is a floor the closed forms may miss."""
-        acc: dict[str, float] = {}
-        for d in self.trail:
-            if d.kind == "pilot":
-                acc.update(d.evidence.get("accuracy") or {})
-        finals = [result.best] + result.alternatives + ([result.baseline] if result.baseline else [])
+        acc = P.measured_of(self.trail)
+        finals = P.finals_of(result)
         finals = list({a.structure.label: a for a in finals}.values())
 
         def floor(a: Any) -> float | None:
@@ -161,10 +158,7 @@ class Session(PilotRounds):
     def _salvage(self, piloted: dict[str, list[dict[str, Any]]]) -> Decision:
         """The pilots left less than any allocation needs: the best student a pilot trained
         (by its holdout accuracy, if above the untrained student's) is the result, as it stands."""
-        acc: dict[str, float] = {}
-        for d in self.trail:
-            if d.kind == "pilot":
-                acc.update(d.evidence.get("accuracy") or {})
+        acc = P.measured_of(self.trail)
         refs = P.refs_of(self.trail)
         students = {g: a for g, a in acc.items() if P.kind_of(g) in ("student", "bridge") and g in piloted}
         g = max(students, key=students.get, default=None)
@@ -261,7 +255,7 @@ class Session(PilotRounds):
             return ctx, None
 
     def _prune(self, r: int, alive: list[str], result: SearchResult, budget: float) -> list[str]:
-        finals = [result.best] + result.alternatives + ([result.baseline] if result.baseline else [])
+        finals = P.finals_of(result)
         value = {g: max([a.prediction.mean or a.prediction.value for a in finals if self._group(a) == g],
                         default=float("nan")) for g in alive}  # nan: no allocation of it fits what is left
         order = sorted(alive, key=lambda g: -value[g] if value[g] == value[g] else 2.0)
