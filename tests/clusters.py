@@ -219,6 +219,19 @@ def rows(cli, sql: str) -> list[dict]:
     return json.loads(r.stdout)
 
 
+def assert_reattached(cli, output: str, backend: str, job: str) -> tuple[str, str]:
+    """The second run re-attached to the first run's job: the same job as attempt 1 on the
+    same node, the first run's placement REATTACHED; returns (first run, second run)."""
+    assert f"re-attached to {backend} job {job} (attempt 1)" in output
+    first, second = [r["run_id"] for r in rows(cli, "SELECT run_id FROM runs ORDER BY start_time")]
+    placed = rows(cli, "SELECT run_id, attempt, job_id, node, status FROM placements WHERE stage_id = 'long' "
+                       "ORDER BY start_time")
+    assert [(p["run_id"], p["attempt"], p["job_id"], p["status"]) for p in placed] == \
+        [(first, 1, job, "REATTACHED"), (second, 1, job, "FINISHED")]
+    assert placed[0]["node"] == placed[1]["node"]
+    return first, second
+
+
 def live_rows(cli, sql: str) -> list[dict]:
     """Rows, or [] while the run has not created its history yet."""
     r = cli("history", "--json", sql)

@@ -24,7 +24,8 @@ import pytest
 
 pytest.importorskip("ray")
 
-from clusters import can_unshare, live_rows, private_mount_argv, rows, start_ray_cluster  # noqa: E402
+from clusters import (assert_reattached, can_unshare, live_rows, private_mount_argv, rows,  # noqa: E402
+                      start_ray_cluster)
 from conftest import REPO, cli_env, sim_stage, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.cluster
@@ -218,13 +219,7 @@ def test_restarted_executor_reattaches_to_the_actors_its_killed_predecessor_left
             if p is not None and p.poll() is None:
                 p.kill()
     assert again.returncode == 0, out + err
-    assert f"re-attached to ray job {job} (attempt 1)" in out + err
-    first, second = [r["run_id"] for r in rows(cli, "SELECT run_id FROM runs ORDER BY start_time")]
-    placed = rows(cli, "SELECT run_id, attempt, job_id, node, status FROM placements WHERE stage_id = 'long' "
-                       "ORDER BY start_time")
-    assert [(p["run_id"], p["attempt"], p["job_id"], p["status"]) for p in placed] == \
-        [(first, 1, job, "REATTACHED"), (second, 1, job, "FINISHED")]
-    assert placed[0]["node"] == placed[1]["node"]
+    first, second = assert_reattached(cli, out + err, "ray", job)
     assert rows(cli, f"SELECT status, attempt FROM stages WHERE run_id = '{second}'") == \
         [{"status": "FINISHED", "attempt": 1}]
     steps = rows(cli, "SELECT count(DISTINCT step) AS n, count(*) AS lines, max(attempt) AS a FROM metrics "

@@ -22,7 +22,8 @@ import pytest
 if not shutil.which("slurmctld"):
     pytest.skip("Slurm is not installed (scripts/slurm-local.sh install)", allow_module_level=True)
 
-from clusters import can_unshare, live_rows, private_mount_argv, rows, start_slurm_cluster  # noqa: E402
+from clusters import (assert_reattached, can_unshare, live_rows, private_mount_argv, rows,  # noqa: E402
+                      start_slurm_cluster)
 from conftest import REPO, cli_env, sim_stage, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.cluster
@@ -150,13 +151,7 @@ def test_restarted_executor_reattaches_to_the_job_its_killed_predecessor_left(sl
             if p is not None and p.poll() is None:
                 p.kill()
     assert again.returncode == 0, out + err
-    assert f"re-attached to slurm job {job} (attempt 1)" in out + err
-    first, second = [r["run_id"] for r in rows(cli, "SELECT run_id FROM runs ORDER BY start_time")]
-    placed = rows(cli, "SELECT run_id, attempt, job_id, node, status FROM placements WHERE stage_id = 'long' "
-                       "ORDER BY start_time")
-    assert [(p["run_id"], p["attempt"], p["job_id"], p["status"]) for p in placed] == \
-        [(first, 1, job, "REATTACHED"), (second, 1, job, "FINISHED")]
-    assert placed[0]["node"] == placed[1]["node"]
+    first, second = assert_reattached(cli, out + err, "slurm", job)
     stages = rows(cli, "SELECT s.run_id, s.status, s.attempt, s.error FROM stages s JOIN runs r USING (run_id) "
                        "WHERE s.stage_id = 'long' ORDER BY r.start_time")
     assert [(s["run_id"], s["status"], s["attempt"]) for s in stages] == [(first, "FAILED", 1), (second, "FINISHED", 1)]
