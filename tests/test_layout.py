@@ -10,34 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from s2d_plan.layers import ALLOWED
+
 ROOT = Path(__file__).resolve().parents[1]
 MAX_LINES = 400
 MAX_FUNCTION_LINES = 50
 
-# what each part of the planner may import from the planner (besides itself); the
-# contract (stage types, bounds, file names) sits at the bottom with errors and paths
-BASE = {"errors", "paths", "contract", "cluster"}
-ALLOWED = {
-    "errors": set(),
-    "paths": set(),
-    "cluster": set(),
-    "contract": {"errors"},
-    "graph": BASE | {"contract"},
-    "history": BASE,
-    "plan": BASE,
-    "predict": BASE | {"plan", "history"},
-    "allocate": BASE | {"plan", "predict"},
-    "compiler": BASE | {"contract", "graph", "plan", "predict", "allocate"},
-    "rules": BASE | {"contract", "graph", "plan"},
-    "run": BASE | {"contract", "graph", "history"},  # the executor never plans
-    # adaptive execution plans, runs and re-plans: it sits above both
-    "adaptive": BASE | {"contract", "graph", "history", "plan", "predict", "allocate", "compiler", "run"},
-    "api": BASE | {"contract", "graph", "history", "plan", "predict", "allocate", "compiler", "rules", "run",
-                   "report", "adaptive"},
-    "report": BASE | {"contract", "graph", "history", "predict"},
-    "cli": BASE | {"contract", "graph", "history", "plan", "predict", "allocate", "compiler", "rules", "run",
-                   "api", "report", "adaptive"},
-}
+# what each part of the planner may import from the planner: s2d_plan/layers.py (one source with the manual)
 
 
 def modules(package: str) -> list[Path]:
