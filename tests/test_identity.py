@@ -27,9 +27,9 @@ def copy(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def keys(project: Path) -> dict[str, str]:
+def keys(project: Path, cwd: Path | None = None) -> dict[str, str]:
     graph = {**GRAPH, "stages": [{k: v for k, v in s.items() if v is not None} for s in GRAPH["stages"]]}
-    out = subprocess.run([sys.executable, "-c", KEYS, json.dumps(graph)], cwd=project, capture_output=True,
+    out = subprocess.run([sys.executable, "-c", KEYS, json.dumps(graph)], cwd=cwd or project, capture_output=True,
                          text=True, env={"PYTHONPATH": str(project), "PATH": "/usr/bin:/bin"}, check=True)
     return json.loads(out.stdout)
 
@@ -75,3 +75,25 @@ def test_computing_keys_imports_no_heavy_library():
     out = subprocess.run([sys.executable, "-c", code, json.dumps(graph)], cwd=ROOT, capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_an_installed_copy_has_per_kind_keys_that_follow_its_files(copy, tmp_path):
+    """A normal (non-editable) install puts the runners under site-packages; their code
+    still counts: every kind has its own version, equal to the checkout's (the version
+    names modules, not paths), and editing an installed runner changes its key."""
+    shutil.copy(ROOT / "pyproject.toml", copy / "pyproject.toml")
+    shutil.copy(ROOT / "README.md", copy / "README.md")
+    site = tmp_path / "lib" / "site-packages"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--disable-pip-version-check", "--target", str(site), str(copy)],
+                   check=True, capture_output=True, cwd=tmp_path)
+    assert (site / "runners" / "opd.py").is_file() and not (site / "runners" / "opd.py").is_symlink()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    installed = keys(site, cwd=elsewhere)
+    assert len(set(installed.values())) == len(KINDS), installed  # no kind hashes nothing
+    assert installed == keys(copy)
+    edit(site / "runners" / "opd.py")
+    after = keys(site, cwd=elsewhere)
+    assert after["opd"] != installed["opd"]
+    assert {k: v for k, v in after.items() if k != "opd"} == {k: v for k, v in installed.items() if k != "opd"}

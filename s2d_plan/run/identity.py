@@ -28,49 +28,38 @@ from typing import Any
 from s2d_plan.contract import Stage, kind_of, stage_ref
 from s2d_plan.graph import StageGraph
 
-# Modules under this directory are the project's; anything installed elsewhere (or in a
-# site-packages inside it, such as the editable install's .venv) is a dependency.
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# The project's own top-level packages: their modules count as a stage's code wherever they
+# are installed (a checkout, an editable install, a wheel in site-packages, `pip --target`);
+# every other module is a dependency. A plugin kind's own top-level package counts too.
+PROJECT_PACKAGES = ("s2d_plan", "runners", "tinyworld")
 
 
-def _module_file(name: str) -> Path | None:
+def _module_file(name: str, roots: frozenset[str]) -> Path | None:
     """The source file of a project module (None: not ours, or a namespace package)."""
-    spec = _project_spec(name)
+    spec = _project_spec(name, roots)
     origin = Path(spec.origin) if spec is not None and spec.origin else None
     return origin if origin is not None and origin.suffix == ".py" else None
 
 
 @lru_cache(maxsize=None)
-def _project_spec(name: str) -> Any:
+def _project_spec(name: str, roots: frozenset[str]) -> Any:
     """The import spec of a project module, found without running any runner code:
     ``find_spec("a.b")`` imports ``a``, so a name is looked up only under a package
     (``from runners.grpo import use_vllm`` names a function, and looking up
     ``runners.grpo.use_vllm`` would import runners.grpo), and a dependency is recognised by
-    its top-level package alone (looking up ``trl.x`` would import trl, and torch)."""
+    its top-level name alone (looking up ``trl.x`` would import trl, and torch)."""
+    if name.partition(".")[0] not in roots:
+        return None
     parent = name.rpartition(".")[0]
     if parent:
-        above = _project_spec(parent)
+        above = _project_spec(parent, roots)
         if above is None or above.submodule_search_locations is None:
             return None
     try:
         spec = importlib.util.find_spec(name)
     except (ImportError, ValueError):
         return None
-    if spec is None:
-        return None
-    places = ([Path(spec.origin)] if spec.origin and spec.origin not in ("namespace", "built-in") else []) + \
-        [Path(p) for p in (spec.submodule_search_locations or [])]
-    return spec if places and all(_in_project(p) for p in places) else None
-
-
-def _in_project(path: Path) -> bool:
-    if "site-packages" in path.parts:
-        return False
-    try:
-        path.resolve().relative_to(PROJECT_ROOT)
-    except ValueError:
-        return False
-    return True
+    return spec if spec is not None and spec.origin not in (None, "namespace", "built-in") else None
 
 
 def _imported(name: str, path: Path) -> set[str]:
@@ -96,7 +85,6 @@ def _imported(name: str, path: Path) -> set[str]:
     return with_parents
 
 
-@lru_cache(maxsize=None)
 def code_files(module: str) -> tuple[Path, ...]:
     """The project source files ``python -m module`` runs: the module and every project
     module it imports, transitively (lazy imports included). A model builder that no
@@ -106,26 +94,38 @@ def code_files(module: str) -> tuple[Path, ...]:
     >>> "_train.py" in names, "grpo.py" in names, "tiny.py" in names
     (True, False, False)
     """
+    return tuple(sorted(_code_modules(module).values()))
+
+
+@lru_cache(maxsize=None)
+def _code_modules(module: str) -> dict[str, Path]:
+    """Module name -> source file of every project module ``python -m module`` runs."""
+    roots = frozenset(PROJECT_PACKAGES) | {module.partition(".")[0]}
     seen: dict[str, Path] = {}
     todo = [module] + [module.rsplit(".", i)[0] for i in range(1, module.count(".") + 1)]
     while todo:
         name = todo.pop()
         if name in seen:
             continue
-        path = _module_file(name)
+        path = _module_file(name, roots)
         if path is None:
             continue
         seen[name] = path
         todo.extend(_imported(name, path) - set(seen))
-    return tuple(sorted(set(seen.values())))
+    return seen
 
 
 @lru_cache(maxsize=None)
 def runner_version(kind: str) -> str:
-    """A hash of the source of every project file the kind's runner module runs."""
+    """A hash of the source of every project module the kind's runner module runs, each
+    named by its module name, not its path: the same code installed anywhere (checkout,
+    editable, wheel) has the same version, and an edit to any of its files changes it."""
     h = hashlib.sha256()
-    for path in code_files(kind_of(kind).module):
-        h.update(f"{path.relative_to(PROJECT_ROOT).as_posix()}\0".encode())
+    modules = _code_modules(kind_of(kind).module)
+    if not modules:
+        raise RuntimeError(f"stage kind {kind!r}: its runner module {kind_of(kind).module} cannot be found")
+    for name, path in sorted(modules.items()):
+        h.update(f"{name}\0".encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
 
