@@ -19,6 +19,57 @@ os.environ["S2D_STAGE_PLUGINS"] = "tests.fakes.simulate"
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
 
 
+# What a test run may leave in the checkout: Python's and pytest's own caches, the venv.
+_RUN_LITTER = ("__pycache__", ".pytest_cache", ".venv", ".egg-info", ".ruff_cache", ".mypy_cache")
+
+
+def _checkout_state() -> set[str] | None:
+    """``git status`` of the checkout, ignored files included (None outside a git checkout)."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all"], cwd=REPO,
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    return {line for line in out.stdout.splitlines() if not any(part in line for part in _RUN_LITTER)}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_BEFORE] = _checkout_state()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Tests never write into the checkout: the suite fails if one did."""
+    before = session.config.stash.get(_BEFORE, None)
+    after = _checkout_state()
+    if before is None or after is None or getattr(session.config, "workerinput", None) is not None:
+        return
+    written = sorted(after - before)
+    if written:
+        session.config.stash[_WRITTEN] = written
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    written = config.stash.get(_WRITTEN, None)
+    if written:
+        terminalreporter.write_line("FAILED: the tests wrote into the checkout (git status changed):", red=True)
+        for line in written[:50]:
+            terminalreporter.write_line(f"  {line}")
+
+
+_BEFORE = pytest.StashKey[set | None]()
+_WRITTEN = pytest.StashKey[list]()
+
+
+@pytest.fixture(scope="session")
+def shared_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One home for the whole session, for tests that only plan: its posterior is fitted
+    once and shared (never a path inside the checkout)."""
+    return tmp_path_factory.mktemp("shared-home")
+
+
 @pytest.fixture
 def s2d_home(tmp_path: Path) -> Path:
     """An empty home directory (history + stage outputs) for one test."""

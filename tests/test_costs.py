@@ -168,10 +168,10 @@ def test_opd_batch_is_a_quantity_priced_by_the_search_as_by_the_cost_model():
     assert cheap.gpu_hours < dear.gpu_hours / 3
 
 
-def test_compiled_opd_stage_runs_the_searched_batch():
+def test_compiled_opd_stage_runs_the_searched_batch(shared_home):
     from s2d_plan.api import recommend
 
-    rec = recommend("plans/budget.yaml", home="no-such-home", trials=40)
+    rec = recommend("plans/budget.yaml", home=shared_home, trials=40)
     opd = next(st for st in rec.graph.stages if st.kind == "opd")
     q = rec.result.best.quantities
     assert q.opd_batch and opd.params.prompts_per_step == q.opd_batch

@@ -19,12 +19,19 @@ BUDGET = ROOT / "plans" / "budget.yaml"
 CROSS = ROOT / "plans" / "llama-cross-family.yaml"
 ZERO = ROOT / "tests" / "plans" / "zero-labels.yaml"
 _graphs: dict = {}
+_home: list[Path] = []
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _planning_home(shared_home):
+    """Plans are recommended in the session's shared home (never inside the checkout)."""
+    _home[:] = [shared_home]
 
 
 def sound(plan: Path) -> dict:
     """The recommended graph of ``plan`` as the JSON a user could edit."""
     if plan not in _graphs:
-        _graphs[plan] = json.loads(recommend(plan, home=ROOT / "no-such-home", trials=10).graph.to_json())
+        _graphs[plan] = json.loads(recommend(plan, home=_home[0], trials=10).graph.to_json())
     return json.loads(json.dumps(_graphs[plan]))
 
 

@@ -21,19 +21,19 @@ TRAINS = ("grpo", "opd", "fkl")
 FULL_LR = {"grpo": 1e-6, "fkl": 1e-5, "opd": 1e-6}
 
 
-def graphs():
+def graphs(home: Path):
     out = {}
     for plan in PLANS:
         try:
-            out[plan] = recommend(ROOT / plan, home=ROOT / "no-such-home", trials=40)
+            out[plan] = recommend(ROOT / plan, home=home, trials=40)
         except InfeasibleError:
             continue  # impossible-budget, no-memory: refused, never compiled
     return out
 
 
 @pytest.fixture(scope="module")
-def recommended():
-    return graphs()
+def recommended(shared_home):
+    return graphs(shared_home)
 
 
 @pytest.fixture(scope="module")
