@@ -6,6 +6,7 @@ the planner and the runners meet only in ``s2d_plan.contract``. Read from the so
 from __future__ import annotations
 
 import ast
+import warnings
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,10 @@ import pytest
 from s2d_plan.layers import ALLOWED
 
 ROOT = Path(__file__).resolve().parents[1]
-MAX_LINES = 400
+# A file near WARN_LINES holds two concepts: split it where they part (a warning, not a
+# rule, so the count never decides where a class splits); past MAX_LINES it fails.
+WARN_LINES = 500
+MAX_LINES = 800
 MAX_FUNCTION_LINES = 50
 
 # what each part of the planner may import from the planner: s2d_plan/layers.py (one source with the manual)
@@ -65,7 +69,10 @@ def test_runners_meet_the_planner_only_in_the_contract(path):
                          ids=lambda p: str(p.relative_to(ROOT)))
 def test_modules_and_functions_stay_small(path):
     text = path.read_text()
-    assert text.count("\n") <= MAX_LINES
+    lines = text.count("\n")
+    assert lines <= MAX_LINES
+    if lines > WARN_LINES:
+        warnings.warn(f"{path.name} has {lines} lines: does it hold two concepts?", stacklevel=1)
     long = [f"{n.name} ({n.end_lineno - n.lineno + 1} lines)" for n in ast.walk(ast.parse(text))
             if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno >= MAX_FUNCTION_LINES]
     assert not long, long

@@ -59,7 +59,9 @@ def _project_spec(name: str, roots: frozenset[str]) -> Any:
         spec = importlib.util.find_spec(name)
     except (ImportError, ValueError):
         return None
-    return spec if spec is not None and spec.origin not in (None, "namespace", "built-in") else None
+    if spec is None or spec.origin == "built-in":
+        return None
+    return spec if spec.submodule_search_locations is not None or spec.origin else None  # namespace packages too
 
 
 def _imported(name: str, path: Path) -> set[str]:
