@@ -47,7 +47,7 @@ sys.path.insert(0, str(REPO))
 # spin while waiting made GRPO steps 40x slower (0.2 s -> 8-19 s) on shared cores.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from s2d_plan.predict.calibrate import calibrate, outcome_inputs  # noqa: E402
+from s2d_plan.evidence.from_runs import calibrate, outcome_inputs  # noqa: E402
 from s2d_plan.graph import StageGraph  # noqa: E402
 from s2d_plan.predict.outcome import Pipeline, SolveRates  # noqa: E402
 from s2d_plan.plan.registry import ModelInfo  # noqa: E402

@@ -18,109 +18,64 @@ history.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
-from s2d_plan.adaptive.session import AdaptiveResult, execute_adaptive
-from s2d_plan.allocate.allocator import Context, SearchResult, allocate
-from s2d_plan.allocate.explain import graph_meta
-from s2d_plan.compiler import compile_graph, compile_probe_graph
-from s2d_plan.errors import GraphError, HistoryError
-from s2d_plan.graph import StageGraph, load_graph, parse_graph
-from s2d_plan.history.doctor import CheckReport, check_metrics
-from s2d_plan.history.files import leftover_temp_files
+from s2d_plan import planning
+from s2d_plan.errors import HistoryError
+from s2d_plan.evidence.from_runs import calibrate
+from s2d_plan.graph import StageGraph, load_graph
 from s2d_plan.history.read import query, write_export
-from s2d_plan.history.store import HistoryWriter
 from s2d_plan.paths import resolve_home
 from s2d_plan.plan.spec import PlanSpec, load_plan
-from s2d_plan.predict.calibrate import calibrate
-from s2d_plan.predict.calibration import Calibration, load_calibration
-from s2d_plan.predict.evidence import load_rates
-from s2d_plan.predict.posterior import paper_evidence, posterior_for
-from s2d_plan.rules import RuleProblem, rule_problems
-from s2d_plan.run.executor import RunResult, execute_graph
-from s2d_plan.run.launchers import cluster_for
-from s2d_plan.run.recovery import recover_stale
+from s2d_plan.planning import Recommendation
+
+if TYPE_CHECKING:  # the executor, launchers, adaptive and doctor load only when a verb needs them
+    from s2d_plan.adaptive.session import AdaptiveResult
+    from s2d_plan.history.doctor import CheckReport
+    from s2d_plan.rules import RuleProblem
+    from s2d_plan.run.executor import RunResult
 
 __all__ = ["AdaptiveResult", "Recommendation", "calibrate", "check_history", "execute", "execute_adaptive",
            "export_query", "graph_for_plan", "probe",
            "query", "recommend", "report", "validate"]
 
 
-@dataclass(frozen=True)
-class Recommendation:
-    """A plan's recommended pipeline: the search (``result``), the compiled ``graph``,
-    the context it was searched in, and the calibration in force."""
-
-    ctx: Context
-    result: SearchResult
-    graph: StageGraph
-    calibration: Calibration
-
-    @property
-    def summary(self) -> str:
-        p = self.graph.predicted
-        return (f"{self.result.best.structure.label}: predicted {p.eval} {p.value:.1%} [{p.low:.1%}, {p.high:.1%}], "
-                f"{self.graph.estimated.gpu_hours:.3g} of {self.ctx.budget:.3g} GPU-hours")
-
-
 def recommend(plan: str | Path | PlanSpec, home: str | Path | None = None, trials: int | None = None) -> Recommendation:
     """Search the plan with the probe evidence and calibration of ``home``
     (``--home`` / ``S2D_HOME`` / ``./.s2d``) and compile the best allocation."""
-    spec = plan if isinstance(plan, PlanSpec) else load_plan(plan)
-    home = resolve_home(home)
-    cal = load_calibration(home)
-    post = posterior_for(paper_evidence() + cal.evidence, home, cal.pins)
-    ctx = Context.from_spec(spec, load_rates(spec, home), cal.costs, post)
-    result = allocate(ctx, trials)
-    return Recommendation(ctx, result, compile_graph(ctx, result, graph_meta(ctx, result)), cal)
+    return planning.recommend(plan if isinstance(plan, PlanSpec) else load_plan(plan), home, trials)
 
 
-def graph_for_plan(plan: str | Path, home: str | Path | None = None) -> tuple[StageGraph, str]:
-    """The graph ``execute PLAN`` runs, and what was chosen, in one line.
-
-    If the newest run of this exact plan (same content hash) did not finish, its graph is
-    run again: a resumed plan must not be re-planned, or evidence that its own probe
-    recorded would change the allocation and with it the keys of stages already done."""
-    unfinished = _unfinished_run_of(load_plan(plan).hash(), home)
-    if unfinished is None:
-        rec = recommend(plan, home)
-        return rec.graph, rec.summary
-    run_id, status, graph = unfinished
-    p = graph.predicted
-    chose = f"{graph.meta.get('structure', graph.plan)}" + (f": predicted {p.eval} {p.value:.1%}" if p else "")
-    return graph, (f"resuming the graph of run {run_id} ({status}; the plan is unchanged): {chose}, "
-                   f"{graph.estimated.gpu_hours:.3g} GPU-hours")
-
-
-def _unfinished_run_of(plan_hash: str, home: str | Path | None) -> tuple[str, str, StageGraph] | None:
-    try:
-        _, rows = query("SELECT run_id, status, graph FROM runs WHERE plan_hash = ? "
-                        "ORDER BY start_time DESC LIMIT 1", home, [plan_hash])
-    except HistoryError:
-        return None  # no history yet
-    if not rows or rows[0][1] == "FINISHED" or not rows[0][2]:
-        return None
-    try:
-        return rows[0][0], rows[0][1], parse_graph(json.loads(rows[0][2]), source=f"run {rows[0][0]}")
-    except (GraphError, ValueError):
-        return None  # a graph this version cannot read: plan afresh
+def graph_for_plan(plan: str | Path | PlanSpec, home: str | Path | None = None) -> tuple[StageGraph, str]:
+    """The graph ``execute PLAN`` runs (the plan's unfinished run resumed, else the
+    recommendation), and what was chosen, in one line."""
+    return planning.graph_for_plan(plan if isinstance(plan, PlanSpec) else load_plan(plan), home)
 
 
 def execute(target: StageGraph | str | Path, home: str | Path | None = None, force: Iterable[str] = (),
-            display: Any = None, backend: str | None = None, adaptive: bool = False) -> RunResult | AdaptiveResult:
+            display: Any = None, backend: str | None = None) -> RunResult:
     """Run a graph (a ``StageGraph``, a graph JSON file, or a plan YAML, which is
     recommended first or resumed); returns what happened, never raising for a failed stage.
     ``backend`` (local, ray, slurm) overrides where the graph says its stages run.
-    ``adaptive`` (a plan only): pilots first, then the winner (``execute_adaptive``)."""
-    if adaptive:
-        if isinstance(target, StageGraph) or Path(target).suffix.lower() not in (".yaml", ".yml"):
-            raise GraphError("adaptive execution starts from a plan (.yaml), not a stage graph")
-        return execute_adaptive(target, home, display=display)
+    Pilots first, then the winner: ``execute_adaptive``."""
+    from s2d_plan.run.executor import execute_graph
+    from s2d_plan.run.launchers import cluster_for
+
     graph = target if isinstance(target, StageGraph) else load_target(target, home)[0]
     return execute_graph(graph, home, force, display=display, cluster=cluster_for(backend, graph.cluster))
+
+
+def execute_adaptive(plan: str | Path, home: str | Path | None = None, display: Any = None) -> AdaptiveResult:
+    """``execute PLAN --adaptive``: pilot the candidates whose ranking is uncertain, then
+    run the winner (``s2d_plan.adaptive.session``)."""
+    from s2d_plan.adaptive.session import execute_adaptive as run_session
+    from s2d_plan.errors import GraphError
+
+    if isinstance(plan, StageGraph) or Path(plan).suffix.lower() not in (".yaml", ".yml"):
+        raise GraphError("adaptive execution starts from a plan (.yaml), not a stage graph")
+    return run_session(plan, home, display=display)
 
 
 def load_target(target: str | Path, home: str | Path | None = None) -> tuple[StageGraph, str | None]:
@@ -134,6 +89,9 @@ def load_target(target: str | Path, home: str | Path | None = None) -> tuple[Sta
 def probe(plan: str | Path, home: str | Path | None = None, display: Any = None) -> tuple[RunResult, list[tuple]]:
     """Run one probe stage per model of the plan; returns the run and, per (model,
     source), the prompts probed and the mean solve rate. The next ``recommend`` uses them."""
+    from s2d_plan.compiler import compile_probe_graph
+    from s2d_plan.run.executor import execute_graph
+
     result = execute_graph(compile_probe_graph(load_plan(plan)), home, display=display)
     rows: list[tuple] = []
     if result.exit_code == 0:
@@ -158,6 +116,8 @@ def validate(path: str | Path, plan: str | Path | None = None) -> Validation:
     path = Path(path)
     if path.suffix.lower() in (".yaml", ".yml"):
         return Validation("plan", load_plan(path), None, [], False)
+    from s2d_plan.rules import rule_problems
+
     graph = load_graph(path)
     spec = load_plan(plan) if plan is not None else _embedded_plan(graph)
     problems = rule_problems(spec, graph) if spec is not None else []
@@ -191,6 +151,11 @@ def check_history(home: str | Path | None = None, repair: bool = True) -> CheckR
         report = check_history(".s2d")
         print("\\n".join(report.lines))
     """
+    from s2d_plan.history.doctor import CheckReport, check_metrics
+    from s2d_plan.history.files import leftover_temp_files
+    from s2d_plan.history.store import HistoryWriter
+    from s2d_plan.run.recovery import recover_stale
+
     home = resolve_home(home)
     report = CheckReport()
     if not (home / "history.duckdb").exists() and not (home / "history.snapshot.duckdb").exists():

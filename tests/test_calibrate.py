@@ -10,8 +10,8 @@ import pytest
 
 from tests.fakes.simulate import value_at
 from s2d_plan.run.progress import PlainDisplay
-from s2d_plan.predict.calibrate import calibrate, observations, outcome_inputs
-from s2d_plan.predict.calibration import describe, load_calibration
+from s2d_plan.evidence.from_runs import calibrate, observations, outcome_inputs
+from s2d_plan.evidence.calibration_file import describe, load_calibration
 from s2d_plan.errors import S2DError
 from s2d_plan.run.executor import execute_graph
 from s2d_plan.graph import StageGraph
@@ -119,8 +119,8 @@ def _history(home, runs: list[tuple[str, list[tuple[str, str, float, float, floa
 def test_time_factors_are_fitted_per_kind_and_applied_by_the_cost_model(s2d_home):
     from s2d_plan.plan.registry import gpu_info, model_info
     from s2d_plan.predict import costs
-    from s2d_plan.predict.calibrate import _cost_constants, fit_costs
-    from s2d_plan.predict.calibration import write_calibration
+    from s2d_plan.evidence.from_runs import _cost_constants, fit_costs
+    from s2d_plan.evidence.calibration_file import write_calibration
 
     # grpo runs at half its estimate (one of them was planned under an earlier factor of 2:
     # its estimate is taken back to the uncalibrated model first), eval at 1.5x, and the
@@ -154,7 +154,7 @@ def test_time_factors_are_fitted_per_kind_and_applied_by_the_cost_model(s2d_home
 
 
 def test_an_older_single_factor_calibration_is_replaced_not_compounded():
-    from s2d_plan.predict.calibrate import _cost_constants
+    from s2d_plan.evidence.from_runs import _cost_constants
 
     old = {"costs": {"mfu_train": 0.48, "decode_step_s": 0.00625, "bytes_full_ft": 18.0},
            "fit": {"costs": {"factor": 0.625, "by_kind": {"grpo": 0.44}}}}

@@ -8,8 +8,9 @@ import pytest
 
 from s2d_plan.plan.registry import model_info
 from s2d_plan.predict import outcome as o
+from s2d_plan.evidence import posterior_cache
 from s2d_plan.predict import posterior as post_mod
-from s2d_plan.predict.calibration import load_calibration
+from s2d_plan.evidence.calibration_file import load_calibration
 from s2d_plan.predict.priors import PRIORS
 
 STUDENT, TEACHER = model_info("Qwen/Qwen3-1.7B"), model_info("Qwen/Qwen3-8B")
@@ -145,10 +146,10 @@ def test_a_constant_pinned_in_the_calibration_file_leaves_the_posterior(tmp_path
     (tmp_path / "calibration.json").write_text(json.dumps({"outcome": {"rl_ceiling": 0.3, "nonsense": 2}}))
     cal = load_calibration(tmp_path)
     assert cal.pins == {"rl_ceiling": 0.3}
-    pinned = post_mod.posterior_for(post_mod.paper_evidence(), tmp_path, cal.pins)
+    pinned = posterior_cache.posterior_for(post_mod.paper_evidence(), tmp_path, cal.pins)
     assert "rl_ceiling" not in pinned.names and pinned.mode.rl_ceiling == 0.3
     assert list((tmp_path / "posterior").glob("*.json"))  # cached in the home
-    again = post_mod._read(next((tmp_path / "posterior").glob("*.json")), cal.pins)
+    again = posterior_cache._read(next((tmp_path / "posterior").glob("*.json")), cal.pins)
     assert again.mean_x == pinned.mean_x and again.names == pinned.names
 
 

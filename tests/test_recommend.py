@@ -1,6 +1,7 @@
 """`s2d-plan recommend` through the real CLI: human output, --json, -o, --plot, evidence."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -86,24 +87,32 @@ def test_recommend_graph_is_the_executor_entry_point():
     assert "predicted math500" in summary and "GPU-hours" in summary
 
 
-def test_probe_evidence_replaces_the_registry_prior(monkeypatch, tmp_path):
-    """A stand-in for the history store (issue 4) returning probe rows for the student."""
-    home = tmp_path / "home"
-    home.mkdir()
-    calls = []
+def test_probe_evidence_replaces_the_registry_prior(tmp_path):
+    """Planning is pure after the evidence edge: solve rates a probe measured, given as
+    values, replace the student's registry prior and the rationale says so."""
+    from s2d_plan import planning
+    from s2d_plan.evidence.calibration_file import load_calibration
+    from s2d_plan.evidence.home import HomeEvidence
+    from s2d_plan.predict.outcome import rates_from_evidence
 
-    def load_evidence(home_dir, model, source):
-        calls.append((model, source))
-        if model == "Qwen/Qwen3-1.7B":
-            return [(8, c % 9) for c in range(200)]  # solve rates spread over 0..1, mean 0.5
-        return []
-
-    monkeypatch.setattr("s2d_plan.predict.evidence.load_evidence", load_evidence)
-    graph = recommend(BUDGET, trials=20).graph
+    measured = rates_from_evidence([(8, c % 9) for c in range(200)])  # spread over 0..1, mean 0.5
+    evidence = HomeEvidence(tmp_path, load_calibration(tmp_path), {"Qwen/Qwen3-1.7B": measured}, None)
+    graph = planning.recommend(load_plan(BUDGET), trials=20, evidence=evidence).graph
     rates = graph.meta["solve_rates"]["Qwen/Qwen3-1.7B"]
     assert rates["source"].startswith("probe") and abs(rates["mean"] - 0.5) < 0.02
     assert any("probe in the history" in line for line in graph.meta["rationale"])
-    assert ("Qwen/Qwen3-8B", "EleutherAI/hendrycks_math") in calls
+
+
+def test_recommend_loads_only_what_it_uses():
+    """`s2d-plan recommend` imports the planner, not the executor, launchers or adaptive."""
+    code = ("import sys; from s2d_plan.cli import main; sys.argv = ['s2d-plan', 'recommend', %r, '--trials', '10']\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "mods = sorted(m for m in sys.modules if m.startswith('s2d_plan'))\n"
+            "print(len(mods), [m for m in mods if m.split('.')[1:2] in (['run'], ['adaptive'])])" % str(BUDGET))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "S2D_HOME": "/nonexistent/home"})
+    count, loaded = proc.stdout.strip().splitlines()[-1].split(" ", 1)
+    assert int(count) <= 40 and loaded == "[]", proc.stdout[-2000:] + proc.stderr[-2000:]
 
 
 def test_recommend_imports_no_heavy_library():

@@ -152,7 +152,7 @@ def test_report_without_history_is_a_clear_error(cli, tmp_path):
 
 
 def test_calibration_residuals_when_the_home_holds_a_calibration(tiny_run, tmp_path):
-    from s2d_plan.predict.calibration import write_calibration
+    from s2d_plan.evidence.calibration_file import write_calibration
 
     home = tmp_path / "home"
     shutil.copytree(tiny_run[0], home)

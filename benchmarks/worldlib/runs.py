@@ -154,7 +154,7 @@ def plan_yaml(world: World, home: Path, sz, cache: Path, adaptive: dict | None =
 
 def lowo_home(world: World, root: Path, others: list[str]) -> Path:
     """ROOT/<world>/lowo with a calibration fitted on the other worlds' homes only."""
-    from s2d_plan.predict.calibrate import calibrate
+    from s2d_plan.evidence.from_runs import calibrate
 
     cal = root / world.name / "lowo"
     cal.mkdir(parents=True, exist_ok=True)

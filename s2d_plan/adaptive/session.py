@@ -33,9 +33,9 @@ from s2d_plan.history.decisions import Decision, open_session, record, trail
 from s2d_plan.history.read import query
 from s2d_plan.paths import resolve_home
 from s2d_plan.plan.spec import load_plan
-from s2d_plan.predict.calibration import load_calibration
-from s2d_plan.predict.evidence import load_rates
-from s2d_plan.predict.posterior import datum_from_json, datum_to_json, paper_evidence, posterior_for
+from s2d_plan.evidence.home import read_home
+from s2d_plan.planning import context_for
+from s2d_plan.predict.posterior import datum_from_json, datum_to_json
 from s2d_plan.run.executor import RunResult, execute_graph
 
 
@@ -81,10 +81,7 @@ class Session:
         self.key = session_key(spec)
         self.sid = open_session(home, self.key) or f"ad-{self.key[:8]}-{time.strftime('%Y%m%d%H%M%S')}"
         self.trail = trail(home, self.sid)
-        self.cal = load_calibration(home)
-        self.evidence = paper_evidence() + self.cal.evidence
-        post = posterior_for(self.evidence, home, self.cal.pins)
-        self.ctx = Context.from_spec(tspec, load_rates(tspec, home), self.cal.costs, post)
+        self.ctx = context_for(tspec, read_home(tspec, home))
         self.runs: list[str] = []
         if self.trail:
             say(f"adaptive: resuming session {self.sid} after its decision {self.trail[-1].seq} "

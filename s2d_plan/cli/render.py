@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from s2d_plan.allocate.explain import rationale
-from s2d_plan.api import Recommendation
+from s2d_plan.planning import Recommendation
 from s2d_plan.contract import short_name
 from s2d_plan.plan.registry import ModelInfo
 from s2d_plan.plan.spec import PlanSpec
-from s2d_plan.predict.calibration import describe
-from s2d_plan.run.preview import DryRunStage
+from s2d_plan.evidence.calibration_file import describe
+
+if TYPE_CHECKING:
+    from s2d_plan.run.preview import DryRunStage
 
 
 def gigabytes(x: float) -> str:
@@ -81,7 +82,7 @@ def recommendation(rec: Recommendation) -> str:
         more = f" and {len(labels) - 1} more like it" if len(labels) > 1 else ""
         lines.append(f"  cannot run: {labels[0]}{more} ({why})")
     lines += _sensitivity_lines(rec)
-    lines += ["", "Why:"] + [f"  - {line}" for line in rationale(ctx, r)]
+    lines += ["", "Why:"] + [f"  - {line}" for line in rec.rationale]
     note = describe(rec.calibration)
     return "\n".join(lines + (["", note] if note else []))
 

@@ -64,6 +64,12 @@ def is_lock_error(exc: Exception) -> bool:
     return "lock" in text and ("conflicting" in text or "could not set" in text)
 
 
+def is_held_here(exc: Exception) -> bool:
+    """DuckDB's refusal of a read-only open of a file this very process writes: readers
+    then read the published copies, as a reader in another process does."""
+    return "different configuration" in str(exc).lower()
+
+
 def lock_holder(exc: Exception) -> str:
     """Who holds the history, in words, from DuckDB's lock error ("(PID 123)")."""
     found = _PID_IN_LOCK.search(str(exc))

@@ -24,7 +24,6 @@ import duckdb
 
 from s2d_plan.errors import HistoryError
 from s2d_plan.history import files as _files, snapshots as _snapshots
-from s2d_plan.history.store import _WRITERS
 from s2d_plan.paths import db_path, resolve_home, snapshot_path
 
 # Statement types `history` runs. Everything else (INSERT, COPY, EXPORT, SET, INSTALL,
@@ -45,29 +44,20 @@ def _notice(message: str) -> None:
 
 
 @contextmanager
-def open_reader(home: str | Path | None = None, timeout_s: float = 10.0,
-                own: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
+def open_reader(home: str | Path | None = None, timeout_s: float = 10.0) -> Iterator[duckdb.DuckDBPyConnection]:
     """A read-only connection to the history that can neither write, fetch nor install
     (the main file, or the executor's snapshot while a run holds the main file). Raises
-    HistoryError when there is no history. In the executor's own process it shares the
-    writer's connection, unless ``own`` is False (user SQL never gets the writer's).
+    HistoryError when there is no history. It never shares a writer's connection, in
+    this process or another: while a writer holds the file it reads the published copies.
 
         with open_reader("/path/to/.s2d") as con:
             con.sql("SELECT count(*) FROM runs").fetchall()
     """
     home = resolve_home(home)
     path, snap = db_path(home), snapshot_path(home)
-    writer = _WRITERS.get(path)
-    if writer is not None and own:  # same process as the executor: share its connection
-        cursor = writer.con.cursor()
-        try:
-            yield cursor
-        finally:
-            cursor.close()
-        return
     if not path.exists() and not snap.exists():
         raise HistoryError(f"no history at {path} (run `s2d-plan execute` first, or pass --home)")
-    con = _open_composite_now(home) if writer is not None else _open_readonly(home, timeout_s)
+    con = _open_readonly(home, timeout_s)
     try:
         yield con
     finally:
@@ -95,7 +85,7 @@ def _open_readonly(home: Path, timeout_s: float) -> duckdb.DuckDBPyConnection:
         try:
             return _files.connect_locked(path)
         except duckdb.Error as exc:
-            if not _files.is_lock_error(exc):
+            if not (_files.is_lock_error(exc) or _files.is_held_here(exc)):
                 raise _files.damaged(path, exc) from None
             held = exc
         con = _snapshots.open_composite(home)  # an executor holds it: read its copies
@@ -129,6 +119,13 @@ def _warn_if_stale(home: Path) -> None:
 
 
 # -- what the allocator reads ----------------------------------------------------------
+_EVIDENCE_SQL = """SELECT samples, correct FROM evidence
+                   WHERE model = ? AND (CAST(? AS VARCHAR) IS NULL OR source = ?)
+                   QUALIFY row_number() OVER (PARTITION BY model, source, prompt_index
+                                              ORDER BY time DESC) = 1
+                   ORDER BY source, prompt_index"""
+
+
 def load_evidence(home: str | Path | None, model: str, source: str | None = None) -> list[tuple[int, int]]:
     """Per-prompt (samples, correct) that probes measured for ``model`` (on ``source``
     if given), newest measurement per prompt; [] when there is no history.
@@ -139,16 +136,16 @@ def load_evidence(home: str | Path | None, model: str, source: str | None = None
     home = resolve_home(home)
     if not db_path(home).exists() and not snapshot_path(home).exists():
         return []
-    sql = """SELECT samples, correct FROM evidence
-             WHERE model = ? AND (CAST(? AS VARCHAR) IS NULL OR source = ?)
-             QUALIFY row_number() OVER (PARTITION BY model, source, prompt_index
-                                        ORDER BY time DESC) = 1
-             ORDER BY source, prompt_index"""
     with open_reader(home) as con:
-        try:
-            rows = con.execute(sql, [model, source, source]).fetchall()
-        except duckdb.CatalogException:  # a history older than the evidence table
-            return []
+        return evidence_rows(con, model, source)
+
+
+def evidence_rows(con: duckdb.DuckDBPyConnection, model: str, source: str | None = None) -> list[tuple[int, int]]:
+    """``load_evidence`` on an open reader."""
+    try:
+        rows = con.execute(_EVIDENCE_SQL, [model, source, source]).fetchall()
+    except duckdb.CatalogException:  # a history older than the evidence table
+        return []
     return [(int(s), int(c)) for s, c in rows]
 
 
@@ -160,7 +157,7 @@ def query(sql: str, home: str | Path | None = None, params: Sequence[Any] | None
     """
     if not sql.strip():
         raise HistoryError("empty SQL")
-    with open_reader(home, own=False) as con:
+    with open_reader(home) as con:
         try:
             refused = refused_statement(con, sql)
             if refused:

@@ -48,10 +48,6 @@ from s2d_plan.paths import db_path
 __all__ = ["CLEAN_MARKER", "HistoryWriteError", "HistoryWriter", "connect", "utcnow"]
 SNAPSHOT_EVERY_S = 2.0  # publish at most this often (more rarely when a copy is slow)
 
-# Writers open in this process, by database path: a reader in the same process (the
-# allocator calling load_evidence during `execute PLAN.yaml`) must reuse the writer's
-# connection, because DuckDB refuses a second open of a file with another configuration.
-_WRITERS: dict[Path, "HistoryWriter"] = {}
 
 
 class HistoryWriteError(HistoryError):
@@ -153,7 +149,7 @@ class HistoryWriter:
         self._base_id: str | None = None
         self._publish_failed = False
         self.live_run: str | None = None
-        _WRITERS[self.path] = self
+        self._open = True
 
     # -- writes ----------------------------------------------------------------------
     def _failed(self, exc: BaseException) -> BaseException:
@@ -314,7 +310,7 @@ class HistoryWriter:
         """Checkpoint, publish the whole history as the base, release the file; mark the
         snapshot clean only when that publish succeeded. Never raises: what failed
         already raised (``broken``), and committed rows are safe in the file or its log."""
-        if self.path not in _WRITERS:
+        if not self._open:
             return
         published = False
         try:
@@ -331,7 +327,7 @@ class HistoryWriter:
                 self.con.close()
             except duckdb.Error:
                 pass
-            _WRITERS.pop(self.path, None)
+            self._open = False
         if published:
             _files.mark_clean(self.home)
 

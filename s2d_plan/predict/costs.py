@@ -36,7 +36,7 @@ Formulas (N = parameters, T = tokens, P = bf16 peak FLOP/s of one GPU, n = GPUs)
   never silently planned.
 
 Efficiency constants live in ``CostConstants``: named, documented, and overridable from
-``<home>/calibration.json`` (key ``"costs"``; ``s2d_plan.predict.calibration``).
+``<home>/calibration.json`` (key ``"costs"``; ``s2d_plan.evidence.calibration_file``).
 
     >>> from s2d_plan.plan.registry import model_info, gpu_info
     >>> est = train_cost(model_info("Qwen/Qwen3-8B"), gpu_info("H100-80GB"), 8, tokens=1e8)

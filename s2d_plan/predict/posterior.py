@@ -15,8 +15,10 @@ which then samples the posterior itself, ``sigma_model`` included: the closed fo
 too nonlinear for the Gaussian alone (its draws predict the paper's bridge 1.5 points
 low). Where the data say nothing about a constant, its posterior is its prior; where
 they pin a combination, only that combination narrows.
-Posteriors are cached in ``<home>/posterior/<key>.json``, keyed by a hash of the priors
-and the evidence, so a warm ``recommend`` does not refit.
+Nothing here reads or writes a file: ``fitted`` keeps each posterior for the process,
+keyed by a hash of the priors and the evidence (``evidence_key``), and the home's cache
+of them (``<home>/posterior/<key>.json``, so a warm ``recommend`` does not refit) is the
+evidence edge's (``s2d_plan.evidence.posterior_cache``).
 
 Predictions draw constants from the posterior and the models' accuracies from their own
 uncertainty (a published figure, a probe, or a flagged estimate: wide), and add seed noise
@@ -36,7 +38,6 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -48,7 +49,6 @@ from s2d_plan.predict.priors import (DEFAULT_OUTCOME, ESTIMATED_LOGIT_SD, PRIORS
 
 MODEL_VERSION = "outcome-3"  # bump when the closed forms change: cached posteriors are then refitted
 DRAWS = 200  # predictive draws: quantiles to ~1/4 point, P(best) to ~3%
-CACHE_DIR = "posterior"
 
 Progress = Callable[[int, int], None]  # (step done, steps) of a long fit
 
@@ -283,7 +283,7 @@ def _sample(preds, x, cov, sigma, y, sd, x0, prior_sd, lo, hi, free_sigma: bool,
     return chain
 
 
-# ---------------------------------------------------------------- the cache
+# ---------------------------------------------------------------- the key and the memo
 
 
 def evidence_key(evidence: list[Datum], pins: dict[str, float] | None = None) -> str:
@@ -296,45 +296,25 @@ def evidence_key(evidence: list[Datum], pins: dict[str, float] | None = None) ->
 _MEMO: dict[str, Posterior] = {}
 
 
-def posterior_for(evidence: list[Datum], home: Path | None = None, pins: dict[str, float] | None = None,
-                  progress: Progress | None = None) -> Posterior:
-    """The posterior for ``evidence``: from this process, the home's cache, or a fresh fit
-    (then cached in ``<home>/posterior/`` if the home exists: planning never creates a
-    home, and an unwritable one only costs the next refit)."""
+def fitted(evidence: list[Datum], pins: dict[str, float] | None = None,
+           progress: Progress | None = None) -> Posterior:
+    """The posterior for ``evidence``, fitted once per process (``evidence_key`` names it;
+    the home's file cache is ``s2d_plan.evidence.posterior_cache``)."""
     key = evidence_key(evidence, pins)
-    if key in _MEMO:
-        return _MEMO[key]
-    path = Path(home) / CACHE_DIR / f"{key}.json" if home is not None else None
-    post = _read(path, pins) if path is not None else None
-    if post is None:
+    if key not in _MEMO:
         post = fit(evidence, pins, progress)
         post.info["key"] = key
-        if path is not None and path.parent.parent.is_dir():
-            _write(path, post)
+        _MEMO[key] = post
+    return _MEMO[key]
+
+
+def remember(key: str, post: Posterior) -> None:
+    """Keep a posterior read from a cache for the rest of this process."""
     _MEMO[key] = post
-    return post
 
 
-def _read(path: Path, pins: dict[str, float] | None) -> Posterior | None:
-    try:
-        doc = json.loads(path.read_text())
-        return Posterior(tuple(doc["names"]), tuple(doc["mean_x"]), tuple(tuple(r) for r in doc["cov_x"]),
-                         float(doc["sigma_model"]), replace(DEFAULT_OUTCOME, **(pins or {})), doc["info"],
-                         tuple(tuple(r) for r in doc.get("samples_x") or ()))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _write(path: Path, post: Posterior) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"names": post.names, "mean_x": post.mean_x, "cov_x": post.cov_x,
-                                   "sigma_model": post.sigma_model, "info": post.info,
-                                   "samples_x": [[round(v, 6) for v in row] for row in post.samples_x]}))
-        tmp.replace(path)
-    except OSError:
-        pass
+def memoized(key: str) -> Posterior | None:
+    return _MEMO.get(key)
 
 
 # ---------------------------------------------------------------- predictions
@@ -387,4 +367,4 @@ def summarize(draws: np.ndarray) -> dict[str, np.ndarray]:
 
 def default_posterior() -> Posterior:
     """The shipped posterior: the priors updated by the paper's numbers alone."""
-    return posterior_for(paper_evidence())
+    return fitted(paper_evidence())

@@ -34,11 +34,11 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from s2d_plan.errors import S2DError
-from s2d_plan.predict.calibration import load_calibration, write_calibration
+from s2d_plan.evidence.calibration_file import load_calibration, write_calibration
 from s2d_plan.plan.registry import ModelInfo
 from s2d_plan.predict.outcome import OutcomeConstants, Pipeline, SolveRates, predict
-from s2d_plan.predict.posterior import (Datum, datum_to_json, eval_sd, inputs_from_meta, outcome_inputs,
-                                        paper_evidence, posterior_for)
+from s2d_plan.predict.posterior import Datum, datum_to_json, eval_sd, inputs_from_meta, outcome_inputs, paper_evidence
+from s2d_plan.evidence.posterior_cache import posterior_for
 
 __all__ = ["calibrate", "fit_costs", "observations", "outcome_inputs", "rmse"]
 
