@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from s2d_plan import planning
 from s2d_plan.errors import HistoryError
@@ -67,7 +67,8 @@ def execute(target: StageGraph | str | Path, home: str | Path | None = None, for
     return execute_graph(graph, home, force, display=display, cluster=cluster_for(backend, graph.cluster))
 
 
-def execute_adaptive(plan: str | Path, home: str | Path | None = None, display: Any = None) -> AdaptiveResult:
+def execute_adaptive(plan: str | Path, home: str | Path | None = None, display: Any = None,
+                     say: Callable[[str], None] = print) -> AdaptiveResult:
     """``execute PLAN --adaptive``: pilot the candidates whose ranking is uncertain, then
     run the winner (``s2d_plan.adaptive.session``)."""
     from s2d_plan.adaptive.session import execute_adaptive as run_session
@@ -75,7 +76,7 @@ def execute_adaptive(plan: str | Path, home: str | Path | None = None, display: 
 
     if isinstance(plan, StageGraph) or Path(plan).suffix.lower() not in (".yaml", ".yml"):
         raise GraphError("adaptive execution starts from a plan (.yaml), not a stage graph")
-    return run_session(plan, home, display=display)
+    return run_session(plan, home, display=display, say=say)
 
 
 def load_target(target: str | Path, home: str | Path | None = None) -> tuple[StageGraph, str | None]:

@@ -100,12 +100,15 @@ def test_migrations_are_numbered_and_applied_once(s2d_home):
         assert con.execute("SELECT version FROM schema_version").fetchall() == [(v,) for v in range(1, LATEST + 1)]
 
 
-def test_writer_in_process_is_shared_by_readers(s2d_home):
+def test_a_reader_in_the_writers_process_reads_what_it_published(s2d_home):
+    """No process-wide writer registry: a reader beside the writer reads the published
+    copies, exactly like a reader in another process."""
     writer = HistoryWriter(s2d_home)
     try:
         writer.append_rows("evidence", ("model", "source", "prompt_index", "samples", "correct", "time"),
                            [("m", "s", 0, 4, 1, None)])
-        assert load_evidence(s2d_home, "m") == [(4, 1)]  # same process: no lock error
+        assert writer.publish(force=True)
+        assert load_evidence(s2d_home, "m") == [(4, 1)]  # same process: no configuration error
     finally:
         writer.close()
     assert load_evidence(s2d_home, "m", "s") == [(4, 1)]
