@@ -108,18 +108,25 @@ def test_zero_labels_means_no_grpo():
 
 def test_few_labels_are_spent_only_where_they_raise_the_prediction():
     """Was: 300 labels always went to the teacher first (a 2-step GRPO). Now a stage that
-    adds less than a run's noise is not planned, and no stage is below a useful size."""
+    adds less than a run's noise is not planned, and no stage is below a useful size.
+
+    What the rule guarantees is relative to the top candidate: the pick is within
+    ``STAGE_NOISE`` of it, and no candidate made of fewer of the pick's stages is. (A
+    pairwise margin over every simpler label-free candidate is not implied: the threshold
+    is not transitive; e6fd814 asserted it and failed here at 0.57 vs 0.75 points.)"""
     from s2d_plan.allocate.choice import STAGE_NOISE, stages_of
 
     _, ctx, result, graph = recommend(ROOT / "tests/plans/few-labels.yaml")
     assert graph.labels_spent() <= 300
     for st in graph.stages:
         assert (getattr(st.params, "steps", None) or 10) >= 10, st.id
+    finals = [result.best] + result.alternatives
+    value = {id(a): a.prediction.mean or a.prediction.value for a in finals}
+    top = max(value.values())
     best = result.best
-    label_free = [a for a in [best] + result.alternatives if a.labels_spent == 0]
-    if best.labels_spent:
-        assert all(best.prediction.mean > a.prediction.mean + STAGE_NOISE for a in label_free
-                   if stages_of(a.structure) < stages_of(best.structure))
+    assert value[id(best)] >= top - STAGE_NOISE
+    assert not [a for a in finals if stages_of(a.structure) < stages_of(best.structure)
+                and value[id(a)] >= top - STAGE_NOISE]
 
 
 def test_budgets_large_and_small():
