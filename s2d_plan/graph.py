@@ -1,6 +1,6 @@
 """The stage graph: the contract between the compiler, the executor and the runners.
 
-A graph is a JSON document (see DESIGN.md, "Stage graph JSON"). The compiler builds one
+A graph is a JSON document (the manual's stage graph reference). The compiler builds one
 from an allocation; the executor reads one back, checks it, and runs its stages in
 dependency order. Validation lives here so that both ends agree on what a good graph is.
 

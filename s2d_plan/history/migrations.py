@@ -4,7 +4,7 @@ Each entry moves the schema from version N-1 to N and is applied once, in order,
 one transaction, when the executor opens the store. Never edit a released migration:
 add the next number. Table and column names of ``runs``, ``stages``, ``metrics``,
 ``artifacts``, ``evidence`` and ``trials`` are the public contract for users' SQL
-(DESIGN.md): add columns, rename none.
+(the manual's history reference): add columns, rename none.
 """
 
 from __future__ import annotations

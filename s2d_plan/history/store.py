@@ -1,7 +1,7 @@
 """The run history: one DuckDB file, written only by the executor, read with plain SQL.
 
 Where it lives: ``<home>/history.duckdb`` (home = ``--home`` / ``S2D_HOME`` / ``./.s2d``,
-see ``s2d_plan.paths``). Tables (the public contract, DESIGN.md): ``runs``, ``stages``,
+see ``s2d_plan.paths``). Tables (the public contract, in the manual): ``runs``, ``stages``,
 ``metrics``, ``artifacts``, ``evidence``, ``trials``, plus the view ``metrics_latest``
 (newest attempt per stage, key and step, so a resumed stage has one clean curve) and
 ``schema_version`` (numbered migrations, ``s2d_plan.history.migrations``).

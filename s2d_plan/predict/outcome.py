@@ -1,6 +1,6 @@
 """Outcome model: the final student's accuracy on the objective eval for a candidate pipeline.
 
-It encodes the reward-density principle (DESIGN.md section 1) as a few closed forms with
+It encodes the reward-density principle (the manual's science page) as a few closed forms with
 constants. The constants are not fitted to reproduce anything exactly: each has a prior
 (``s2d_plan.predict.priors``) and the evidence (the paper's numbers with their seed
 noise, the user's finished runs) turns it into a posterior
