@@ -209,3 +209,9 @@ def test_local_speed_recovers_how_much_faster_a_plan_learns():
     assert all(abs(predict(tiny, rates, d.pipeline, local.mode).value - d.measured) < 0.01 for d in data)
     flat = [replace(d, measured=0.5) for d in data]  # no gain measured: nothing to change
     assert "l_rl" not in P.local_speeds(post, flat)
+
+
+def test_a_vanishing_pilot_share_is_refused(tmp_path):
+    """pilot_share 1e-300 left pilots no time at all: refused with the usual range."""
+    with pytest.raises(PlanError, match="pilot_share 1e-300 is too small"):
+        load_plan(tiny_plan(tmp_path / "p.yaml", pilot_share=1e-300))

@@ -133,3 +133,17 @@ def test_query_errors_are_history_errors(finished_run, s2d_home):
     with pytest.raises(HistoryError, match="read-only"):
         query("INSERT INTO runs (run_id) VALUES ('x')", s2d_home)
     assert isinstance(Path(s2d_home / "history.snapshot.duckdb"), Path)
+
+
+def test_a_key_repeated_at_a_step_is_one_row_the_last_value(s2d_home):
+    """TRL logs ``epoch`` twice at the last step: ``metrics`` keeps one row per
+    (run, stage, attempt, step, key), the last value, also across flush batches."""
+    writer = HistoryWriter(s2d_home)
+    line = lambda step, key, value: json.dumps({"step": step, "key": key, "value": value})
+    writer.append_metrics("r", "s", 1, "k", [line(5, "epoch", 0.9), line(5, "loss", 1.0), line(5, "epoch", 1.0)])
+    writer.append_metrics("r", "s", 1, "k", [line(5, "loss", 0.5), line(6, "loss", 0.4)])
+    writer.append_metrics("r", "s", 2, "k", [line(5, "loss", 0.7)])
+    rows = writer.query("SELECT attempt, step, key, value FROM metrics ORDER BY ALL")
+    assert rows == [(1, 5, "epoch", 1.0), (1, 5, "loss", 0.5), (1, 6, "loss", 0.4), (2, 5, "loss", 0.7)]
+    assert writer.count_metric_lines([line(5, "epoch", 0.9), line(5, "epoch", 1.0)]) == 1
+    writer.close()

@@ -164,3 +164,53 @@ def test_calibration_residuals_when_the_home_holds_a_calibration(tiny_run, tmp_p
     charts, attrs = browser.charts_in(browser.render(out.as_uri())[0])
     cal = [c for c in charts if c.id == "calibration"]
     assert attrs.get("data-errors") == "[]" and len(cal) == 1 and cal[0].traces == cal[0].series == 2
+
+
+def _serving(tmp_path, **kw):
+    from s2d_plan.report.serve import make_server, serve_in_thread
+    server = make_server([], tmp_path / "home", host="127.0.0.1", port=0, **kw)
+    serve_in_thread(server)
+    return server, server.server_address[1]
+
+
+def test_serve_refuses_a_foreign_host_header(tmp_path):
+    """DNS rebinding: a page on evil.example resolving to 127.0.0.1 must not read the report."""
+    import http.client
+    server, port = _serving(tmp_path)
+    try:
+        statuses = {}
+        for host in ("evil.example", f"evil.example:{port}", f"127.0.0.1:{port}", f"localhost:{port}"):
+            con = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            con.request("GET", PLOTLY_PATH, headers={"Host": host})
+            statuses[host] = con.getresponse().status
+            con.close()
+        assert statuses == {"evil.example": 403, f"evil.example:{port}": 403,
+                            f"127.0.0.1:{port}": 200, f"localhost:{port}": 200}
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_serve_caps_its_threads_and_is_quiet_on_disconnects(tmp_path, capfd):
+    import socket
+    import threading
+    import time
+    before = threading.active_count()
+    server, port = _serving(tmp_path)
+    socks = []
+    try:
+        for _ in range(50):  # half-open: connect, send part of a request, never finish
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s.sendall(b"GET / HTTP/1.1\r\n")
+            socks.append(s)
+        time.sleep(0.5)
+        assert threading.active_count() - before <= server.max_threads + 1
+    finally:
+        for s in socks:
+            s.close()
+        server.shutdown()
+        server.server_close()
+    assert "Traceback" not in capfd.readouterr().err
+
+
+PLOTLY_PATH = "/plotly.js"

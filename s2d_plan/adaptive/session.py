@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -29,7 +28,7 @@ from s2d_plan.allocate.explain import graph_meta
 from s2d_plan.compiler import compile_graph, compile_stages
 from s2d_plan.errors import InfeasibleError
 from s2d_plan.graph import StageGraph
-from s2d_plan.history.decisions import Decision, open_session, record, trail
+from s2d_plan.history.decisions import Decision, claim, new_session_id, open_session, record, trail
 from s2d_plan.history.read import query
 from s2d_plan.paths import resolve_home
 from s2d_plan.plan.spec import load_plan
@@ -79,7 +78,8 @@ class Session:
     def __init__(self, spec: Any, tspec: Any, home: Path, holdout: int, display: Any, say: Callable[[str], None]):
         self.spec, self.home, self.holdout, self.display, self.say = spec, home, holdout, display, say
         self.key = session_key(spec)
-        self.sid = open_session(home, self.key) or f"ad-{self.key[:8]}-{time.strftime('%Y%m%d%H%M%S')}"
+        self.claim = claim(home, self.key)  # refused here while another executor runs this plan
+        self.sid = open_session(home, self.key) or new_session_id(self.key)
         self.trail = trail(home, self.sid)
         self.ctx = context_for(tspec, read_home(tspec, home))
         self.runs: list[str] = []
@@ -105,6 +105,8 @@ class Session:
         except SessionStopped as stop:
             self.say(f"adaptive: session {self.sid} stopped ({stop.result.status}); run the same command to resume it")
             return self._result(stop.result.run_id, stop.result.status, stop.result.exit_code)
+        finally:
+            self.claim.close()  # the next executor of this plan may resume the session
 
     def _run(self) -> AdaptiveResult:
         done = self._find("finished")

@@ -8,7 +8,11 @@ and to show it.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,17 +42,41 @@ class Decision:
 
 def record(home: Path, session: str, plan_hash: str, d: Decision) -> Decision:
     """Append ``d`` as the session's next row; returns it with its sequence number."""
-    seq = len(trail(home, session)) + 1
     med, low, high = d.predicted or (None, None, None)
-    row = (session, seq, utcnow(), plan_hash, d.kind, d.run_id,
-           None if d.candidates is None else json.dumps(d.candidates, default=float),
-           json.dumps(d.evidence, default=float), d.chosen, med, low, high, d.why)
     writer = HistoryWriter(Path(home))
-    try:
+    try:  # the sequence number is chosen under the write lock: no other writer can take it
+        seq = writer.query("SELECT coalesce(max(seq), 0) + 1 FROM decisions WHERE session = ?", [session])[0][0]
+        row = (session, seq, utcnow(), plan_hash, d.kind, d.run_id,
+               None if d.candidates is None else json.dumps(d.candidates, default=float),
+               json.dumps(d.evidence, default=float), d.chosen, med, low, high, d.why)
         writer.append_rows("decisions", COLUMNS, [row])
     finally:
         writer.close()
     return Decision(d.kind, d.why, d.run_id, d.candidates, d.evidence, d.chosen, d.predicted, seq, row[2])
+
+
+def new_session_id(plan_hash: str) -> str:
+    """A fresh session id: the plan, the second, and a random part (two in one second differ)."""
+    return f"ad-{plan_hash[:8]}-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}"
+
+
+def claim(home: str | Path, plan_hash: str):
+    """Hold this plan's adaptive session on ``home`` until the returned file is closed (or
+    the process dies); a second executor is refused here, before it writes anything."""
+    Path(home).mkdir(parents=True, exist_ok=True)
+    f = open(Path(home) / f".adaptive-{plan_hash[:16]}.lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        pid = f.read().strip() or "?"
+        f.close()
+        raise HistoryError(f"another adaptive executor (pid {pid}) is running this plan's session on {home}; "
+                           f"wait for it to finish or stop it, then resume") from None
+    f.truncate(0)
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
 
 
 def trail(home: str | Path, session: str) -> list[Decision]:

@@ -147,6 +147,10 @@ CREATE TABLE decisions (
     why VARCHAR
 );
 """),
+    (4, """
+-- One row per (session, seq): two executors must not both write a session's next decision.
+CREATE UNIQUE INDEX decisions_session_seq ON decisions (session, seq);
+"""),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -63,10 +63,16 @@ class HistoryWriteError(HistoryError):
 
 
 # The metric lines among the raw lines in _metric_lines: what is inserted, and counted.
+# One row per (step, key), the last line's: TRL logs ``epoch`` twice at the last step.
 _METRIC_ROWS = """
-FROM (SELECT from_json(line, '{"step": "BIGINT", "key": "VARCHAR", "value": "DOUBLE", "time": "DOUBLE"}') AS m
+FROM (SELECT rowid AS n, from_json(line, '{"step": "BIGINT", "key": "VARCHAR", "value": "DOUBLE", "time": "DOUBLE"}') AS m
       FROM _metric_lines WHERE json_valid(line))
-WHERE m.key IS NOT NULL AND m.step IS NOT NULL"""
+WHERE m.key IS NOT NULL AND m.step IS NOT NULL
+QUALIFY row_number() OVER (PARTITION BY m.step, m.key ORDER BY n DESC) = 1"""
+# A later batch's (step, key) replaces the row an earlier batch wrote.
+_DROP_REPEATED = """
+DELETE FROM metrics WHERE run_id = $1 AND stage_id = $2 AND attempt = $3
+AND (step, key) IN (SELECT m.step, m.key""" + _METRIC_ROWS + ")"
 _INSERT_METRICS = """
 INSERT INTO metrics
 SELECT $1, $2, $3, m.step, m.key, CASE WHEN isfinite(m.value) THEN m.value END,
@@ -219,6 +225,7 @@ class HistoryWriter:
             if lines:
                 self._appender.append_rows([(line,) for line in lines])
                 self._appender.flush()
+                self.con.execute(_DROP_REPEATED, [run_id, stage_id, attempt])
                 self.con.execute(_INSERT_METRICS, [run_id, stage_id, attempt, cache_key])
                 self.con.execute("DELETE FROM _metric_lines")
             if offset is not None:
@@ -236,7 +243,7 @@ class HistoryWriter:
         try:
             self._appender.append_rows([(line,) for line in lines])
             self._appender.flush()
-            return self.con.execute("SELECT count(*)" + _METRIC_ROWS).fetchall()[0][0]
+            return self.con.execute("SELECT count(*) FROM (SELECT 1" + _METRIC_ROWS + ")").fetchall()[0][0]
         finally:
             self._undo()
 

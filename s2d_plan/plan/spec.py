@@ -40,6 +40,7 @@ _DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".arrow", ".txt")
 MAX_CLUSTER_GPUS = 1_000_000
 MAX_HOURS = 100_000.0  # wall-clock hours (11 years)
 MAX_LIST = 64  # teachers, eval sets, trusted models
+MIN_PILOT_SHARE = 0.01  # below this a pilot round gets too few steps to show a learning curve
 
 
 class _Spec(BaseModel):
@@ -209,6 +210,9 @@ class Adaptive(_Spec):
         if v >= 1:
             raise ValueError(f"pilot_share {shown_value(v)} would spend the whole budget (or more) on pilots, "
                              "leaving nothing for the winner; give a share below 1 (0.10-0.15 is usual)")
+        if v < MIN_PILOT_SHARE:
+            raise ValueError(f"pilot_share {shown_value(v)} is too small for any pilot to learn anything; "
+                             f"give at least {MIN_PILOT_SHARE:g} (0.10-0.15 is usual)")
         return v
 
 

@@ -10,6 +10,8 @@ browser) rather than inlined into every refresh. Binds 127.0.0.1 unless told oth
 from __future__ import annotations
 
 import html
+import ipaddress
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -41,15 +43,23 @@ def make_server(runs: list[str], home: str | Path | None, host: str = "127.0.0.1
 
     handler = _handler({"/": (page, "text/html; charset=utf-8", "no-store"),
                         PLOTLY_URL: (lambda: plotly_js, "application/javascript", "max-age=86400")})
+    if not _is_loopback(host):
+        print(f"s2d-plan: warning: serving the report on {host}, reachable from other machines; "
+              f"the report has no authentication", file=sys.stderr)
     try:
-        return ThreadingHTTPServer((host, port), handler)
+        return _BoundedServer((host, port), handler)
     except OSError as exc:
         raise S2DError(f"cannot serve on {host}:{port}: {exc.strerror or exc} (choose another --port)") from None
 
 
 def _handler(routes: dict[str, tuple[Callable[[], bytes], str, str]]) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        timeout = 10.0  # a half-open connection holds a thread this long at most
+
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            if not self.server.host_allowed(self.headers.get("Host", "")):
+                self.send_error(403, "unexpected Host header")  # DNS rebinding
+                return
             route = routes.get(self.path.split("?", 1)[0]) or (routes["/"] if self.path in ("/index.html",) else None)
             if route is None:
                 self.send_error(404)
@@ -67,6 +77,56 @@ def _handler(routes: dict[str, tuple[Callable[[], bytes], str, str]]) -> type[Ba
             pass
 
     return Handler
+
+
+_LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in _LOOPBACK_NAMES or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    """At most ``max_threads`` connections served at once (the accept loop waits for a
+    free one); a client that goes away mid-answer is not an error worth a traceback."""
+
+    max_threads = 8
+    request_queue_size = 128  # waiting connections queue in the kernel, not in threads
+
+    def __init__(self, address, handler):
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(self.max_threads)
+        self.bind_host = address[0]
+
+    def host_allowed(self, header: str) -> bool:
+        name = header.rsplit(":", 1)[0] if not header.endswith("]") else header
+        name = name.strip().lower()
+        if name in (self.bind_host.lower(), f"[{self.bind_host.lower()}]"):
+            return True
+        return _is_loopback(self.bind_host) and _is_loopback(name)
+
+    def process_request(self, request, client_address) -> None:
+        self._slots.acquire()
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request, client_address) -> None:
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
 
 
 def serve_in_thread(server: ThreadingHTTPServer) -> threading.Thread:
