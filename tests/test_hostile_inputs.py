@@ -50,3 +50,13 @@ def test_graph_json_refuses_duplicate_keys(tmp_path, s2d_home):
     code, out = invoke("validate", str(path))
     assert code == 2, out
     assert "duplicate key 'plan'" in out and "Traceback" not in out, out
+
+
+def test_a_missing_stage_plugin_module_is_exit_2(tmp_path, s2d_home, monkeypatch):
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps({"plan": "p", "stages": [sim_stage("a")]}))
+    monkeypatch.setenv("S2D_STAGE_PLUGINS", "no_such_plugin_module_xyz")
+    monkeypatch.setattr(stage_mod, "_plugins_loaded", False)
+    code, out = invoke("validate", str(path), env={"S2D_HOME": str(s2d_home)})
+    assert code == 2, out
+    assert "S2D_STAGE_PLUGINS" in out and "no_such_plugin_module_xyz" in out and "Traceback" not in out, out
