@@ -271,3 +271,22 @@ def test_user_sql_in_the_executors_process_never_gets_the_writers_connection(two
     finally:
         writer.close()
     assert not (tmp_path / "x.csv").exists()
+
+
+@pytest.mark.parametrize("sql", ["SELECT content FROM read_text('.tmp/secret')", "SELECT * FROM glob('.tmp/*')"])
+def test_a_live_reader_cannot_read_the_cwds_tmp_directory(two_runs, tmp_path, monkeypatch, sql):
+    cwd = tmp_path / "cwd"
+    (cwd / ".tmp").mkdir(parents=True)
+    (cwd / ".tmp" / "secret").write_text("password\n")
+    monkeypatch.chdir(cwd)
+    writer = HistoryWriter(two_runs)
+    try:
+        writer.begin_live("r")
+        try:
+            rows = query(sql, two_runs)[1]
+        except HistoryError as exc:
+            assert "files, the network and extensions are off" in str(exc)
+        else:
+            assert rows == [], rows  # nothing of the cwd's .tmp is visible
+    finally:
+        writer.close()
