@@ -290,3 +290,24 @@ def test_a_live_reader_cannot_read_the_cwds_tmp_directory(two_runs, tmp_path, mo
             assert rows == [], rows  # nothing of the cwd's .tmp is visible
     finally:
         writer.close()
+
+
+def cli_in_process(*args: str):
+    from typer.testing import CliRunner
+
+    from s2d_plan.cli import app
+
+    result = CliRunner().invoke(app, list(args))
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    return result
+
+
+def test_history_streams_and_caps_a_huge_result(two_runs):
+    result = cli_in_process("history", "SELECT * FROM range(200000000)", "--csv", "--home", str(two_runs))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("\n") == 10_001  # the header and the first 10,000 rows
+    assert "10000 rows shown" in result.stderr and "--max-rows" in result.stderr
+    small = cli_in_process("history", "SELECT * FROM range(30)", "--csv", "--max-rows", "5", "--home", str(two_runs))
+    assert small.stdout.splitlines() == ["range", "0", "1", "2", "3", "4"] and "5 rows shown" in small.stderr
+    whole = cli_in_process("history", "SELECT * FROM range(30)", "--csv", "--max-rows", "0", "--home", str(two_runs))
+    assert whole.stdout.count("\n") == 31 and "rows shown" not in whole.stderr

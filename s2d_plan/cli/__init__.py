@@ -188,6 +188,8 @@ def history(
     check: bool = typer.Option(False, "--check", help="Verify the history's invariants (metric rows vs "
                                "files, offsets, stale RUNNING, temp files) and repair what can be "
                                "repaired without loss."),
+    max_rows: int = typer.Option(10_000, "--max-rows", min=0, help="Show (or write) at most this many rows; "
+                                 "0 = no cap."),
     home: Optional[Path] = HOME_OPT,
 ) -> None:
     """Query past runs with SQL (read-only): runs, stages, metrics, artifacts, evidence, trials."""
@@ -202,14 +204,18 @@ def history(
         raise typer.BadParameter("give SQL to run (or --check)")
     if sql == "-":
         sql = sys.stdin.read()
+    cols, rows = query(sql, home, max_rows=max_rows)
+    cut = bool(max_rows) and len(rows) > max_rows
+    rows = rows[:max_rows] if cut else rows
     if out is not None:
         from s2d_plan.cli.output import render_rows
 
-        cols, rows = query(sql, home)
         written = export_query(render_rows(cols, rows, "json" if json_out else "csv"), out, home)
         typer.echo(f"{len(rows)} row{'' if len(rows) == 1 else 's'} written to {written}", err=True)
-        return
-    _rows(*query(sql, home), table, csv, json_out, default="table" if sys.stdout.isatty() else "csv")
+    else:
+        _rows(cols, rows, table, csv, json_out, default="table" if sys.stdout.isatty() else "csv")
+    if cut:
+        typer.echo(f"note: {max_rows} rows shown; more were cut (--max-rows N to raise, 0 = no cap)", err=True)
 
 
 @app.command()

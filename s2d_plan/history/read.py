@@ -153,8 +153,11 @@ def load_evidence(home: str | Path | None, model: str, source: str | None = None
 
 
 # -- the CLI: history, runs, show ------------------------------------------------------
-def query(sql: str, home: str | Path | None = None, params: Sequence[Any] | None = None) -> tuple[list[str], list[tuple]]:
+def query(sql: str, home: str | Path | None = None, params: Sequence[Any] | None = None,
+          max_rows: int | None = None) -> tuple[list[str], list[tuple]]:
     """Run user SQL read-only; return (column names, rows). Errors become HistoryError.
+    With ``max_rows`` (> 0) rows are streamed and at most ``max_rows + 1`` are fetched, so
+    a caller sees that more were cut without the whole result in memory.
 
         cols, rows = query("SELECT run_id, status FROM runs", home)
     """
@@ -169,23 +172,39 @@ def query(sql: str, home: str | Path | None = None, params: Sequence[Any] | None
             cur = con.execute(sql, params) if params else con.execute(sql)
             if cur.description is None:
                 return [], []
-            cols = [d[0] for d in cur.description]
-            return cols, cur.fetchall()
+            return [d[0] for d in cur.description], _fetch(cur, max_rows)
         except duckdb.Error as exc:
-            message = str(exc)
-            if "read-only" in message:
-                raise HistoryError(f"the history is read-only here; nothing was changed ({message})") from None
-            if "configuration has been locked" in message:
-                raise HistoryError("the history is read-only: its settings are locked; nothing was changed "
-                                   f"({message.splitlines()[0]})") from None
-            if isinstance(exc, duckdb.PermissionException):  # the locked connection said no
-                raise HistoryError("the history reads only its own tables: files, the network and extensions "
-                                   f"are off ({message.splitlines()[0]})") from None
-            if isinstance(exc, duckdb.IOException):  # a block that cannot be read
-                home = resolve_home(home)
-                hit = next((p for p in (snapshot_path(home), db_path(home)) if str(p) in message), db_path(home))
-                raise _files.damaged(hit, exc) from None
-            raise HistoryError(message) from None
+            raise _query_error(exc, home) from None
+
+
+def _fetch(cur: duckdb.DuckDBPyConnection, max_rows: int | None, chunk: int = 10_000) -> list[tuple]:
+    """Every row, or at most ``max_rows + 1`` fetched in chunks (streaming)."""
+    if not max_rows:
+        rows: list[tuple] = []
+        while batch := cur.fetchmany(chunk):
+            rows += batch
+        return rows
+    rows = []
+    while len(rows) <= max_rows and (batch := cur.fetchmany(min(chunk, max_rows + 1 - len(rows)))):
+        rows += batch
+    return rows
+
+
+def _query_error(exc: duckdb.Error, home: str | Path | None) -> HistoryError:
+    message = str(exc)
+    if "read-only" in message:
+        return HistoryError(f"the history is read-only here; nothing was changed ({message})")
+    if "configuration has been locked" in message:
+        return HistoryError("the history is read-only: its settings are locked; nothing was changed "
+                            f"({message.splitlines()[0]})")
+    if isinstance(exc, duckdb.PermissionException):  # the locked connection said no
+        return HistoryError("the history reads only its own tables: files, the network and extensions "
+                            f"are off ({message.splitlines()[0]})")
+    if isinstance(exc, duckdb.IOException):  # a block that cannot be read
+        home = resolve_home(home)
+        hit = next((p for p in (snapshot_path(home), db_path(home)) if str(p) in message), db_path(home))
+        return _files.damaged(hit, exc)
+    return HistoryError(message)
 
 
 def refused_statement(con: duckdb.DuckDBPyConnection, sql: str) -> str | None:
