@@ -311,3 +311,18 @@ def test_history_streams_and_caps_a_huge_result(two_runs):
     assert small.stdout.splitlines() == ["range", "0", "1", "2", "3", "4"] and "5 rows shown" in small.stderr
     whole = cli_in_process("history", "SELECT * FROM range(30)", "--csv", "--max-rows", "0", "--home", str(two_runs))
     assert whole.stdout.count("\n") == 31 and "rows shown" not in whole.stderr
+
+
+def test_out_refuses_every_path_inside_the_home(two_runs, tmp_path):
+    stage_dir = next((two_runs / "stages").iterdir())
+    link = tmp_path / "into-home"
+    link.symlink_to(stage_dir)
+    targets = [stage_dir / "COMPLETE", stage_dir / "new.csv", next((two_runs / "runs").rglob("*.jsonl")),
+               link / "COMPLETE", link / "x.csv", two_runs / "calibration.json"]
+    before = {p: p.read_bytes() for p in two_runs.rglob("*") if p.is_file()}
+    for target in targets:
+        result = cli_in_process("history", "SELECT 1 AS x", "--out", str(target), "--home", str(two_runs))
+        assert result.exit_code == 2, (target, result.output)
+        assert "inside the home" in result.stderr and "Traceback" not in result.output
+    assert {p: p.read_bytes() for p in two_runs.rglob("*") if p.is_file()} == before
+    assert not (stage_dir / "new.csv").exists()

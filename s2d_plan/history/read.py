@@ -226,7 +226,8 @@ def refused_statement(con: duckdb.DuckDBPyConnection, sql: str) -> str | None:
 
 def write_export(target: str | Path, text: str, home: str | Path | None = None) -> Path:
     """Write ``text`` to ``target`` atomically (a temporary file beside it, then a
-    rename); refuse any of the history's own files.
+    rename); refuse any path inside the home (the history's own files, metric
+    streams, specs, COMPLETE markers, checkpoints), symlinks resolved.
 
         write_export("/tmp/runs.csv", "run_id\\n", "/nonexistent")
     """
@@ -234,12 +235,10 @@ def write_export(target: str | Path, text: str, home: str | Path | None = None) 
     home = resolve_home(home)
     if target.is_dir():
         raise HistoryError(f"--out {target} is a directory; name a file")
-    ours = [db_path(home), snapshot_path(home), _snapshots.live_path(home)]
-    ours += [p.with_name(p.name + ".wal") for p in ours]
-    resolved = target.resolve()
-    if resolved.parent == home.resolve() and resolved.name.startswith(("history", ".history")) or \
-            any(p.exists() and target.exists() and os.path.samefile(p, target) for p in ours):
-        raise HistoryError(f"--out {target} is one of the history's own files; nothing was written")
+    resolved, root = target.resolve(), home.resolve()
+    if resolved == root or root in resolved.parents:  # symlinks resolved: no way into the home
+        raise HistoryError(f"--out {target} is inside the home {home} (the history's own files, stage "
+                           "outputs, checkpoints); nothing was written: name a file outside it")
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         tmp.write_text(text, encoding="utf-8")
