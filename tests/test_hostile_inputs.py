@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import sim_stage
+from conftest import REPO, sim_stage
 from typer.testing import CliRunner
 
 from s2d_plan.cli import app
@@ -60,3 +60,20 @@ def test_a_missing_stage_plugin_module_is_exit_2(tmp_path, s2d_home, monkeypatch
     code, out = invoke("validate", str(path), env={"S2D_HOME": str(s2d_home)})
     assert code == 2, out
     assert "S2D_STAGE_PLUGINS" in out and "no_such_plugin_module_xyz" in out and "Traceback" not in out, out
+
+
+def test_control_characters_from_data_are_printed_escaped(tmp_path, s2d_home):
+    plan = (REPO / "plans" / "tiny-cpu.yaml").read_text().replace("{name: arith,", '{name: "ar\\e]0;pwned\\aith",')
+    (tmp_path / "plan.yaml").write_text(plan)
+    graph = tmp_path / "g.json"
+    graph.write_text(json.dumps({"plan": "p\x1b[2J\x1b]0;title\x07\u202e", "stages": [sim_stage("a")]}))
+    outputs = [invoke("validate", str(tmp_path / "plan.yaml"))[1], invoke("validate", str(graph))[1]]
+    home = ["--home", str(s2d_home)]
+    assert invoke("execute", str(graph), *home)[0] == 0
+    for fmt in ("--table", "--csv"):
+        code, out = invoke("history", "SELECT plan, chr(27) || '[2J' || chr(13) AS x FROM runs", fmt, *home)
+        assert code == 0, out
+        outputs.append(out)
+    for out in outputs:
+        assert not any(ch in out for ch in "\x1b\x07\r\u202e"), repr(out)
+    assert "\\x1b[2J" in outputs[1] and "\\x1b[2J\\r" in outputs[2]
