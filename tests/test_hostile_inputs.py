@@ -15,7 +15,7 @@ from s2d_plan.contract import stage as stage_mod
 
 def invoke(*args: str, env: dict | None = None):
     result = CliRunner().invoke(app, list(args), env=env)
-    text = result.output + (result.stderr if result.stderr_bytes is not None else "")
+    text = result.output  # stdout and stderr
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     return result.exit_code, text
 
@@ -77,3 +77,37 @@ def test_control_characters_from_data_are_printed_escaped(tmp_path, s2d_home):
     for out in outputs:
         assert not any(ch in out for ch in "\x1b\x07\r\u202e"), repr(out)
     assert "\\x1b[2J" in outputs[1] and "\\x1b[2J\\r" in outputs[2]
+
+
+def tiny_plan(tmp_path, labeled: str, prompts: str = "../tiny-models/data/prompts.jsonl",
+              evals: str = "../tiny-models/data/eval.jsonl"):
+    text = (REPO / "plans" / "tiny-cpu.yaml").read_text()
+    text = text.replace("../tiny-models/data/labeled.jsonl", labeled).replace(
+        "../tiny-models/data/prompts.jsonl", prompts).replace("../tiny-models/data/eval.jsonl", evals)
+    path = tmp_path / "plan.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_a_data_source_that_is_a_device_fifo_or_directory_is_exit_2(tmp_path, s2d_home):
+    import os
+
+    os.mkfifo(tmp_path / "fifo.jsonl")
+    (tmp_path / "somedir").mkdir()
+    cases = {"data.labeled.source": dict(labeled="/dev/zero"),
+             "data.prompts.source": dict(labeled="ok.jsonl", prompts="fifo.jsonl"),
+             "eval.0.source": dict(labeled="ok.jsonl", evals="somedir")}
+    for field, sources in cases.items():
+        path = tiny_plan(tmp_path, **sources)
+        for args in (["validate", str(path)], ["recommend", str(path), "--home", str(s2d_home)]):
+            code, out = invoke(*args)
+            assert code == 2, (field, args, out)
+            assert field in out and "Traceback" not in out, (field, args, out)
+
+
+def test_saved_datasets_and_hub_ids_stay_accepted_as_sources(tmp_path):
+    (tmp_path / "saved").mkdir()
+    (tmp_path / "saved" / "state.json").write_text("{}")
+    (tmp_path / "ok.jsonl").write_text('{"problem": "1+1", "answer": "2"}\n')
+    code, out = invoke("validate", str(tiny_plan(tmp_path, "saved", prompts="org/prompts", evals="ok.jsonl")))
+    assert code == 0 and "source" not in out.split("valid")[0], out
