@@ -361,12 +361,14 @@ def reward_check(
     json_out: bool = typer.Option(False, "--json", help="One JSON object per pair."),
 ) -> None:
     """Show what the verifier extracts from a gold answer and a completion, and the score."""
-    argv = [sys.executable, "-m", "runners.reward_check"]
+    from s2d_plan.run.procs import safe_env
+
+    argv = [sys.executable, "-P", "-m", "runners.reward_check"]  # nothing imported from the cwd
     for flag, value in (("--gold", gold), ("--answer", answer), ("--file", file)):
         if value is not None:
             argv += [flag, str(value)]
     # the verifier lives with the runners (math-verify, the train extra): its own process
-    raise typer.Exit(subprocess.call(argv + (["--json"] if json_out else [])))
+    raise typer.Exit(subprocess.call(argv + (["--json"] if json_out else []), env=safe_env()))
 
 
 def _show_notice(message, category, filename, lineno, file=None, line=None) -> None:

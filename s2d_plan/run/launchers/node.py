@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     if cmd is None:
         return 0
     sys.stdout.flush()
-    os.execv(cmd[0], cmd)
+    from s2d_plan.run.procs import safe_env
+
+    os.execve(cmd[0], cmd, safe_env())  # torchrun's workers too import nothing from the cwd
     return 1  # not reached
 
 
