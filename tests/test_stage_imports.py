@@ -44,3 +44,17 @@ def test_verifier_workers_import_nothing_from_the_working_directory(tmp_path, mo
         if worker.proc.poll() is None:
             worker.proc.kill()
     assert not marker.exists(), marker.read_text()
+
+
+def test_a_runner_works_in_its_run_folder_and_reads_relative_paths_from_the_callers(tmp_path, monkeypatch):
+    from s2d_plan.contract.files import caller_path
+    from s2d_plan.run import procs
+
+    (tmp_path / "data.jsonl").write_text("{}\n")
+    monkeypatch.chdir(tmp_path)
+    log = tmp_path / "home" / "runs" / "r" / "a.1.log"
+    code = ("import os; from s2d_plan.contract.files import caller_path; "
+            "print(os.getcwd()); print(caller_path('data.jsonl'))")
+    assert procs.start([sys.executable, "-P", "-c", code], log).wait(timeout=60) == 0
+    assert log.read_text().split() == [str(log.parent), str(tmp_path / "data.jsonl")]
+    assert caller_path("org/name") == "org/name"
