@@ -21,6 +21,8 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
+from s2d_plan.contract.files import caller_path
+
 from s2d_plan.contract import (MODEL_SUBDIR, ROLLOUTS_FILE, S2DError, StageSpec, finalize,  # noqa: F401
                                load_spec)
 
@@ -54,7 +56,9 @@ class MetricWriter:
 
 def model_path(ref: str) -> str:
     """A resolved policy/teacher input: a stage output holds its model in ``model/``;
-    anything else (hub id, local checkpoint) is used as given."""
+    anything else (hub id, local checkpoint) is used as given (a relative path from
+    where ``execute`` ran, since a stage runs in its own folder)."""
+    ref = caller_path(ref)
     p = Path(ref)
     if (p / MODEL_SUBDIR).is_dir():
         return str(p / MODEL_SUBDIR)
@@ -63,7 +67,7 @@ def model_path(ref: str) -> str:
 
 def dataset_path(ref: str) -> Path:
     """A resolved dataset input: a stage output holds its rows in ``rollouts.jsonl``."""
-    p = Path(ref)
+    p = Path(caller_path(ref))
     if (p / ROLLOUTS_FILE).is_file():
         return p / ROLLOUTS_FILE
     return p

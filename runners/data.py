@@ -23,6 +23,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from s2d_plan.contract.files import CALLER_CWD_ENV, caller_path
 from s2d_plan.contract import ConfigurationError, EvalSlice, LabeledSlice, PromptSlice, S2DError, StageData
 
 INSTRUCTION = "Put the final answer in \\boxed{}."  # appended to every problem shown to a model
@@ -58,7 +59,8 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def load_rows(source: str, fmt: str | None = None, split: str = "train") -> list[dict[str, Any]]:
-    """Every row of a source, as dicts."""
+    """Every row of a source, as dicts (a relative path from where ``execute`` ran)."""
+    source = caller_path(source)
     fmt = fmt or detect_format(source)
     if fmt not in FORMATS:
         raise DataError(f"{source}: unknown format {fmt!r} (known: {', '.join(FORMATS)})")
@@ -66,7 +68,7 @@ def load_rows(source: str, fmt: str | None = None, split: str = "train") -> list
         return _hub_rows(source, split)
     path = Path(source)
     if not path.exists():
-        raise DataError(f"{source}: no such file or directory (relative paths start at {Path.cwd()})")
+        raise DataError(f"{source}: no such file or directory (relative paths start at {os.environ.get(CALLER_CWD_ENV) or Path.cwd()})")
     try:
         return _READERS[fmt](path, split)
     except DataError:

@@ -48,6 +48,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
@@ -183,15 +184,25 @@ def _worker_main(soft_timeout: float) -> None:
 # ----------------------------------------------------------------------------- parent side
 
 
+def _worker_env() -> dict[str, str]:
+    """The worker's environment: Python's safe path (nothing imported from the working
+    directory, where a planted ``runners/`` would run in every worker) and this project's
+    folder first on PYTHONPATH, so a checkout that is not installed still imports."""
+    root = str(Path(__file__).resolve().parent.parent)
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and os.path.isabs(p) and p != root]
+    return dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", PYTHONSAFEPATH="1",
+                PYTHONPATH=os.pathsep.join([root, *paths]))
+
+
 class _Worker:
     """One worker process and the requests it holds, oldest first. Requests are pipelined (the
     worker never waits on a round trip); the oldest is the one being worked on, so its deadline
     runs from the moment the previous answer came back."""
 
     def __init__(self, soft_timeout: float):
-        env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+        env = _worker_env()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "runners.verifier", "--worker", str(soft_timeout)],
+            [sys.executable, "-P", "-m", "runners.verifier", "--worker", str(soft_timeout)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
         )
         self.buf = b""

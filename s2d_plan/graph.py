@@ -212,11 +212,30 @@ def _find_cycle(edges: dict[str, list[str]]) -> list[str] | None:
     return None
 
 
+class DuplicateKey(ValueError):
+    def __init__(self, key: str):
+        self.key = key
+        super().__init__(key)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads``' object hook: a dict, or DuplicateKey (YAML plans refuse them too)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise DuplicateKey(key)
+        out[key] = value
+    return out
+
+
 def load_graph(path: str | Path) -> StageGraph:
     """Read and check a stage graph file; raise GraphError with every problem found."""
     path = Path(path)
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(), object_pairs_hook=_unique_keys)
+    except DuplicateKey as exc:
+        raise GraphError(f"{path}: not a stage graph: duplicate key {shown_value(exc.key)} in one object "
+                         "(JSON would keep only the last one)") from None
     except FileNotFoundError:
         raise GraphError(f"{path}: no such file") from None
     except RecursionError:

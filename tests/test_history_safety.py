@@ -271,3 +271,58 @@ def test_user_sql_in_the_executors_process_never_gets_the_writers_connection(two
     finally:
         writer.close()
     assert not (tmp_path / "x.csv").exists()
+
+
+@pytest.mark.parametrize("sql", ["SELECT content FROM read_text('.tmp/secret')", "SELECT * FROM glob('.tmp/*')"])
+def test_a_live_reader_cannot_read_the_cwds_tmp_directory(two_runs, tmp_path, monkeypatch, sql):
+    cwd = tmp_path / "cwd"
+    (cwd / ".tmp").mkdir(parents=True)
+    (cwd / ".tmp" / "secret").write_text("password\n")
+    monkeypatch.chdir(cwd)
+    writer = HistoryWriter(two_runs)
+    try:
+        writer.begin_live("r")
+        try:
+            rows = query(sql, two_runs)[1]
+        except HistoryError as exc:
+            assert "files, the network and extensions are off" in str(exc)
+        else:
+            assert rows == [], rows  # nothing of the cwd's .tmp is visible
+    finally:
+        writer.close()
+
+
+def cli_in_process(*args: str):
+    from typer.testing import CliRunner
+
+    from s2d_plan.cli import app
+
+    result = CliRunner().invoke(app, list(args))
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    return result
+
+
+def test_history_streams_and_caps_a_huge_result(two_runs):
+    result = cli_in_process("history", "SELECT * FROM range(200000000)", "--csv", "--home", str(two_runs))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("\n") == 10_001  # the header and the first 10,000 rows
+    assert "10000 rows shown" in result.stderr and "--max-rows" in result.stderr
+    small = cli_in_process("history", "SELECT * FROM range(30)", "--csv", "--max-rows", "5", "--home", str(two_runs))
+    assert small.stdout.splitlines() == ["range", "0", "1", "2", "3", "4"] and "5 rows shown" in small.stderr
+    whole = cli_in_process("history", "SELECT * FROM range(30)", "--csv", "--max-rows", "0", "--home", str(two_runs))
+    assert whole.stdout.count("\n") == 31 and "rows shown" not in whole.stderr
+
+
+def test_out_refuses_every_path_inside_the_home(two_runs, tmp_path):
+    stage_dir = next((two_runs / "stages").iterdir())
+    link = tmp_path / "into-home"
+    link.symlink_to(stage_dir)
+    targets = [stage_dir / "COMPLETE", stage_dir / "new.csv", next((two_runs / "runs").rglob("*.jsonl")),
+               link / "COMPLETE", link / "x.csv", two_runs / "calibration.json"]
+    before = {p: p.read_bytes() for p in two_runs.rglob("*") if p.is_file()}
+    for target in targets:
+        result = cli_in_process("history", "SELECT 1 AS x", "--out", str(target), "--home", str(two_runs))
+        assert result.exit_code == 2, (target, result.output)
+        assert "inside the home" in result.stderr and "Traceback" not in result.output
+    assert {p: p.read_bytes() for p in two_runs.rglob("*") if p.is_file()} == before
+    assert not (stage_dir / "new.csv").exists()

@@ -84,12 +84,12 @@ def test_node_entry_rendezvous():
     node 0's address; a sampling stage runs on node 0 only."""
     argv = node.build(["--kind", "opd", "--spec", "/s.json", "--nproc", "1", "--nnodes", "2", "--rank", "1",
                        "--master", "10.1.2.3:29400"])
-    assert argv[0] == sys.executable and argv[1:3] == ["-m", "torch.distributed.run"]
+    assert argv[0] == sys.executable and argv[1:4] == ["-P", "-m", "torch.distributed.run"]  # -P: safe path
     i = argv.index("--nnodes")
     assert argv[i:i + 8] == ["--nnodes", "2", "--node_rank", "1", "--master_addr", "10.1.2.3", "--master_port", "29400"]
     assert node.build(["--kind", "eval", "--spec", "/s.json", "--nnodes", "2", "--rank", "1"]) is None
     assert node.build(["--kind", "eval", "--spec", "/s.json", "--nnodes", "2", "--rank", "0"])[1:] == \
-        ["-m", "runners.eval", "/s.json"]
+        ["-P", "-m", "runners.eval", "/s.json"]
     assert Slot(nodes=2, gpus_per_node=8).gpus == 16 and Slot(gpu_ids=(0, 1)).gpus == 2
 
 

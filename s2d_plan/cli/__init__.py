@@ -18,6 +18,7 @@ from typing import Callable, Optional
 
 import typer
 
+from s2d_plan.cli.output import echo, safe_text
 from s2d_plan.errors import S2DError
 
 app = typer.Typer(
@@ -38,7 +39,7 @@ def friendly(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except S2DError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            echo(f"error: {exc}", err=True)
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper
@@ -73,7 +74,7 @@ def validate(
 
     result = check(path, plan)
     if result.kind == "plan":
-        typer.echo(summarize_plan(result.plan))
+        echo(summarize_plan(result.plan))
         return
     if result.problems:
         raise GraphError(f"{path}: the graph breaks {len(result.problems)} rule(s):\n  "
@@ -81,7 +82,7 @@ def validate(
     g = result.graph
     rules = "every allocation rule holds" if result.checked_rules else \
         "rules not checked: the graph carries no plan (pass --plan PLAN.yaml)"
-    typer.echo(f"graph {g.plan}: valid, {len(g.stages)} stages ({', '.join(s.kind for s in g.stages)}); {rules}")
+    echo(f"graph {g.plan}: valid, {len(g.stages)} stages ({', '.join(s.kind for s in g.stages)}); {rules}")
 
 
 @app.command()
@@ -108,15 +109,15 @@ def recommend(
         render.pareto_plot(rec, plot)
     if json_out or table or csv:
         if json_out:
-            typer.echo(text)
+            echo(text)
         else:
             _rows(*render.alternatives(rec), table, csv, False)
         return
-    typer.echo(render.recommendation(rec))
+    echo(render.recommendation(rec))
     if output is not None:
-        typer.echo(f"\nstage graph written to {output} (run it: s2d-plan execute {output})")
+        echo(f"\nstage graph written to {output} (run it: s2d-plan execute {output})")
     if plot is not None:
-        typer.echo(f"Pareto plot written to {plot}")
+        echo(f"Pareto plot written to {plot}")
 
 
 @app.command()
@@ -143,13 +144,13 @@ def execute(
         return
     graph, chosen = load_target(target, home)
     if chosen:
-        typer.echo(chosen)
+        echo(chosen)
     if dry_run:
-        typer.echo(render.dry_run(graph, plan_dry_run(graph, home, force), resolve_home(home)))
+        echo(render.dry_run(graph, plan_dry_run(graph, home, force), resolve_home(home)))
         return
     result = run_graph(graph, home, force, display=make_display(f"s2d-plan execute {graph.plan}"), backend=backend)
     for line in result.failures:
-        typer.echo(line, err=True)
+        echo(line, err=True)
     raise typer.Exit(result.exit_code)
 
 
@@ -171,7 +172,7 @@ def _execute_adaptive(target: Path, dry_run: bool, backend: Optional[str], home:
                                  "where the plan's compute.cluster says (no --backend)")
     result = execute_adaptive(target, home, display=make_display(f"s2d-plan execute --adaptive {target.name}"),
                               say=typer.echo)
-    typer.echo(f"session {result.session}: {result.status} (final run {result.run_id}; "
+    echo(f"session {result.session}: {result.status} (final run {result.run_id}; "
                f"`s2d-plan show {result.run_id}` shows the decision trail)")
     raise typer.Exit(result.exit_code)
 
@@ -188,6 +189,8 @@ def history(
     check: bool = typer.Option(False, "--check", help="Verify the history's invariants (metric rows vs "
                                "files, offsets, stale RUNNING, temp files) and repair what can be "
                                "repaired without loss."),
+    max_rows: int = typer.Option(10_000, "--max-rows", min=0, help="Show (or write) at most this many rows; "
+                                 "0 = no cap."),
     home: Optional[Path] = HOME_OPT,
 ) -> None:
     """Query past runs with SQL (read-only): runs, stages, metrics, artifacts, evidence, trials."""
@@ -196,20 +199,24 @@ def history(
     if check:
         report = check_history(home)
         for line in report.lines:
-            typer.echo(line)
+            echo(line)
         raise typer.Exit(0 if report.ok else 1)
     if sql is None:
         raise typer.BadParameter("give SQL to run (or --check)")
     if sql == "-":
         sql = sys.stdin.read()
+    cols, rows = query(sql, home, max_rows=max_rows)
+    cut = bool(max_rows) and len(rows) > max_rows
+    rows = rows[:max_rows] if cut else rows
     if out is not None:
         from s2d_plan.cli.output import render_rows
 
-        cols, rows = query(sql, home)
         written = export_query(render_rows(cols, rows, "json" if json_out else "csv"), out, home)
-        typer.echo(f"{len(rows)} row{'' if len(rows) == 1 else 's'} written to {written}", err=True)
-        return
-    _rows(*query(sql, home), table, csv, json_out, default="table" if sys.stdout.isatty() else "csv")
+        echo(f"{len(rows)} row{'' if len(rows) == 1 else 's'} written to {written}", err=True)
+    else:
+        _rows(cols, rows, table, csv, json_out, default="table" if sys.stdout.isatty() else "csv")
+    if cut:
+        echo(f"note: {max_rows} rows shown; more were cut (--max-rows N to raise, 0 = no cap)", err=True)
 
 
 @app.command()
@@ -225,7 +232,7 @@ def runs(
 
     cols, rows = list_runs(home)
     if not rows and not (csv or json_out):
-        typer.echo("no runs yet")
+        echo("no runs yet")
         return
     _rows(cols, rows, table, csv, json_out)
 
@@ -246,22 +253,22 @@ def show(
     from s2d_plan.history.read import show_run
 
     if run.startswith("ad-"):
-        typer.echo(render.decisions(run, trail(_home(home), run)))
+        echo(render.decisions(run, trail(_home(home), run)))
         return
     view = show_run(run, home)
     if csv or json_out:  # rows only, for scripts
         _rows(view.columns, view.stages, table, csv, json_out)
         return
     took = f"  took {(view.end - view.start).total_seconds():.1f}s" if view.end else ""
-    typer.echo(f"run {view.run_id}  plan {view.plan}  {view.status}  started {view.start:%Y-%m-%d %H:%M:%S}{took}")
+    echo(f"run {view.run_id}  plan {view.plan}  {view.status}  started {view.start:%Y-%m-%d %H:%M:%S}{took}")
     _rows(view.columns, view.stages, True, False, False)
     for stage_id, status, text in view.errors:
-        typer.echo(f"\n{stage_id} {status}: {text.rstrip()}")
+        echo(f"\n{stage_id} {status}: {text.rstrip()}")
     if view.error:
-        typer.echo(f"\nrun: {view.error}")
+        echo(f"\nrun: {view.error}")
     session = session_of_run(_home(home), view.run_id)
     if session:
-        typer.echo("\n" + render.decisions(session, trail(_home(home), session)))
+        echo("\n" + render.decisions(session, trail(_home(home), session)))
 
 
 @app.command()
@@ -276,9 +283,9 @@ def probe(
 
     result, rows = measure(plan, home, display=make_display(f"s2d-plan probe {plan}"))
     for line in result.failures:
-        typer.echo(line, err=True)
+        echo(line, err=True)
     for model, source, prompts, rate in rows:
-        typer.echo(f"evidence: {model} on {source}: {prompts} prompts, solve rate {rate:.1%}")
+        echo(f"evidence: {model} on {source}: {prompts} prompts, solve rate {rate:.1%}")
     raise typer.Exit(result.exit_code)
 
 
@@ -291,7 +298,7 @@ def calibrate(
     from s2d_plan.api import calibrate as fit
     from s2d_plan.cli.render import calibration_report
 
-    typer.echo(calibration_report(fit(home, progress=_fit_progress("calibrate: sampling the outcome posterior"))))
+    echo(calibration_report(fit(home, progress=_fit_progress("calibrate: sampling the outcome posterior"))))
 
 
 def _fit_progress(what: str) -> Callable[[int, int], None] | None:
@@ -327,7 +334,7 @@ def report(
 
         server = make_server(runs or [], home, host, port, refresh)
         shown = ", ".join(runs) if runs else "the newest run"
-        typer.echo(f"serving the report of {shown} at http://{host}:{server.server_address[1]}/ "
+        echo(f"serving the report of {shown} at http://{host}:{server.server_address[1]}/ "
                    f"(bound to {host}{' only' if host == '127.0.0.1' else ''}; refreshes every {refresh:g}s; "
                    "Ctrl-C stops)")
         try:
@@ -340,9 +347,9 @@ def report(
     from s2d_plan.api import report as write
 
     path, pngs = write(runs or [], home, output, png)
-    typer.echo(f"report written to {path} ({path.stat().st_size / 1e6:.1f} MB, self-contained; open it in a browser)")
+    echo(f"report written to {path} ({path.stat().st_size / 1e6:.1f} MB, self-contained; open it in a browser)")
     if pngs:
-        typer.echo(f"{len(pngs)} PNG(s) written to {png}/")
+        echo(f"{len(pngs)} PNG(s) written to {png}/")
 
 
 @app.command("reward-check")
@@ -354,17 +361,19 @@ def reward_check(
     json_out: bool = typer.Option(False, "--json", help="One JSON object per pair."),
 ) -> None:
     """Show what the verifier extracts from a gold answer and a completion, and the score."""
-    argv = [sys.executable, "-m", "runners.reward_check"]
+    from s2d_plan.run.procs import safe_env
+
+    argv = [sys.executable, "-P", "-m", "runners.reward_check"]  # nothing imported from the cwd
     for flag, value in (("--gold", gold), ("--answer", answer), ("--file", file)):
         if value is not None:
             argv += [flag, str(value)]
     # the verifier lives with the runners (math-verify, the train extra): its own process
-    raise typer.Exit(subprocess.call(argv + (["--json"] if json_out else [])))
+    raise typer.Exit(subprocess.call(argv + (["--json"] if json_out else []), env=safe_env()))
 
 
 def _show_notice(message, category, filename, lineno, file=None, line=None) -> None:
     """History notices (a stale snapshot, a missing main file) as one `warning:` line."""
-    print(f"warning: {message}", file=sys.stderr)
+    print(safe_text(f"warning: {message}"), file=sys.stderr)
 
 
 def main() -> None:

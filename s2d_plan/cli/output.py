@@ -11,9 +11,32 @@ import datetime as dt
 import decimal
 import json
 import math
+import re
 import sys
 import uuid
 from typing import Any, Sequence
+
+
+# Control characters (C0 but tab and newline, DEL, C1) and bidi overrides: a value from a
+# plan, a graph or the history could otherwise move the cursor, retitle the terminal or
+# hide text. Everything the CLI prints from data goes through ``safe_text``.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def safe_text(text: str) -> str:
+    r"""``text`` with control characters written as escapes (newlines and tabs kept).
+
+        >>> print(safe_text("eval\x1b]0;pwned\x07 \u202eok"))
+        eval\x1b]0;pwned\x07 \u202eok
+    """
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def echo(message: Any = "", err: bool = False) -> None:
+    """``typer.echo`` of ``safe_text(message)``: the one way the commands print."""
+    import typer
+
+    typer.echo(safe_text(str(message)), err=err)
 
 
 def _plain(value: Any) -> Any:
@@ -46,10 +69,11 @@ def _cell(value: Any) -> str:
         return value.strftime("%Y-%m-%d %H:%M:%S")
     if isinstance(value, (dict, list, tuple)):
         return json.dumps(_plain(value))
-    return str(value).replace("\n", " ")
+    return safe_text(str(value).replace("\n", " "))
 
 
 def format_table(cols: Sequence[str], rows: Sequence[Sequence[Any]], max_width: int = 60) -> str:
+    cols = [safe_text(str(c)) for c in cols]
     cells = [[_cell(v) for v in row] for row in rows]
     cells = [[c if len(c) <= max_width else c[: max_width - 1] + "…" for c in row] for row in cells]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]
@@ -71,11 +95,12 @@ def print_rows(cols: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, out
         data = [{c: _plain(v) for c, v in zip(cols, row)} for row in rows]
         out.write(json.dumps(data) + "\n")
     elif fmt == "csv":
+        shown = safe_text if out is sys.stdout else str  # a file (--out) keeps the data as it is
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(cols)
+        writer.writerow([shown(str(c)) for c in cols])
         for row in rows:
-            writer.writerow(["" if v is None else json.dumps(_plain(v)) if isinstance(v, (dict, list))
-                             else _plain(v) for v in row])
+            writer.writerow(["" if v is None else shown(json.dumps(_plain(v)) if isinstance(v, (dict, list))
+                                                       else str(_plain(v))) for v in row])
     else:
         if cols:
             out.write(format_table(cols, rows) + "\n")

@@ -112,3 +112,21 @@ def finalize(spec: StageSpec, summary: dict[str, Any] | None = None) -> Path:
 
 def is_complete(path: str | Path) -> bool:
     return (Path(path) / COMPLETE_MARKER).exists()
+
+
+CALLER_CWD_ENV = "S2D_CALLER_CWD"  # where `execute` ran; a stage runs in its own run folder
+
+
+def caller_path(ref: str) -> str:
+    """A relative path in a graph (a model, a data source) as it was meant: relative to
+    the directory ``execute`` ran in, not to the stage's own working directory; an
+    absolute path, a hub id or a path that exists nowhere passes through.
+
+        >>> caller_path("/abs/x.jsonl"), caller_path("org/name")
+        ('/abs/x.jsonl', 'org/name')
+    """
+    base = os.environ.get(CALLER_CWD_ENV)
+    if not ref or not base or os.path.isabs(ref) or ref.startswith("~"):
+        return ref
+    there = Path(base) / ref
+    return str(there) if there.exists() else ref

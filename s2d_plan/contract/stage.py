@@ -142,7 +142,11 @@ def _load_plugins() -> None:
         return
     _plugins_loaded = True
     for name in filter(None, (m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(","))):
-        importlib.import_module(name)
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            _plugins_loaded = False
+            raise ConfigurationError(f"{PLUGINS_ENV}: cannot import plugin module {name!r} ({exc})") from None
 
 
 def kind_of(name: str) -> Kind:

@@ -42,7 +42,7 @@ _PID_IN_LOCK = re.compile(r"\(PID (\d+)\)")
 
 def connect_locked(path: Path | str) -> duckdb.DuckDBPyConnection:
     """A read-only connection to ``path`` that can neither write, fetch nor install."""
-    con = duckdb.connect(str(path), read_only=True, config=dict(_GLOBAL))
+    con = duckdb.connect(str(path), read_only=True, config=dict(_GLOBAL, max_temp_directory_size="4GiB"))
     try:
         return lock_down(con)
     except duckdb.Error:

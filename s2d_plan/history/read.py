@@ -150,8 +150,11 @@ def evidence_rows(con: duckdb.DuckDBPyConnection, model: str, source: str | None
 
 
 # -- the CLI: history, runs, show ------------------------------------------------------
-def query(sql: str, home: str | Path | None = None, params: Sequence[Any] | None = None) -> tuple[list[str], list[tuple]]:
+def query(sql: str, home: str | Path | None = None, params: Sequence[Any] | None = None,
+          max_rows: int | None = None) -> tuple[list[str], list[tuple]]:
     """Run user SQL read-only; return (column names, rows). Errors become HistoryError.
+    With ``max_rows`` (> 0) rows are streamed and at most ``max_rows + 1`` are fetched, so
+    a caller sees that more were cut without the whole result in memory.
 
         cols, rows = query("SELECT run_id, status FROM runs", home)
     """
@@ -166,23 +169,39 @@ def query(sql: str, home: str | Path | None = None, params: Sequence[Any] | None
             cur = con.execute(sql, params) if params else con.execute(sql)
             if cur.description is None:
                 return [], []
-            cols = [d[0] for d in cur.description]
-            return cols, cur.fetchall()
+            return [d[0] for d in cur.description], _fetch(cur, max_rows)
         except duckdb.Error as exc:
-            message = str(exc)
-            if "read-only" in message:
-                raise HistoryError(f"the history is read-only here; nothing was changed ({message})") from None
-            if "configuration has been locked" in message:
-                raise HistoryError("the history is read-only: its settings are locked; nothing was changed "
-                                   f"({message.splitlines()[0]})") from None
-            if isinstance(exc, duckdb.PermissionException):  # the locked connection said no
-                raise HistoryError("the history reads only its own tables: files, the network and extensions "
-                                   f"are off ({message.splitlines()[0]})") from None
-            if isinstance(exc, duckdb.IOException):  # a block that cannot be read
-                home = resolve_home(home)
-                hit = next((p for p in (snapshot_path(home), db_path(home)) if str(p) in message), db_path(home))
-                raise _files.damaged(hit, exc) from None
-            raise HistoryError(message) from None
+            raise _query_error(exc, home) from None
+
+
+def _fetch(cur: duckdb.DuckDBPyConnection, max_rows: int | None, chunk: int = 10_000) -> list[tuple]:
+    """Every row, or at most ``max_rows + 1`` fetched in chunks (streaming)."""
+    if not max_rows:
+        rows: list[tuple] = []
+        while batch := cur.fetchmany(chunk):
+            rows += batch
+        return rows
+    rows = []
+    while len(rows) <= max_rows and (batch := cur.fetchmany(min(chunk, max_rows + 1 - len(rows)))):
+        rows += batch
+    return rows
+
+
+def _query_error(exc: duckdb.Error, home: str | Path | None) -> HistoryError:
+    message = str(exc)
+    if "read-only" in message:
+        return HistoryError(f"the history is read-only here; nothing was changed ({message})")
+    if "configuration has been locked" in message:
+        return HistoryError("the history is read-only: its settings are locked; nothing was changed "
+                            f"({message.splitlines()[0]})")
+    if isinstance(exc, duckdb.PermissionException):  # the locked connection said no
+        return HistoryError("the history reads only its own tables: files, the network and extensions "
+                            f"are off ({message.splitlines()[0]})")
+    if isinstance(exc, duckdb.IOException):  # a block that cannot be read
+        home = resolve_home(home)
+        hit = next((p for p in (snapshot_path(home), db_path(home)) if str(p) in message), db_path(home))
+        return _files.damaged(hit, exc)
+    return HistoryError(message)
 
 
 def refused_statement(con: duckdb.DuckDBPyConnection, sql: str) -> str | None:
@@ -204,7 +223,8 @@ def refused_statement(con: duckdb.DuckDBPyConnection, sql: str) -> str | None:
 
 def write_export(target: str | Path, text: str, home: str | Path | None = None) -> Path:
     """Write ``text`` to ``target`` atomically (a temporary file beside it, then a
-    rename); refuse any of the history's own files.
+    rename); refuse any path inside the home (the history's own files, metric
+    streams, specs, COMPLETE markers, checkpoints), symlinks resolved.
 
         write_export("/tmp/runs.csv", "run_id\\n", "/nonexistent")
     """
@@ -212,12 +232,10 @@ def write_export(target: str | Path, text: str, home: str | Path | None = None) 
     home = resolve_home(home)
     if target.is_dir():
         raise HistoryError(f"--out {target} is a directory; name a file")
-    ours = [db_path(home), snapshot_path(home), _snapshots.live_path(home)]
-    ours += [p.with_name(p.name + ".wal") for p in ours]
-    resolved = target.resolve()
-    if resolved.parent == home.resolve() and resolved.name.startswith(("history", ".history")) or \
-            any(p.exists() and target.exists() and os.path.samefile(p, target) for p in ours):
-        raise HistoryError(f"--out {target} is one of the history's own files; nothing was written")
+    resolved, root = target.resolve(), home.resolve()
+    if resolved == root or root in resolved.parents:  # symlinks resolved: no way into the home
+        raise HistoryError(f"--out {target} is inside the home {home} (the history's own files, stage "
+                           "outputs, checkpoints); nothing was written: name a file outside it")
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         tmp.write_text(text, encoding="utf-8")

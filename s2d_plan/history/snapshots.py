@@ -97,6 +97,14 @@ def drop_live(home: Path) -> None:
     live_path(home).unlink(missing_ok=True)
 
 
+READER_TEMP_MAX = "4GiB"
+
+
+def reader_temp_dir(home: Path) -> Path:
+    """Where a reader's in-memory connection spills (DuckDB creates it when it does)."""
+    return home / "tmp" / "readers"
+
+
 def open_composite(home: Path) -> duckdb.DuckDBPyConnection | None:
     """An in-memory connection showing base + live as the history's tables and views,
     locked like every reader once they are attached (``files.lock_down``), or None when
@@ -104,7 +112,11 @@ def open_composite(home: Path) -> duckdb.DuckDBPyConnection | None:
     base = snapshot_path(home)
     if not base.exists():
         return None
-    con = duckdb.connect(":memory:")
+    # An in-memory database spills to DuckDB's default temp_directory, the relative
+    # ".tmp", and a locked connection may still read its temp directory: so it is a
+    # folder of the home's own, capped (issue 23: `read_text('.tmp/x')` read the cwd).
+    con = duckdb.connect(":memory:", config={"temp_directory": str(reader_temp_dir(home)),
+                                             "max_temp_directory_size": READER_TEMP_MAX})
     try:
         con.execute(f"ATTACH {_lit(base)} AS base (READ_ONLY)")
     except duckdb.Error:

@@ -26,6 +26,7 @@ from s2d_plan.errors import PlanError
 from s2d_plan.plan.registry import GPUInfo, ModelInfo, resolve_gpu, resolve_model
 from s2d_plan.cluster import ClusterSpec
 from s2d_plan.plan.checks import did_you_mean, model_ref_shorthand, semantic_problems
+from s2d_plan.plan.sources import source_problems
 from s2d_plan.plan.yamlio import YamlDoc, YamlProblem, read_yaml
 
 # Stage ids the compiler uses; `pins.steps` keys must be one of these.
@@ -293,7 +294,7 @@ def parse_plan(doc: YamlDoc, source: str = "plan", base_dir: Path = Path(".")) -
         for err in exc.errors():
             loc = _clean_loc(err["loc"])
             found.append((doc.line_of(loc) or 0, _describe(err, loc, doc)))
-    for path, msg in semantic_problems(doc.data):
+    for path, msg in semantic_problems(doc.data) + source_problems(doc.data, base_dir):
         found.append((doc.line_of(path) or 0, f"{_where(path, doc)}: {msg}"))
     if found:
         ordered = sorted(found, key=lambda item: item[0])

@@ -7,9 +7,10 @@ resolver only, so no tag can construct an object. Two YAML 1.1 traps are closed 
   strings, so ``country: no`` is "no", not False;
 - floats follow YAML 1.2: ``1e-5`` and ``3E4`` are numbers, not strings.
 
-Duplicate keys are an error (PyYAML silently keeps the last one). Nesting deeper than
-``MAX_DEPTH`` is an error, found by walking the parser's events before the (recursive)
-composer runs, so a hostile file cannot exhaust the stack.
+Duplicate keys are an error (PyYAML silently keeps the last one). A file over
+``MAX_BYTES`` is refused before parsing; nesting deeper than ``MAX_DEPTH`` or more than
+``_MAX_NODES`` nodes stop the composer as it goes (one parse), so a hostile file can
+exhaust neither the stack nor the CPU; a recursive alias is refused.
 
     >>> doc = read_yaml_text("a: 1e-5\\nb: no\\n", "x.yaml")
     >>> doc.data, doc.line_of(("b",))
@@ -65,7 +66,8 @@ class YamlProblem(Exception):
 
 
 _PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
-_MAX_NODES = 100_000
+_MAX_NODES = 20_000  # composed nodes, and values built (aliases expand)
+MAX_BYTES = 256 * 1024  # a plan is a few KiB
 MAX_DEPTH = 32  # a plan nests about 5 levels
 
 
@@ -86,41 +88,52 @@ class YamlDoc:
             path = path[:-1]
 
 
-def _check_depth(text: str) -> None:
-    """YamlProblem if collections nest deeper than MAX_DEPTH (the parser is iterative)."""
-    loader = _Loader(text)
-    depth = 0
-    try:
-        while loader.check_event():
-            event = loader.get_event()
-            if isinstance(event, yaml.CollectionStartEvent):
-                depth += 1
-                if depth > MAX_DEPTH:
-                    line = event.start_mark.line + 1 if event.start_mark else "?"
-                    raise YamlProblem([f"line {line}: nested more than {MAX_DEPTH} levels deep; "
-                                       "a plan is a few levels of plain keys and lists"])
-            elif isinstance(event, yaml.CollectionEndEvent):
-                depth -= 1
-    finally:
-        loader.dispose()
+class _Counted(_Loader):
+    """A loader whose composer counts nodes and depth as it goes: a hostile file stops at
+    MAX_NODES or MAX_DEPTH during the one parse, before it can cost time or stack."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self.depth, self.composed = 0, 0
+
+    def compose_node(self, parent, index):
+        self.composed += 1
+        event = self.peek_event()
+        line = event.start_mark.line + 1 if event.start_mark else "?"
+        if self.composed > _MAX_NODES:
+            raise YamlProblem([f"line {line}: more than {_MAX_NODES} values; a plan is a few dozen"])
+        if self.depth >= MAX_DEPTH and isinstance(event, yaml.CollectionStartEvent):
+            raise YamlProblem([f"line {line}: nested more than {MAX_DEPTH} levels deep; "
+                               "a plan is a few levels of plain keys and lists"])
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
 
-def read_yaml_text(text: str, source: str) -> YamlDoc:
+def _compose(text: str) -> tuple[yaml.Node | None, _Loader]:
+    if len(text) > MAX_BYTES or len(text.encode("utf-8", "replace")) > MAX_BYTES:
+        raise YamlProblem([f"the file is larger than {MAX_BYTES // 1024} KiB; a plan is a few KiB of YAML"])
     try:
-        _check_depth(text)
-    except yaml.YAMLError:
-        pass  # a syntax error: reported with its place by the real read below
-    loader = _Loader(text)
-    try:
-        node = loader.get_single_node()
+        loader = _Counted(text)  # the reader refuses control characters here already
+        try:
+            return loader.get_single_node(), loader
+        finally:
+            loader.dispose()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown place"
         raise YamlProblem([f"YAML syntax error at {where}: {exc.problem}"]) from None
+    except yaml.reader.ReaderError as exc:
+        raise YamlProblem([f"character #x{exc.character:04x} at position {exc.position} is not allowed "
+                           "in a plan (control characters are refused)"]) from None
     except yaml.YAMLError as exc:
         raise YamlProblem([f"YAML error: {exc}"]) from None
-    finally:
-        loader.dispose()
+
+
+def read_yaml_text(text: str, source: str) -> YamlDoc:
+    node, loader = _compose(text)
     if node is None:
         raise YamlProblem(["the file is empty; a plan is a mapping with name, student, data, compute, eval"])
     doc = YamlDoc(data=None)
@@ -142,7 +155,12 @@ def read_yaml(path: str | Path) -> YamlDoc:
     return read_yaml_text(text, str(path))
 
 
-def _build(node: yaml.Node, path: Path_, doc: YamlDoc, problems: list[str], loader: _Loader) -> Any:
+def _build(node: yaml.Node, path: Path_, doc: YamlDoc, problems: list[str], loader: _Loader,
+           inside: frozenset = frozenset()) -> Any:
+    if id(node) in inside:  # `&a [*a]`: an alias to a collection it is part of
+        raise YamlProblem([f"line {node.start_mark.line + 1}: a recursive alias (a value that contains itself)"])
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+        inside = inside | {id(node)}
     doc.lines[path] = node.start_mark.line + 1
     doc.nodes_built += 1
     if doc.nodes_built > _MAX_NODES:  # aliases can expand a small file exponentially
@@ -156,7 +174,7 @@ def _build(node: yaml.Node, path: Path_, doc: YamlDoc, problems: list[str], load
             if key_node.tag == "tag:yaml.org,2002:merge":
                 problems.append(f"line {key_node.start_mark.line + 1}: YAML merge keys (<<) are not supported in plans")
                 continue
-            key = _build(key_node, path + ("<key>",), doc, problems, loader)
+            key = _build(key_node, path + ("<key>",), doc, problems, loader, inside)
             if not isinstance(key, (str, int, float, bool)) or key is None:
                 problems.append(f"line {key_node.start_mark.line + 1}: a key must be a plain scalar")
                 continue
@@ -168,12 +186,12 @@ def _build(node: yaml.Node, path: Path_, doc: YamlDoc, problems: list[str], load
                 )
                 continue
             doc.lines[path + (key,)] = key_node.start_mark.line + 1
-            out[key] = _build(value_node, path + (key,), doc, problems, loader)
+            out[key] = _build(value_node, path + (key,), doc, problems, loader, inside)
             doc.lines[path + (key,)] = key_node.start_mark.line + 1
         doc.lines.pop(path + ("<key>",), None)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_build(item, path + (i,), doc, problems, loader) for i, item in enumerate(node.value)]
+        return [_build(item, path + (i,), doc, problems, loader, inside) for i, item in enumerate(node.value)]
     try:
         return loader.construct_object(node, deep=True)
     except yaml.constructor.ConstructorError as exc:

@@ -37,9 +37,9 @@ def stage_command(kind: str, spec_path: str | Path, gpus: int = 1, device: str =
     others at ``master`` (host, port of node rank 0).
 
     >>> stage_command("grpo", "/tmp/s.json")[1:]
-    ['-m', 'runners.grpo', '/tmp/s.json']
+    ['-P', '-m', 'runners.grpo', '/tmp/s.json']
     >>> cmd = stage_command("opd", "/tmp/s.json", gpus=2, device="cpu")
-    >>> cmd[1:5], cmd[-3:]
+    >>> cmd[2:6], cmd[-3:]
     (['-m', 'torch.distributed.run', '--nproc_per_node', '2'], ['-m', 'runners.opd', '/tmp/s.json'])
     >>> cmd = stage_command("fkl", "/s.json", 1, "cpu", nnodes=2, node_rank=1, master=("10.0.0.5", 29500))
     >>> cmd[cmd.index("--nnodes"):cmd.index("--nnodes") + 8]
@@ -47,18 +47,19 @@ def stage_command(kind: str, spec_path: str | Path, gpus: int = 1, device: str =
     """
     spec = kind_of(kind)
     module = ["-m", spec.module, str(spec_path)]
+    python = [sys.executable, "-P"]  # safe path: nothing is imported from the working directory
     if (gpus <= 1 and nnodes <= 1) or not spec.trains:
-        return [sys.executable, *module]
+        return [*python, *module]
     host, port = master or ("127.0.0.1", free_port())
     cuda = device == "cuda" or (device == "auto" and cuda_present())
     if not cuda:
         # accelerate's --cpu path starts one process unless MPI is set up; torchrun starts N on
         # gloo, and accelerate inside the runner picks up its RANK / WORLD_SIZE environment.
-        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(gpus),
+        return [*python, "-m", "torch.distributed.run", "--nproc_per_node", str(gpus),
                 "--nnodes", str(nnodes), "--node_rank", str(node_rank),
                 "--master_addr", host, "--master_port", str(port), *module]
     # accelerate counts processes over all machines
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(gpus * nnodes),
+    launch = [*python, "-m", "accelerate.commands.launch", "--num_processes", str(gpus * nnodes),
               "--num_machines", str(nnodes), "--machine_rank", str(node_rank), "--main_process_ip", host,
               "--mixed_precision", "bf16", "--dynamo_backend", "no",
               "--use_fsdp", "--fsdp_version", "2", "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP",

@@ -20,6 +20,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from s2d_plan.contract.files import CALLER_CWD_ENV
+
 _PR_SET_PDEATHSIG = 1
 # Metrics shown as "the" progress figure of a stage when a runner logs them.
 KEY_METRICS = ("reward", "accuracy", "loss", "kl")
@@ -43,13 +45,39 @@ def _die_with_parent(parent: int) -> None:  # runs in the child between fork and
         os._exit(1)
 
 
+def project_root() -> Path | None:
+    """The folder holding ``s2d_plan`` and ``runners`` (site-packages, or a checkout)."""
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "runners" / "__init__.py").is_file() else None
+
+
+def safe_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """A runner's environment that imports nothing from its working directory: Python's
+    safe path (PYTHONSAFEPATH, inherited by torchrun's and the verifier's children), no
+    empty or relative PYTHONPATH entries, and the project's own folder first, so an
+    editable or uninstalled checkout stays importable (issue 23: a ``runners/`` in the
+    directory where ``execute`` ran executed inside every stage)."""
+    env = dict(os.environ if env is None else env, PYTHONSAFEPATH="1")
+    env.setdefault(CALLER_CWD_ENV, os.getcwd())  # relative paths in the graph (contract.files.caller_path)
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and os.path.isabs(p)]
+    root = project_root()
+    if root is not None:
+        paths = [str(root)] + [p for p in paths if p != str(root)]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    if not paths:
+        env.pop("PYTHONPATH")
+    return env
+
+
 def start(argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start a runner with stdout and stderr going to ``log_path``."""
+    """Start a runner with stdout and stderr going to ``log_path``, in the folder of
+    ``log_path`` (its run folder in the home), importing only from the installed
+    packages and the project (``safe_env``)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         return subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, env=env,
+            start_new_session=True, env=safe_env(env), cwd=log_path.parent,
             preexec_fn=functools.partial(_die_with_parent, os.getpid()) if _PRCTL is not None else None)
 
 

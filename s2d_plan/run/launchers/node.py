@@ -17,6 +17,7 @@ import argparse
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from s2d_plan.contract import kind_of
 from s2d_plan.run.launch import stage_command
@@ -61,7 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     if cmd is None:
         return 0
     sys.stdout.flush()
-    os.execv(cmd[0], cmd)
+    from s2d_plan.run.procs import safe_env
+
+    env = safe_env()  # torchrun's workers too import nothing from the cwd
+    os.chdir(Path(cmd[-1]).parent)  # the stage's run folder (the spec's), as on one machine
+    os.execve(cmd[0], cmd, env)
     return 1  # not reached
 
 

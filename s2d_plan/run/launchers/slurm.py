@@ -199,7 +199,7 @@ class SlurmLauncher:
         exclude, note = exclude_for_retry(job.avoid, nodes, slot.nodes)
         if exclude:
             argv.append(f"--exclude={','.join(exclude)}")
-        node = [sys.executable, "-m", "s2d_plan.run.launchers.node", "--kind", job.kind, "--spec", str(job.spec_path),
+        node = [sys.executable, "-P", "-m", "s2d_plan.run.launchers.node", "--kind", job.kind, "--spec", str(job.spec_path),
                 "--nproc", str(max(slot.gpus_per_node, 1)), "--nnodes", str(slot.nodes), "--slurm", "nodes"]
         return [*argv, str(SCRIPT), *node], note
 
