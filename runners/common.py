@@ -18,11 +18,12 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from s2d_plan.contract import (MODEL_SUBDIR, ROLLOUTS_FILE, S2DError, StageSpec, finalize,  # noqa: F401
-                               load_spec)
+from s2d_plan.contract import MODEL_SUBDIR, ROLLOUTS_FILE, S2DError, StageSpec, finalize, load_spec  # noqa: F401
+
 
 class MetricWriter:
     """Append metric lines to the stage's stream; every line is flushed at once."""

@@ -49,8 +49,8 @@ import sys
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
 
 SOFT_TIMEOUT_S = 3.0  # the worker's own alarm per pair
 HARD_MARGIN_S = 2.0  # the parent's deadline = soft + margin (a hang the alarm cannot stop)

@@ -8,16 +8,16 @@ import json
 
 import pytest
 
-from tests.fakes.simulate import value_at
-from s2d_plan.run.progress import PlainDisplay
+from s2d_plan.errors import S2DError
+from s2d_plan.graph import StageGraph
+from s2d_plan.plan.registry import ModelInfo
 from s2d_plan.predict.calibrate import calibrate, observations, outcome_inputs
 from s2d_plan.predict.calibration import describe, load_calibration
-from s2d_plan.errors import S2DError
-from s2d_plan.run.executor import execute_graph
-from s2d_plan.graph import StageGraph
 from s2d_plan.predict.outcome import Pipeline, SolveRates
 from s2d_plan.predict.priors import SEED_SD
-from s2d_plan.plan.registry import ModelInfo
+from s2d_plan.run.executor import execute_graph
+from s2d_plan.run.progress import PlainDisplay
+from tests.fakes.simulate import value_at
 
 STUDENT = ModelInfo(name="student", params_b=0.5, layers=2, hidden=64, heads=4, kv_heads=2, vocab=512, tokenizer="t")
 METRIC = "eval/arith/avg@4"

@@ -24,8 +24,7 @@ import pytest
 
 pytest.importorskip("ray")
 
-from clusters import (assert_reattached, can_unshare, live_rows, private_mount_argv, rows,  # noqa: E402
-                      start_ray_cluster)
+from clusters import assert_reattached, can_unshare, live_rows, private_mount_argv, rows, start_ray_cluster  # noqa: E402
 from conftest import REPO, cli_env, sim_stage, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.cluster

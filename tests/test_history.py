@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from conftest import sim_stage
 
-from s2d_plan.run.progress import PlainDisplay
-from s2d_plan.history.migrations import LATEST
 from s2d_plan.errors import HistoryError
-from s2d_plan.run.executor import execute_graph
 from s2d_plan.graph import load_graph
+from s2d_plan.history.migrations import LATEST
 from s2d_plan.history.read import load_evidence, open_reader, query
 from s2d_plan.history.store import HistoryWriter
+from s2d_plan.run.executor import execute_graph
+from s2d_plan.run.progress import PlainDisplay
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from s2d_plan.api import recommend
 from s2d_plan.cli import app
 from s2d_plan.graph import load_graph, parse_graph
-from s2d_plan.api import recommend
 from s2d_plan.plan.spec import load_plan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,9 +107,9 @@ def test_probe_evidence_replaces_the_registry_prior(monkeypatch, tmp_path):
 
 
 def test_recommend_imports_no_heavy_library():
-    code = ("import sys; from s2d_plan.api import recommend; recommend(%r, trials=10); "
+    code = (f"import sys; from s2d_plan.api import recommend; recommend({BUDGET!r}, trials=10); "
             "bad = [m for m in ('torch', 'transformers', 'trl', 'matplotlib') if m in sys.modules]; "
-            "print(bad); sys.exit(1 if bad else 0)" % BUDGET)
+            "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

@@ -13,7 +13,8 @@ import json
 import math
 import sys
 import uuid
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 
 def _plain(value: Any) -> Any:

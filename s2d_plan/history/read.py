@@ -15,15 +15,17 @@ import os
 import re
 import time
 import warnings
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import duckdb
 
 from s2d_plan.errors import HistoryError
-from s2d_plan.history import files as _files, snapshots as _snapshots
+from s2d_plan.history import files as _files
+from s2d_plan.history import snapshots as _snapshots
 from s2d_plan.history.store import _WRITERS
 from s2d_plan.paths import db_path, resolve_home, snapshot_path
 

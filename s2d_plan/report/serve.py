@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import html
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable
 
 from s2d_plan.errors import S2DError
 

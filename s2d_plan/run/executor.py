@@ -37,16 +37,18 @@ import signal
 import sys
 import time
 import uuid
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from s2d_plan.contract import EVIDENCE_FILE, StageSpec, is_complete, kind_of, write_spec
 from s2d_plan.errors import GraphError, HistoryError, S2DError
 from s2d_plan.graph import StageGraph
 from s2d_plan.history.store import HistoryWriter, utcnow
 from s2d_plan.paths import attempt_file, partial_dir, resolve_home, stage_dir
-from s2d_plan.run import procs as _procs, staging
+from s2d_plan.run import procs as _procs
+from s2d_plan.run import staging
 from s2d_plan.run.identity import cache_keys, resolve_inputs
 from s2d_plan.run.launchers import Busy, Job, Slot, make_launcher
 from s2d_plan.run.progress import PlainDisplay

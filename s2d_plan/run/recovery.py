@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Collection
+from typing import Any
 
 from s2d_plan.contract import is_complete
 from s2d_plan.errors import HistoryError

@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from s2d_plan.run import procs as _procs
 from s2d_plan.run.launch import stage_command

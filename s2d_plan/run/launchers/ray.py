@@ -31,8 +31,9 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from s2d_plan.run.launchers import Busy, ClusterError, Job, Placement, Slot, remote_env, split_nodes
 

@@ -26,8 +26,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from s2d_plan.run.launchers import ClusterError, Job, Placement, Slot, split_nodes
 
