@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from s2d_plan.contract import MODEL_SUBDIR, ROLLOUTS_FILE, S2DError, StageSpec, finalize, load_spec  # noqa: F401
+from s2d_plan.contract import MODEL_SUBDIR, ROLLOUTS_FILE, S2DError, StageSpec, finalize, load_spec
 
 
 class MetricWriter:
@@ -73,7 +73,7 @@ def dataset_path(ref: str) -> Path:
 class NullWriter(MetricWriter):
     """What ranks other than 0 get under ``accelerate launch``: only rank 0 reports."""
 
-    def __init__(self):  # noqa: D107  (no file)
+    def __init__(self):  # no file
         pass
 
     def log(self, step: int, key: str, value: float) -> None:

@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("trl")
 pytest.importorskip("math_verify")
 
-from s2d_plan.run.launch import stage_command  # noqa: E402
+from s2d_plan.run.launch import stage_command
 
 REPO = Path(__file__).resolve().parent.parent
 

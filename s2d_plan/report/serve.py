@@ -49,7 +49,7 @@ def make_server(runs: list[str], home: str | Path | None, host: str = "127.0.0.1
 
 def _handler(routes: dict[str, tuple[Callable[[], bytes], str, str]]) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        def do_GET(self) -> None:  # http.server's method name (pep8-naming is not enabled)
             route = routes.get(self.path.split("?", 1)[0]) or (routes["/"] if self.path in ("/index.html",) else None)
             if route is None:
                 self.send_error(404)
