@@ -7,8 +7,7 @@ import random
 import pytest
 
 from s2d_plan.plan.registry import model_info
-from s2d_plan.predict import outcome as o
-from s2d_plan.predict import posterior as post_mod
+from s2d_plan.predict import outcome as o, posterior as post_mod
 from s2d_plan.predict.calibration import load_calibration
 from s2d_plan.predict.priors import PRIORS
 

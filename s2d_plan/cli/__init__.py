@@ -132,8 +132,7 @@ def execute(
     home: Path | None = HOME_OPT,
 ) -> None:
     """Run a stage graph (or a plan): resumable, cached by content, logged to DuckDB."""
-    from s2d_plan.api import execute as run_graph
-    from s2d_plan.api import load_target
+    from s2d_plan.api import execute as run_graph, load_target
     from s2d_plan.cli import render
     from s2d_plan.paths import resolve_home
     from s2d_plan.run.preview import dry_run as plan_dry_run

@@ -24,8 +24,7 @@ from typing import Any
 import duckdb
 
 from s2d_plan.errors import HistoryError
-from s2d_plan.history import files as _files
-from s2d_plan.history import snapshots as _snapshots
+from s2d_plan.history import files as _files, snapshots as _snapshots
 from s2d_plan.history.store import _WRITERS
 from s2d_plan.paths import db_path, resolve_home, snapshot_path
 
