@@ -15,7 +15,6 @@ from runners._train import use_vllm
 from runners.data import as_chat
 from s2d_plan.contract import VllmSettings
 
-
 _ENGINES: dict[str, Any] = {}  # the vLLM engine of this process, by its arguments
 
 

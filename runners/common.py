@@ -18,13 +18,13 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from s2d_plan.contract import MODEL_SUBDIR, ROLLOUTS_FILE, S2DError, StageSpec, finalize, load_spec
 from s2d_plan.contract.files import caller_path
 
-from s2d_plan.contract import (MODEL_SUBDIR, ROLLOUTS_FILE, S2DError, StageSpec, finalize,  # noqa: F401
-                               load_spec)
 
 class MetricWriter:
     """Append metric lines to the stage's stream; every line is flushed at once."""
@@ -76,7 +76,7 @@ def dataset_path(ref: str) -> Path:
 class NullWriter(MetricWriter):
     """What ranks other than 0 get under ``accelerate launch``: only rank 0 reports."""
 
-    def __init__(self):  # noqa: D107  (no file)
+    def __init__(self):  # no file
         pass
 
     def log(self, step: int, key: str, value: float) -> None:

@@ -23,8 +23,8 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from s2d_plan.contract.files import CALLER_CWD_ENV, caller_path
 from s2d_plan.contract import ConfigurationError, EvalSlice, LabeledSlice, PromptSlice, S2DError, StageData
+from s2d_plan.contract.files import CALLER_CWD_ENV, caller_path
 
 INSTRUCTION = "Put the final answer in \\boxed{}."  # appended to every problem shown to a model
 FORMATS = ("jsonl", "json", "parquet", "csv", "disk", "hub")

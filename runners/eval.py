@@ -24,6 +24,7 @@ from runners.common import MetricWriter, StageSpec, model_path, run_main
 from runners.data import load_labeled
 from s2d_plan.contract import ConfigurationError
 
+
 def run(spec: StageSpec, writer: MetricWriter) -> dict:
     p = spec.params
     device = _train.device_of(spec)

@@ -32,6 +32,7 @@ from runners.common import MetricWriter, StageSpec, model_path, process_rank, ru
 from runners.data import as_chat, load_labeled
 from s2d_plan.contract import ConfigurationError
 
+
 def batch_layout(p, world: int) -> tuple[int, int]:
     """(per-device micro-batch, gradient accumulation) for one step of P x G completions."""
     return _train.batch_layout("grpo", int(p.prompts_per_step) * int(p.num_generations), p.per_device_batch_size,

@@ -28,7 +28,6 @@ from runners.data import load_labeled
 from s2d_plan.contract import EVIDENCE_FILE, ROLLOUTS_FILE, ConfigurationError
 
 
-
 def prompt_signal_yield(correct: int, samples: int, group: int = 8) -> float:
     """Chance that a group of ``group`` samples of this prompt has mixed outcomes, estimated
     from ``correct`` of ``samples`` (unbiased when samples >= group: drawing without

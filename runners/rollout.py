@@ -20,9 +20,10 @@ import json
 
 from runners import _train
 from runners._sample import sample
-from s2d_plan.contract import ROLLOUTS_FILE
 from runners.common import MetricWriter, StageSpec, model_path, run_main
 from runners.data import as_chat, stage_prompts
+from s2d_plan.contract import ROLLOUTS_FILE
+
 
 def run(spec: StageSpec, writer: MetricWriter) -> dict:
     p = spec.params

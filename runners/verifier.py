@@ -48,10 +48,10 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from collections import Counter, deque
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from pathlib import Path
 
 SOFT_TIMEOUT_S = 3.0  # the worker's own alarm per pair
 HARD_MARGIN_S = 2.0  # the parent's deadline = soft + margin (a hang the alarm cannot stop)

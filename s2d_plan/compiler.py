@@ -20,11 +20,11 @@ import math
 from typing import Any
 
 from s2d_plan.allocate.allocator import MIN_STEPS, Allocation, Context, SearchResult
-from s2d_plan.errors import ConfigurationError
-from s2d_plan.predict import costs
 from s2d_plan.contract import LabeledSlice, PromptSlice, Resources, Stage, StageEstimate, Tracking
+from s2d_plan.errors import ConfigurationError
 from s2d_plan.graph import Band, GraphEstimate, Sensitive, StageGraph
 from s2d_plan.plan.spec import PlanSpec
+from s2d_plan.predict import costs
 
 
 def labeled_slice(spec: PlanSpec, offset: int, count: int, spend: bool = True) -> LabeledSlice:

@@ -17,14 +17,15 @@ its data are slices, its references ``@stage_id`` (see the contract module).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from s2d_plan.cluster import ClusterSpec
 from s2d_plan.contract import MAX_GPU_HOURS, Stage, Tracking, shown_value, validation_problems
 from s2d_plan.errors import GraphError
-from s2d_plan.cluster import ClusterSpec
 
 GRAPH_VERSION = 1
 MAX_STAGES = 2000
@@ -77,7 +78,7 @@ class StageGraph(_Frozen):
     cluster: ClusterSpec | None = None
 
     @model_validator(mode="after")
-    def _check_structure(self) -> "StageGraph":
+    def _check_structure(self) -> StageGraph:
         problems = structure_problems(self) + trial_problems(self.meta.get("trials"))
         if problems:
             raise ValueError("; ".join(problems))

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, wait_for
+
 from s2d_plan.adaptive import pilots as P
 from s2d_plan.allocate.space import Structure
 from s2d_plan.errors import ConfigurationError, PlanError

@@ -10,13 +10,13 @@ import pytest
 
 from s2d_plan.allocate.allocator import Context, allocate, random_search
 from s2d_plan.allocate.choice import full_bridge
+from s2d_plan.allocate.explain import graph_meta
 from s2d_plan.compiler import compile_graph
-from s2d_plan.rules import rule_problems
 from s2d_plan.errors import InfeasibleError
 from s2d_plan.graph import parse_graph
-from s2d_plan.allocate.explain import graph_meta
 from s2d_plan.plan.spec import STAGE_IDS, load_plan, parse_plan
 from s2d_plan.plan.yamlio import read_yaml
+from s2d_plan.rules import rule_problems
 
 ROOT = Path(__file__).resolve().parents[1]
 FEASIBLE = sorted(ROOT.glob("plans/*.yaml")) + [

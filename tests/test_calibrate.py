@@ -8,16 +8,16 @@ import json
 
 import pytest
 
-from tests.fakes.simulate import value_at
-from s2d_plan.run.progress import PlainDisplay
-from s2d_plan.evidence.from_runs import calibrate, observations, outcome_inputs
-from s2d_plan.evidence.calibration_file import describe, load_calibration
 from s2d_plan.errors import S2DError
-from s2d_plan.run.executor import execute_graph
+from s2d_plan.evidence.calibration_file import describe, load_calibration
+from s2d_plan.evidence.from_runs import calibrate, observations, outcome_inputs
 from s2d_plan.graph import StageGraph
+from s2d_plan.plan.registry import ModelInfo
 from s2d_plan.predict.outcome import Pipeline, SolveRates
 from s2d_plan.predict.priors import SEED_SD
-from s2d_plan.plan.registry import ModelInfo
+from s2d_plan.run.executor import execute_graph
+from s2d_plan.run.progress import PlainDisplay
+from tests.fakes.simulate import value_at
 
 STUDENT = ModelInfo(name="student", params_b=0.5, layers=2, hidden=64, heads=4, kv_heads=2, vocab=512, tokenizer="t")
 METRIC = "eval/arith/avg@4"
@@ -117,10 +117,10 @@ def _history(home, runs: list[tuple[str, list[tuple[str, str, float, float, floa
 
 
 def test_time_factors_are_fitted_per_kind_and_applied_by_the_cost_model(s2d_home):
+    from s2d_plan.evidence.calibration_file import write_calibration
+    from s2d_plan.evidence.from_runs import _cost_constants, fit_costs
     from s2d_plan.plan.registry import gpu_info, model_info
     from s2d_plan.predict import costs
-    from s2d_plan.evidence.from_runs import _cost_constants, fit_costs
-    from s2d_plan.evidence.calibration_file import write_calibration
 
     # grpo runs at half its estimate (one of them was planned under an earlier factor of 2:
     # its estimate is taken back to the uncalibrated model first), eval at 1.5x, and the

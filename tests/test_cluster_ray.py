@@ -24,9 +24,8 @@ import pytest
 
 pytest.importorskip("ray")
 
-from clusters import (assert_reattached, can_unshare, live_rows, private_mount_argv, rows,  # noqa: E402
-                      start_ray_cluster)
-from conftest import REPO, cli_env, sim_stage, wait_for  # noqa: E402
+from clusters import assert_reattached, can_unshare, live_rows, private_mount_argv, rows, start_ray_cluster
+from conftest import REPO, cli_env, sim_stage, wait_for
 
 pytestmark = pytest.mark.cluster
 

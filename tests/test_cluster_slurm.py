@@ -22,9 +22,8 @@ import pytest
 if not shutil.which("slurmctld"):
     pytest.skip("Slurm is not installed (scripts/slurm-local.sh install)", allow_module_level=True)
 
-from clusters import (assert_reattached, can_unshare, live_rows, private_mount_argv, rows,  # noqa: E402
-                      start_slurm_cluster)
-from conftest import REPO, cli_env, sim_stage, wait_for  # noqa: E402
+from clusters import assert_reattached, can_unshare, live_rows, private_mount_argv, rows, start_slurm_cluster
+from conftest import REPO, cli_env, sim_stage, wait_for
 
 pytestmark = pytest.mark.cluster
 

@@ -5,10 +5,10 @@ from dataclasses import replace
 
 import pytest
 
-from s2d_plan.predict import costs
 from s2d_plan.evidence.calibration_file import load_calibration
-from s2d_plan.predict.costs import CostConstants, train_cost, train_memory
 from s2d_plan.plan.registry import gpu_info, model_info
+from s2d_plan.predict import costs
+from s2d_plan.predict.costs import CostConstants, train_cost, train_memory
 
 H100 = gpu_info("H100-80GB")
 RTX = gpu_info("RTX-4090")

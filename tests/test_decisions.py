@@ -29,7 +29,7 @@ def test_session_and_seq_are_unique(s2d_home):
     assert (first.seq, second.seq) == (1, 2)
     writer = HistoryWriter(s2d_home)
     try:
-        with pytest.raises(Exception):
+        with pytest.raises(Exception):  # noqa: B017 (the store wraps DuckDB's constraint error)
             writer.append_rows("decisions", ("session", "seq", "kind"), [("ad-x", 2, "candidates")])
     finally:
         writer.close()

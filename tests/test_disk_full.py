@@ -102,8 +102,8 @@ def test_a_real_full_disk_mid_run_loses_nothing(small_fs, write_graph):
             proc.kill()
             proc.communicate()
     assert proc.returncode == 2, out + err
-    assert "Traceback" not in err and len([l for l in err.splitlines() if l.startswith("error:")]) == 1, err
-    found = KEPT.search(next(l for l in err.splitlines() if l.startswith("error:")))
+    assert "Traceback" not in err and len([ln for ln in err.splitlines() if ln.startswith("error:")]) == 1, err
+    found = KEPT.search(next(ln for ln in err.splitlines() if ln.startswith("error:")))
     assert found and found.group(1) == str(home / "history.duckdb"), err
     filler.unlink(missing_ok=True)  # space again
     ballast.unlink()

@@ -9,11 +9,11 @@ import duckdb
 import pytest
 from conftest import sim_stage, wait_for
 
-from s2d_plan.run.progress import PlainDisplay
-from s2d_plan.run.executor import execute_graph
-from s2d_plan.run.identity import cache_keys
 from s2d_plan.graph import load_graph
 from s2d_plan.history.read import load_evidence, open_reader
+from s2d_plan.run.executor import execute_graph
+from s2d_plan.run.identity import cache_keys
+from s2d_plan.run.progress import PlainDisplay
 
 
 def run(graph_path: Path, home: Path, **kw):

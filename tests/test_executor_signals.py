@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import sim_stage, wait_for
 
-from s2d_plan.run.procs import pid_alive
 from s2d_plan.history.read import load_evidence, open_reader
+from s2d_plan.run.procs import pid_alive
 
 
 def rows(home: Path, sql: str, params=None) -> list[tuple]:
@@ -170,10 +170,10 @@ def test_execute_a_plan_says_what_it_chose_first(cli, s2d_home):
 def test_an_unfinished_plan_resumes_its_own_graph(write_graph, s2d_home, cli):
     from conftest import REPO
 
-    from s2d_plan.run.progress import PlainDisplay
-    from s2d_plan.run.executor import execute_graph
     from s2d_plan.graph import load_graph
     from s2d_plan.plan.spec import load_plan
+    from s2d_plan.run.executor import execute_graph
+    from s2d_plan.run.progress import PlainDisplay
 
     plan = REPO / "plans" / "budget.yaml"
     graph = write_graph([sim_stage("only_stage", steps=2, fail_at_step=1)], plan_hash=load_plan(plan).hash(),

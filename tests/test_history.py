@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from conftest import sim_stage
 
-from s2d_plan.run.progress import PlainDisplay
-from s2d_plan.history.migrations import LATEST
 from s2d_plan.errors import HistoryError
-from s2d_plan.run.executor import execute_graph
 from s2d_plan.graph import load_graph
+from s2d_plan.history.migrations import LATEST
 from s2d_plan.history.read import load_evidence, open_reader, query
 from s2d_plan.history.store import HistoryWriter
+from s2d_plan.run.executor import execute_graph
+from s2d_plan.run.progress import PlainDisplay
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -139,7 +139,10 @@ def test_a_key_repeated_at_a_step_is_one_row_the_last_value(s2d_home):
     """TRL logs ``epoch`` twice at the last step: ``metrics`` keeps one row per
     (run, stage, attempt, step, key), the last value, also across flush batches."""
     writer = HistoryWriter(s2d_home)
-    line = lambda step, key, value: json.dumps({"step": step, "key": key, "value": value})
+
+    def line(step: int, key: str, value: float) -> str:
+        return json.dumps({"step": step, "key": key, "value": value})
+
     writer.append_metrics("r", "s", 1, "k", [line(5, "epoch", 0.9), line(5, "loss", 1.0), line(5, "epoch", 1.0)])
     writer.append_metrics("r", "s", 1, "k", [line(5, "loss", 0.5), line(6, "loss", 0.4)])
     writer.append_metrics("r", "s", 2, "k", [line(5, "loss", 0.7)])

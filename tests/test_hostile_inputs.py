@@ -46,7 +46,7 @@ def test_hostile_yaml_is_exit_2_with_one_line(case, tmp_path):
 def test_graph_json_refuses_duplicate_keys(tmp_path, s2d_home):
     path = tmp_path / "g.json"
     stage = json.dumps(sim_stage("a"))
-    path.write_text('{"plan": "p", "stages": [%s], "plan": "q"}' % stage)
+    path.write_text('{"plan": "p", "stages": [' + stage + '], "plan": "q"}')
     code, out = invoke("validate", str(path))
     assert code == 2, out
     assert "duplicate key 'plan'" in out and "Traceback" not in out, out

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, sim_stage
+
 from s2d_plan.errors import PlanError
 from s2d_plan.plan.spec import load_plan
 from s2d_plan.run.launchers import Slot, node

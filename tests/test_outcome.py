@@ -6,11 +6,10 @@ import random
 
 import pytest
 
-from s2d_plan.plan.registry import model_info
-from s2d_plan.predict import outcome as o
 from s2d_plan.evidence import posterior_cache
-from s2d_plan.predict import posterior as post_mod
 from s2d_plan.evidence.calibration_file import load_calibration
+from s2d_plan.plan.registry import model_info
+from s2d_plan.predict import outcome as o, posterior as post_mod
 from s2d_plan.predict.priors import PRIORS
 
 STUDENT, TEACHER = model_info("Qwen/Qwen3-1.7B"), model_info("Qwen/Qwen3-8B")

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from s2d_plan.api import recommend
 from s2d_plan.cli import app
 from s2d_plan.graph import load_graph, parse_graph
-from s2d_plan.api import recommend
 from s2d_plan.plan.spec import load_plan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,10 +105,11 @@ def test_probe_evidence_replaces_the_registry_prior(tmp_path):
 
 def test_recommend_loads_only_what_it_uses():
     """`s2d-plan recommend` imports the planner, not the executor, launchers or adaptive."""
-    code = ("import sys; from s2d_plan.cli import main; sys.argv = ['s2d-plan', 'recommend', %r, '--trials', '10']\n"
+    code = (f"import sys; from s2d_plan.cli import main; sys.argv = ['s2d-plan', 'recommend', {str(BUDGET)!r}, "
+            "'--trials', '10']\n"
             "try:\n    main()\nexcept SystemExit:\n    pass\n"
             "mods = sorted(m for m in sys.modules if m.startswith('s2d_plan'))\n"
-            "print(len(mods), [m for m in mods if m.split('.')[1:2] in (['run'], ['adaptive'])])" % str(BUDGET))
+            "print(len(mods), [m for m in mods if m.split('.')[1:2] in (['run'], ['adaptive'])])")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "S2D_HOME": "/nonexistent/home"})
     count, loaded = proc.stdout.strip().splitlines()[-1].split(" ", 1)
@@ -116,9 +117,9 @@ def test_recommend_loads_only_what_it_uses():
 
 
 def test_recommend_imports_no_heavy_library():
-    code = ("import sys; from s2d_plan.api import recommend; recommend(%r, trials=10); "
+    code = (f"import sys; from s2d_plan.api import recommend; recommend({BUDGET!r}, trials=10); "
             "bad = [m for m in ('torch', 'transformers', 'trl', 'matplotlib') if m in sys.modules]; "
-            "print(bad); sys.exit(1 if bad else 0)" % BUDGET)
+            "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

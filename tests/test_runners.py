@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("trl")
 pytest.importorskip("math_verify")
 
-from s2d_plan.run.launch import stage_command  # noqa: E402
+from s2d_plan.run.launch import stage_command
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -196,10 +196,10 @@ def test_two_cpu_processes(tiny, tmp_path, kind):
 
 
 def test_every_kind_through_the_executor(tiny, tmp_path):
-    from s2d_plan.run.progress import PlainDisplay
-    from s2d_plan.run.executor import execute_graph
     from s2d_plan.graph import parse_graph
     from s2d_plan.history.read import open_reader
+    from s2d_plan.run.executor import execute_graph
+    from s2d_plan.run.progress import PlainDisplay
 
     T, S = str(tiny / "teacher"), str(tiny / "student")
     prompts = {"source": str(tiny / "data/prompts.jsonl"), "prompt_field": "problem", "count": 8}

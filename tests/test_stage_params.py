@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from s2d_plan.api import recommend
-from s2d_plan.errors import InfeasibleError
 from s2d_plan.contract import StageSpec
+from s2d_plan.errors import InfeasibleError
 
 ROOT = Path(__file__).resolve().parents[1]
 PLANS = sorted(str(p.relative_to(ROOT)) for p in [*(ROOT / "plans").glob("*.yaml"), *(ROOT / "tests/plans").glob("*.yaml")])
@@ -108,13 +108,13 @@ def test_runners_hand_the_stage_settings_to_trl_and_vllm(compiled, tmp_path, mon
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     checked = set()
-    for plan, graph in compiled.items():
+    for graph in compiled.values():
         for st in graph.stages:
             p = st.params
             if st.kind in TRAINS:
                 # the step splits over the stage's processes with the planned micro-batch
-                per_step = {"grpo": lambda: p.prompts_per_step * p.num_generations, "opd": lambda: p.prompts_per_step,
-                            "fkl": lambda: p.batch_size}[st.kind]()
+                per_step = {"grpo": lambda p=p: p.prompts_per_step * p.num_generations, "opd": lambda p=p: p.prompts_per_step,
+                            "fkl": lambda p=p: p.batch_size}[st.kind]()
                 micro, accum = _train.batch_layout(st.kind, per_step, p.per_device_batch_size, st.resources.gpus)
                 assert micro * accum * st.resources.gpus == per_step
                 cfg = {"grpo": grpo, "opd": opd, "fkl": fkl}[st.kind].config(_spec(st, tmp_path), "cpu")

@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("math_verify")
 
-from runners.verifier import Verifier, batch_metrics  # noqa: E402
+from runners.verifier import Verifier, batch_metrics
 
 
 @pytest.fixture(scope="module")

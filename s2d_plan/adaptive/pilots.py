@@ -289,9 +289,9 @@ def local_speeds(post: Posterior, data: list[Datum]) -> dict[str, dict[str, floa
             continue
         base = getattr(post.mode, const)
 
-        def loss(log_f: float) -> float:
-            k = replace(post.mode, **{const: base / math.exp(log_f)})
-            return sum(((predict(d.student, d.rates, d.pipeline, k).value - d.measured) / d.sd) ** 2 for d in ds)
+        def loss(log_f: float) -> float:  # noqa: B023 (called within this iteration only)
+            k = replace(post.mode, **{const: base / math.exp(log_f)})  # noqa: B023
+            return sum(((predict(d.student, d.rates, d.pipeline, k).value - d.measured) / d.sd) ** 2 for d in ds)  # noqa: B023
 
         grid = np.linspace(-MAX_LOG_FACTOR, MAX_LOG_FACTOR, 113)
         losses = np.array([loss(g) for g in grid])

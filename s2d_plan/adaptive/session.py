@@ -18,25 +18,25 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from s2d_plan.adaptive import pilots as P
 from s2d_plan.allocate.allocator import Context, SearchResult, allocate
 from s2d_plan.allocate.explain import graph_meta
 from s2d_plan.compiler import compile_graph, compile_stages
 from s2d_plan.errors import InfeasibleError
+from s2d_plan.evidence.home import read_home
 from s2d_plan.graph import StageGraph
 from s2d_plan.history.decisions import Decision, claim, new_session_id, open_session, record, trail
 from s2d_plan.history.read import query
 from s2d_plan.paths import resolve_home
 from s2d_plan.plan.spec import load_plan
-from s2d_plan.evidence.home import read_home
 from s2d_plan.planning import context_for
 from s2d_plan.predict.posterior import datum_from_json, datum_to_json
 from s2d_plan.run.executor import RunResult, execute_graph
-
 
 MAX_PILOT_STEPS = 10_000
 

@@ -30,10 +30,21 @@ from typing import Any
 
 from s2d_plan.allocate import choice
 from s2d_plan.allocate.search import Candidate, _Search, priced, search_random, trial_rows
-from s2d_plan.allocate.space import (MIN_STEPS, Allocation, Context, Quantities, Scale, Structure, box, evaluate,
-                                     pipeline, stage_costs, too_small)
-from s2d_plan.predict import costs
+from s2d_plan.allocate.space import (
+    MIN_STEPS,
+    Allocation,
+    Context,
+    Quantities,
+    Scale,
+    Structure,
+    box,
+    evaluate,
+    pipeline,
+    stage_costs,
+    too_small,
+)
 from s2d_plan.errors import InfeasibleError
+from s2d_plan.predict import costs
 
 __all__ = ["MIN_STEPS", "Allocation", "Context", "Quantities", "Scale", "SearchResult", "Structure", "allocate",
            "default_structure", "evaluate", "pipeline", "random_search", "stage_costs", "structures"]

@@ -14,7 +14,6 @@ from s2d_plan.contract import short_name
 from s2d_plan.predict.outcome import rl_gain, signal_yield
 from s2d_plan.predict.posterior import outcome_inputs
 
-
 # ---------------------------------------------------------------- explanation
 
 

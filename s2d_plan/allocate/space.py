@@ -12,12 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from s2d_plan.plan.registry import GPUInfo, ModelInfo
 from s2d_plan.predict import costs
 from s2d_plan.predict.costs import CostConstants, Estimate
-from s2d_plan.predict.outcome import (OutcomeConstants, Pipeline, Prediction, SolveRates, estimate_accuracy,
-                                      predict)
+from s2d_plan.predict.outcome import OutcomeConstants, Pipeline, Prediction, SolveRates, estimate_accuracy, predict
 from s2d_plan.predict.posterior import Posterior, default_posterior
-from s2d_plan.plan.registry import GPUInfo, ModelInfo
 
 GROUPS = (4, 8, 16)
 MAX_EPOCHS = 4.0
@@ -43,7 +42,7 @@ class Scale:
     probe_samples: int
 
     @staticmethod
-    def for_plan(gpu: GPUInfo, student: ModelInfo, completion_tokens: int | None = None) -> "Scale":
+    def for_plan(gpu: GPUInfo, student: ModelInfo, completion_tokens: int | None = None) -> Scale:
         if gpu.name == "cpu" or student.params_b < 0.05:
             # eval: sampled avg@4 at T=1 (greedy is also reported): tiny models' greedy
             # accuracy sits at its ceiling (93-98% in tinyworld), where no pipeline differs
@@ -147,7 +146,7 @@ class Context:
     @staticmethod
     def from_spec(spec: Any, evidence: dict[str, SolveRates] | None = None,
                   constants: CostConstants = costs.DEFAULT_CONSTANTS,
-                  posterior: Posterior | None = None) -> "Context":
+                  posterior: Posterior | None = None) -> Context:
         evidence = evidence or {}
         objective = spec.objective.eval
         student = spec.student.info

@@ -13,8 +13,8 @@ import functools
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import typer
 
@@ -64,7 +64,7 @@ def _rows(cols: list[str], rows: list[tuple], table: bool, csv: bool, json_out: 
 @friendly
 def validate(
     path: Path = typer.Argument(..., help="A plan (.yaml) or a stage graph (.json).", show_default=False),
-    plan: Optional[Path] = typer.Option(None, "--plan", help="For a graph: the plan to check its rules against "
+    plan: Path | None = typer.Option(None, "--plan", help="For a graph: the plan to check its rules against "
                                         "(default: the plan the compiler embedded in the graph)."),
 ) -> None:
     """Check a plan (print its summary) or a stage graph (types, structure, and every allocation rule)."""
@@ -92,10 +92,10 @@ def recommend(
     json_out: bool = typer.Option(False, "--json", help="Print only the compiled stage graph (JSON)."),
     table: bool = typer.Option(False, "--table", help="Print only the alternatives, as a table."),
     csv: bool = typer.Option(False, "--csv", help="Print only the alternatives, as CSV."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the stage graph to this file."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a Pareto plot (accuracy vs GPU-hours) PNG."),
-    trials: Optional[int] = typer.Option(None, "--trials", help="Search trials (overrides the plan's search.trials)."),
-    home: Optional[Path] = HOME_OPT,
+    output: Path | None = typer.Option(None, "-o", "--output", help="Write the stage graph to this file."),
+    plot: Path | None = typer.Option(None, "--plot", help="Write a Pareto plot (accuracy vs GPU-hours) PNG."),
+    trials: int | None = typer.Option(None, "--trials", help="Search trials (overrides the plan's search.trials)."),
+    home: Path | None = HOME_OPT,
 ) -> None:
     """Recommend where labels and GPU-hours go; print the pipeline, prediction and rationale."""
     from s2d_plan.api import recommend as plan_it
@@ -126,11 +126,11 @@ def execute(
     target: Path = typer.Argument(..., help="A stage graph (.json) or a plan (.yaml) to recommend then run."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print order, commands and estimates; run nothing."),
     force: list[str] = typer.Option([], "--force", help="Re-run this stage and its dependants (repeatable)."),
-    backend: Optional[str] = typer.Option(None, "--backend", help="Where stages run: local, ray or slurm "
+    backend: str | None = typer.Option(None, "--backend", help="Where stages run: local, ray or slurm "
                                           "(default: the plan's compute.cluster, else local)."),
     adaptive: bool = typer.Option(False, "--adaptive", help="Pilot the candidates whose ranking is uncertain "
                                   "(the plan's adaptive.pilot_share of its GPU-hours), then run the winner."),
-    home: Optional[Path] = HOME_OPT,
+    home: Path | None = HOME_OPT,
 ) -> None:
     """Run a stage graph (or a plan): resumable, cached by content, logged to DuckDB."""
     from s2d_plan.api import execute as run_graph, load_target
@@ -154,13 +154,13 @@ def execute(
     raise typer.Exit(result.exit_code)
 
 
-def _home(home: Optional[Path]) -> Path:
+def _home(home: Path | None) -> Path:
     from s2d_plan.paths import resolve_home
 
     return resolve_home(home)
 
 
-def _execute_adaptive(target: Path, dry_run: bool, backend: Optional[str], home: Optional[Path]) -> None:
+def _execute_adaptive(target: Path, dry_run: bool, backend: str | None, home: Path | None) -> None:
     from s2d_plan.api import execute_adaptive
     from s2d_plan.errors import ConfigurationError
     from s2d_plan.run.progress import make_display
@@ -180,18 +180,18 @@ def _execute_adaptive(target: Path, dry_run: bool, backend: Optional[str], home:
 @app.command()
 @friendly
 def history(
-    sql: Optional[str] = typer.Argument(None, help='SQL to run against the history ("-" reads it from stdin).'),
+    sql: str | None = typer.Argument(None, help='SQL to run against the history ("-" reads it from stdin).'),
     table: bool = TABLE_OPT,
     csv: bool = CSV_OPT,
     json_out: bool = JSON_OPT,
-    out: Optional[Path] = typer.Option(None, "--out", help="Write the rows to this file (CSV, or JSON with "
+    out: Path | None = typer.Option(None, "--out", help="Write the rows to this file (CSV, or JSON with "
                                        "--json), atomically; never one of the history's own files."),
     check: bool = typer.Option(False, "--check", help="Verify the history's invariants (metric rows vs "
                                "files, offsets, stale RUNNING, temp files) and repair what can be "
                                "repaired without loss."),
     max_rows: int = typer.Option(10_000, "--max-rows", min=0, help="Show (or write) at most this many rows; "
                                  "0 = no cap."),
-    home: Optional[Path] = HOME_OPT,
+    home: Path | None = HOME_OPT,
 ) -> None:
     """Query past runs with SQL (read-only): runs, stages, metrics, artifacts, evidence, trials."""
     from s2d_plan.api import check_history, export_query, query
@@ -225,7 +225,7 @@ def runs(
     table: bool = TABLE_OPT,
     csv: bool = CSV_OPT,
     json_out: bool = JSON_OPT,
-    home: Optional[Path] = HOME_OPT,
+    home: Path | None = HOME_OPT,
 ) -> None:
     """List past runs, newest first."""
     from s2d_plan.history.read import list_runs
@@ -244,7 +244,7 @@ def show(
     table: bool = TABLE_OPT,
     csv: bool = CSV_OPT,
     json_out: bool = JSON_OPT,
-    home: Optional[Path] = HOME_OPT,
+    home: Path | None = HOME_OPT,
 ) -> None:
     """Show one run: stages, statuses, estimated vs actual GPU-hours, final metrics, and
     for a run of an adaptive session (or a session id), the session's decision trail."""
@@ -275,7 +275,7 @@ def show(
 @friendly
 def probe(
     plan: Path = PLAN_ARG,
-    home: Optional[Path] = HOME_OPT,
+    home: Path | None = HOME_OPT,
 ) -> None:
     """Measure per-prompt solve rates of the plan's models on its labeled data (evidence for recommend)."""
     from s2d_plan.api import probe as measure
@@ -292,7 +292,7 @@ def probe(
 @app.command()
 @friendly
 def calibrate(
-    home: Optional[Path] = HOME_OPT,
+    home: Path | None = HOME_OPT,
 ) -> None:
     """Fit the outcome and cost models' constants to the runs in the history."""
     from s2d_plan.api import calibrate as fit
@@ -321,12 +321,12 @@ def report(
     runs: list[str] = typer.Argument(None, help="Run ids (unique prefixes); default: the newest run.",
                                      show_default=False),
     output: Path = typer.Option(Path("report.html"), "-o", "--output", help="The HTML file to write."),
-    png: Optional[Path] = typer.Option(None, "--png", help="Also write every chart as a PNG into this folder."),
+    png: Path | None = typer.Option(None, "--png", help="Also write every chart as a PNG into this folder."),
     serve: bool = typer.Option(False, "--serve", help="Serve the page live (refreshing) instead of writing it."),
     port: int = typer.Option(8765, "--port", help="Port for --serve."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address for --serve (default: this machine only)."),
     refresh: float = typer.Option(5.0, "--refresh", help="Seconds between refreshes of the served page."),
-    home: Optional[Path] = HOME_OPT,
+    home: Path | None = HOME_OPT,
 ) -> None:
     """Draw runs from the history as one self-contained HTML page (plan vs outcome, curves, alternatives)."""
     if serve:
@@ -355,9 +355,9 @@ def report(
 @app.command("reward-check")
 @friendly
 def reward_check(
-    gold: Optional[str] = typer.Option(None, "--gold", help="The gold answer."),
-    answer: Optional[str] = typer.Option(None, "--answer", help="A model's completion or answer."),
-    file: Optional[Path] = typer.Option(None, "--file", help='JSONL of {"gold": ..., "answer": ...} pairs.'),
+    gold: str | None = typer.Option(None, "--gold", help="The gold answer."),
+    answer: str | None = typer.Option(None, "--answer", help="A model's completion or answer."),
+    file: Path | None = typer.Option(None, "--file", help='JSONL of {"gold": ..., "answer": ...} pairs.'),
     json_out: bool = typer.Option(False, "--json", help="One JSON object per pair."),
 ) -> None:
     """Show what the verifier extracts from a gold answer and a completion, and the score."""

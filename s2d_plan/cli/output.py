@@ -14,8 +14,8 @@ import math
 import re
 import sys
 import uuid
-from typing import Any, Sequence
-
+from collections.abc import Sequence
+from typing import Any
 
 # Control characters (C0 but tab and newline, DEL, C1) and bidi overrides: a value from a
 # plan, a graph or the history could otherwise move the cursor, retitle the terminal or

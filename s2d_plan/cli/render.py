@@ -9,13 +9,14 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from s2d_plan.planning import Recommendation
 from s2d_plan.contract import short_name
+from s2d_plan.evidence.calibration_file import describe
 from s2d_plan.plan.registry import ModelInfo
 from s2d_plan.plan.spec import PlanSpec
-from s2d_plan.evidence.calibration_file import describe
+from s2d_plan.planning import Recommendation
 
 if TYPE_CHECKING:
+    from s2d_plan.graph import StageGraph
     from s2d_plan.run.preview import DryRunStage
 
 
@@ -87,7 +88,7 @@ def recommendation(rec: Recommendation) -> str:
     return "\n".join(lines + (["", note] if note else []))
 
 
-def _stage_table(graph: Any) -> list[str]:
+def _stage_table(graph: StageGraph) -> list[str]:
     header = ("stage", "model", "labels", "steps", "GPU-h", "mem/GPU", "strategy")
     rows = [header]
     for st in graph.stages:
@@ -195,7 +196,7 @@ def _model_line(info: ModelInfo, objective: str) -> str:
     return f"{info.name}{origin}: {info.params_b:g}B, {info.layers} layers, {info.tokenizer} tokenizer{acc_text}"
 
 
-def dry_run(graph: Any, stages: list[DryRunStage], home: Path) -> str:
+def dry_run(graph: StageGraph, stages: list[DryRunStage], home: Path) -> str:
     lines = [f"plan {graph.plan}: {len(graph.stages)} stages, home {home} (dry run: nothing runs)"]
     total = 0.0
     for i, d in enumerate(stages, 1):

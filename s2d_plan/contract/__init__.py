@@ -24,15 +24,59 @@ in another process knows it too; the product ships none.
 
 from __future__ import annotations
 
-from s2d_plan.contract.files import (COMPLETE_MARKER, EVIDENCE_FILE, MODEL_SUBDIR, ROLLOUTS_FILE, TRACKERS,
-                                     StageSpec, Tracking, finalize, is_complete, load_spec, validation_problems,
-                                     write_spec)
-from s2d_plan.contract.params import (MAX_BATCH, MAX_GPU_HOURS, MAX_GPUS, MAX_ROWS, MAX_SAMPLES, MAX_SEED,
-                                      MAX_STAGE_ID, MAX_STEPS, MAX_TEXT, MAX_TOKENS, EvalParams, FklParams,
-                                      GrpoParams, OpdParams, Params, ProbeParams, RolloutParams, VllmSettings)
-from s2d_plan.contract.stage import (KINDS, PLUGINS_ENV, REF, EvalSlice, Kind, LabeledSlice, ModelOrRef,
-                                     PromptSlice, Resources, Stage, StageData, StageEstimate, kind_of, register_kind,
-                                     short_name, shown_value, stage_ref)
+from s2d_plan.contract.files import (
+                                     COMPLETE_MARKER,
+                                     EVIDENCE_FILE,
+                                     MODEL_SUBDIR,
+                                     ROLLOUTS_FILE,
+                                     TRACKERS,
+                                     StageSpec,
+                                     Tracking,
+                                     finalize,
+                                     is_complete,
+                                     load_spec,
+                                     validation_problems,
+                                     write_spec,
+)
+from s2d_plan.contract.params import (
+                                     MAX_BATCH,
+                                     MAX_GPU_HOURS,
+                                     MAX_GPUS,
+                                     MAX_ROWS,
+                                     MAX_SAMPLES,
+                                     MAX_SEED,
+                                     MAX_STAGE_ID,
+                                     MAX_STEPS,
+                                     MAX_TEXT,
+                                     MAX_TOKENS,
+                                     EvalParams,
+                                     FklParams,
+                                     GrpoParams,
+                                     OpdParams,
+                                     Params,
+                                     ProbeParams,
+                                     RolloutParams,
+                                     VllmSettings,
+)
+from s2d_plan.contract.stage import (
+                                     KINDS,
+                                     PLUGINS_ENV,
+                                     REF,
+                                     EvalSlice,
+                                     Kind,
+                                     LabeledSlice,
+                                     ModelOrRef,
+                                     PromptSlice,
+                                     Resources,
+                                     Stage,
+                                     StageData,
+                                     StageEstimate,
+                                     kind_of,
+                                     register_kind,
+                                     short_name,
+                                     shown_value,
+                                     stage_ref,
+)
 from s2d_plan.errors import ConfigurationError, IncompatibleModelsError, S2DError
 
 __all__ = ["MAX_BATCH", "MAX_GPU_HOURS", "MAX_GPUS", "MAX_ROWS", "MAX_SAMPLES", "MAX_SEED", "MAX_STAGE_ID",

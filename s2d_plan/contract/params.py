@@ -67,7 +67,7 @@ class _Generates(Params):
 
 class _Samples(_Generates):
     @model_validator(mode="after")
-    def _in_process(self) -> "_Samples":
+    def _in_process(self) -> _Samples:
         if self.vllm.mode != "colocate":
             raise ValueError("vllm.mode: sampling stages run vLLM in their own process; only colocate is possible")
         return self

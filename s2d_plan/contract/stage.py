@@ -6,13 +6,29 @@ from __future__ import annotations
 import difflib
 import importlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Annotated, Any, Iterator
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, SerializeAsAny, ValidationError, model_validator
 
-from s2d_plan.contract.params import (MAX_GPU_HOURS, MAX_GPUS, MAX_ROWS, MAX_STAGE_ID, MAX_TEXT, EvalParams, FklParams, GrpoParams,
-                                      Name, OpdParams, Params, ProbeParams, RolloutParams, StageId, _Frozen)
+from s2d_plan.contract.params import (
+    MAX_GPU_HOURS,
+    MAX_GPUS,
+    MAX_ROWS,
+    MAX_STAGE_ID,
+    MAX_TEXT,
+    EvalParams,
+    FklParams,
+    GrpoParams,
+    Name,
+    OpdParams,
+    Params,
+    ProbeParams,
+    RolloutParams,
+    StageId,
+    _Frozen,
+)
 from s2d_plan.errors import ConfigurationError
 
 PLUGINS_ENV = "S2D_STAGE_PLUGINS"

@@ -29,16 +29,17 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from s2d_plan.errors import S2DError
 from s2d_plan.evidence.calibration_file import load_calibration, write_calibration
+from s2d_plan.evidence.posterior_cache import posterior_for
 from s2d_plan.plan.registry import ModelInfo
 from s2d_plan.predict.outcome import OutcomeConstants, Pipeline, SolveRates, predict
 from s2d_plan.predict.posterior import Datum, datum_to_json, eval_sd, inputs_from_meta, outcome_inputs, paper_evidence
-from s2d_plan.evidence.posterior_cache import posterior_for
 
 __all__ = ["calibrate", "fit_costs", "observations", "outcome_inputs", "rmse"]
 

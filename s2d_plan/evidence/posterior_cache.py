@@ -16,7 +16,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from s2d_plan.predict.posterior import (Datum, Posterior, Progress, evidence_key, fitted, memoized, remember)
+from s2d_plan.predict.posterior import Datum, Posterior, Progress, evidence_key, fitted, memoized, remember
 from s2d_plan.predict.priors import DEFAULT_OUTCOME
 
 CACHE_DIR = "posterior"

@@ -19,8 +19,7 @@ from typing import Any
 
 from s2d_plan.errors import HistoryError
 from s2d_plan.history.read import query
-from s2d_plan.history.store import HistoryWriter
-from s2d_plan.history.store import utcnow
+from s2d_plan.history.store import HistoryWriter, utcnow
 from s2d_plan.paths import db_path
 
 COLUMNS = ("session", "seq", "time", "plan_hash", "kind", "run_id", "candidates", "evidence", "chosen",

@@ -34,15 +34,16 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import duckdb
 
+from s2d_plan.errors import HistoryError
 from s2d_plan.history import files as _files, snapshots as _snapshots
 from s2d_plan.history.files import CLEAN_MARKER
 from s2d_plan.history.migrations import LATEST, migrate
-from s2d_plan.errors import HistoryError
 from s2d_plan.paths import db_path
 
 __all__ = ["CLEAN_MARKER", "HistoryWriteError", "HistoryWriter", "connect", "utcnow"]

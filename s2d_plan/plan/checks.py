@@ -12,8 +12,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from s2d_plan.plan.registry import (REQUIRED_GPU_FIELDS, REQUIRED_MODEL_FIELDS, known_gpus, known_models, resolve_gpu,
-                                     resolve_model)
+from s2d_plan.plan.registry import (
+    REQUIRED_GPU_FIELDS,
+    REQUIRED_MODEL_FIELDS,
+    known_gpus,
+    known_models,
+    resolve_gpu,
+    resolve_model,
+)
 
 
 def model_ref_shorthand(v: Any) -> Any:

@@ -13,7 +13,7 @@ model. Names match case-insensitively, with or without the hub organisation
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from typing import Any
 
@@ -60,7 +60,7 @@ class ModelInfo(BaseModel):
         """KV-cache bytes one token occupies (keys and values, every layer)."""
         return 2 * self.layers * self.kv_heads * self.head_dim_ * bytes_per_value
 
-    def shares_tokenizer(self, other: "ModelInfo") -> bool:
+    def shares_tokenizer(self, other: ModelInfo) -> bool:
         return self.tokenizer == other.tokenizer and self.vocab == other.vocab
 
 
@@ -78,12 +78,12 @@ def _load(filename: str) -> dict[str, dict[str, Any]]:
     return yaml.safe_load(text)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _models() -> dict[str, ModelInfo]:
     return {name: ModelInfo(name=name, known=True, **fields) for name, fields in _load("models.yaml").items()}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _gpus() -> dict[str, GPUInfo]:
     return {name: GPUInfo(name=name, **fields) for name, fields in _load("gpus.yaml").items()}
 

@@ -21,11 +21,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
+from s2d_plan.cluster import ClusterSpec
 from s2d_plan.contract import MAX_ROWS, MAX_SAMPLES, MAX_SEED, MAX_STEPS, MAX_TEXT, MAX_TOKENS, shown_value
 from s2d_plan.errors import PlanError
-from s2d_plan.plan.registry import GPUInfo, ModelInfo, resolve_gpu, resolve_model
-from s2d_plan.cluster import ClusterSpec
 from s2d_plan.plan.checks import did_you_mean, model_ref_shorthand, semantic_problems
+from s2d_plan.plan.registry import GPUInfo, ModelInfo, resolve_gpu, resolve_model
 from s2d_plan.plan.sources import source_problems
 from s2d_plan.plan.yamlio import YamlDoc, YamlProblem, read_yaml
 

@@ -107,7 +107,7 @@ class Estimate:
     micro_batch: int = 0  # sequences per forward/backward on one GPU (0: the stage does not train)
     time_factor: float = 1.0  # calibrated factor already applied to gpu_hours
 
-    def __add__(self, other: "Estimate") -> "Estimate":
+    def __add__(self, other: Estimate) -> Estimate:
         strategy = self.strategy if self.strategy == other.strategy else f"{self.strategy}+{other.strategy}"
         return Estimate(self.gpu_hours + other.gpu_hours, max(self.peak_mem_gb, other.peak_mem_gb),
                         strategy, self.fits and other.fits, max(self.need_gb, other.need_gb),

@@ -37,15 +37,23 @@ import functools
 import hashlib
 import json
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from s2d_plan.plan.registry import ModelInfo, model_info
 from s2d_plan.predict.outcome import Pipeline, SolveRates, estimate_accuracy, paper_cases, predict
-from s2d_plan.predict.priors import (DEFAULT_OUTCOME, ESTIMATED_LOGIT_SD, PRIORS, PROBE_LOGIT_SD,
-                                     PUBLISHED_LOGIT_SD, SEED_SD, OutcomeConstants)
+from s2d_plan.predict.priors import (
+    DEFAULT_OUTCOME,
+    ESTIMATED_LOGIT_SD,
+    PRIORS,
+    PROBE_LOGIT_SD,
+    PUBLISHED_LOGIT_SD,
+    SEED_SD,
+    OutcomeConstants,
+)
 
 MODEL_VERSION = "outcome-3"  # bump when the closed forms change: cached posteriors are then refitted
 DRAWS = 200  # predictive draws: quantiles to ~1/4 point, P(best) to ~3%
@@ -222,7 +230,8 @@ def fit(evidence: list[Datum], pins: dict[str, float] | None = None, progress: P
 
         def nll(ls: float) -> float:  # the profile of sigma_model, its prior included
             var = sd ** 2 + math.exp(ls) ** 2
-            return 0.5 * float(np.sum(err ** 2 / var + np.log(var))) + 0.5 * ((ls - sp.mean_x) / sp.sd_x) ** 2
+            fit_err = err  # noqa: B023 (minimized within this iteration)
+            return 0.5 * float(np.sum(fit_err ** 2 / var + np.log(var))) + 0.5 * ((ls - sp.mean_x) / sp.sd_x) ** 2
 
         sigma = math.exp(minimize_scalar(nll, bounds=sp.bounds_x(), method="bounded").x)
     jac = np.asarray(res.jac)

@@ -183,8 +183,8 @@ class Residual:
 def calibration_residuals(home: str | Path | None = None) -> tuple[dict[str, Any] | None, list[Residual]]:
     """(the calibration's fit summary, a residual per calibrated run); (None, []) when the
     home holds no calibration."""
-    from s2d_plan.evidence.from_runs import observations
     from s2d_plan.evidence.calibration_file import Calibration, load_calibration
+    from s2d_plan.evidence.from_runs import observations
     from s2d_plan.paths import resolve_home
 
     home = resolve_home(home)

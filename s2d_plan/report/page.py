@@ -103,7 +103,7 @@ def render_html(rep: Report, title: str, plotly_src: str | None = None, refresh_
 # ------------------------------------------------------------------ tables
 
 
-def _table(cols: list[str], rows: list[list], numeric: set[int] = frozenset()) -> str:
+def _table(cols: list[str], rows: list[list], numeric: frozenset[int] | set[int] = frozenset()) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
     lines = []
     for row in rows:

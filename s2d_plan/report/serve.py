@@ -13,9 +13,9 @@ import html
 import ipaddress
 import sys
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable
 
 from s2d_plan.errors import S2DError
 

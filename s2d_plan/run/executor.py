@@ -37,10 +37,11 @@ import signal
 import sys
 import time
 import uuid
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable, Sequence
 
+from s2d_plan.cluster import ClusterSpec
 from s2d_plan.contract import EVIDENCE_FILE, StageSpec, is_complete, kind_of, write_spec
 from s2d_plan.errors import GraphError, HistoryError, S2DError
 from s2d_plan.graph import StageGraph
@@ -48,8 +49,8 @@ from s2d_plan.history.store import HistoryWriter, utcnow
 from s2d_plan.paths import attempt_file, partial_dir, resolve_home, stage_dir
 from s2d_plan.run import procs as _procs, staging
 from s2d_plan.run.identity import cache_keys, resolve_inputs
-from s2d_plan.run.launchers import Busy, Job, Slot, make_launcher
-from s2d_plan.run.progress import PlainDisplay
+from s2d_plan.run.launchers import Busy, Job, Launcher, Slot, make_launcher
+from s2d_plan.run.progress import LiveDisplay, PlainDisplay
 from s2d_plan.run.recovery import Adopted, reattach, recover_stale
 from s2d_plan.run.state import RunResult, StageState, StopRequest
 
@@ -64,9 +65,9 @@ def new_run_id() -> str:
 
 # -- the driver ------------------------------------------------------------------------
 def execute_graph(graph: StageGraph, home: Path | str | None = None, force: Iterable[str] = (), *,
-                  display: Any = None, gpus: int | None = None, max_parallel: int = 4,
+                  display: PlainDisplay | LiveDisplay | None = None, gpus: int | None = None, max_parallel: int = 4,
                   poll_s: float = 0.1, flush_rows: int = 50_000, flush_s: float = 1.0,
-                  run_id: str | None = None, cluster: Any = None) -> RunResult:
+                  run_id: str | None = None, cluster: ClusterSpec | None = None) -> RunResult:
     """Run ``graph`` under ``home``; return what happened (never raises for a failed stage).
 
         result = execute_graph(graph, Path(".s2d"), force=["student_opd"])
@@ -92,7 +93,7 @@ def execute_graph(graph: StageGraph, home: Path | str | None = None, force: Iter
 
 
 class _Executor:
-    def __init__(self, graph: StageGraph, home: Path, force: Sequence[str], launcher: Any, *,
+    def __init__(self, graph: StageGraph, home: Path, force: Sequence[str], launcher: Launcher, *,
                  poll_s: float, flush_rows: int, flush_s: float, run_id: str):
         self.graph, self.home, self.run_id = graph, home, run_id
         self.launcher, self.poll_s = launcher, poll_s
@@ -110,7 +111,7 @@ class _Executor:
         self.last_heartbeat = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------
-    def run(self, display: Any) -> RunResult:
+    def run(self, display: PlainDisplay | LiveDisplay) -> RunResult:
         self.display = display
         self.db = HistoryWriter(self.home)
         started = time.monotonic()

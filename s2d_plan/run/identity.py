@@ -21,7 +21,7 @@ import ast
 import hashlib
 import importlib.util
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ def _module_file(name: str, roots: frozenset[str]) -> Path | None:
     return origin if origin is not None and origin.suffix == ".py" else None
 
 
-@lru_cache(maxsize=None)
+@cache
 def _project_spec(name: str, roots: frozenset[str]) -> Any:
     """The import spec of a project module, found without running any runner code:
     ``find_spec("a.b")`` imports ``a``, so a name is looked up only under a package
@@ -99,7 +99,7 @@ def code_files(module: str) -> tuple[Path, ...]:
     return tuple(sorted(_code_modules(module).values()))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _code_modules(module: str) -> dict[str, Path]:
     """Module name -> source file of every project module ``python -m module`` runs."""
     roots = frozenset(PROJECT_PACKAGES) | {module.partition(".")[0]}
@@ -117,7 +117,7 @@ def _code_modules(module: str) -> dict[str, Path]:
     return seen
 
 
-@lru_cache(maxsize=None)
+@cache
 def runner_version(kind: str) -> str:
     """A hash of the source of every project module the kind's runner module runs, each
     named by its module name, not its path: the same code installed anywhere (checkout,

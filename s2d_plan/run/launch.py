@@ -19,6 +19,7 @@ from pathlib import Path
 
 from s2d_plan.contract import kind_of
 
+
 def cuda_present() -> bool:
     """A cheap check that does not import torch (the executor stays light)."""
     return shutil.which("nvidia-smi") is not None and Path("/dev/nvidia0").exists()

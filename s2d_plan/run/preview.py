@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from s2d_plan.contract import Stage, is_complete
 from s2d_plan.errors import GraphError

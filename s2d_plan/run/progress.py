@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 STATUS_STYLE = {"PENDING": "dim", "RUNNING": "bold cyan", "FINISHED": "green", "CACHED": "green",
                 "FAILED": "bold red", "SKIPPED": "yellow", "KILLED": "bold magenta"}
@@ -60,7 +61,7 @@ class PlainDisplay:
         self.every_s = every_s
         self._last: dict[str, float] = {}
 
-    def __enter__(self) -> "PlainDisplay":
+    def __enter__(self) -> PlainDisplay:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -95,7 +96,7 @@ class LiveDisplay:
         self._live = Live(console=self.console, refresh_per_second=4, transient=False,
                           get_renderable=self._render)
 
-    def __enter__(self) -> "LiveDisplay":
+    def __enter__(self) -> LiveDisplay:
         self._live.__enter__()
         return self
 

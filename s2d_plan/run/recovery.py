@@ -22,16 +22,17 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Collection
+from typing import Any
 
 from s2d_plan.contract import is_complete
 from s2d_plan.errors import HistoryError
 from s2d_plan.history.store import HistoryWriter, utcnow
 from s2d_plan.paths import attempt_file
 from s2d_plan.run import procs as _procs
-from s2d_plan.run.launchers import Slot
+from s2d_plan.run.launchers import Launcher, Slot
 
 STALE_HEARTBEAT_S = 60.0  # a RUNNING stage on another host counts as dead after this
 
@@ -120,7 +121,7 @@ class Adopted:
     offset: int  # bytes of the metrics file the history already holds
 
 
-def reattach(db: HistoryWriter, launcher: Any, home: Path, keys: dict[str, str], forced: Collection[str],
+def reattach(db: HistoryWriter, launcher: Launcher, home: Path, keys: dict[str, str], forced: Collection[str],
              new_run: str) -> tuple[dict[str, Adopted], list[str]]:
     """Re-attach to (or cancel) the cluster attempts dead executors left RUNNING; returns
     {stage id: Adopted} and one line per thing done."""

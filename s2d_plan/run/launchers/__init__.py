@@ -27,11 +27,16 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from s2d_plan.errors import S2DError
+
+if TYPE_CHECKING:
+    from s2d_plan.cluster import ClusterSpec, RayCluster, SlurmCluster
+    from s2d_plan.contract import Stage
 
 BACKENDS = ("local", "ray", "slurm")
 # Environment a runner on another node inherits from the executor: the project's own
@@ -95,6 +100,20 @@ class Handle(Protocol):
     def describe(self) -> str: ...
 
 
+class Launcher(Protocol):
+    """What the executor drives: local processes, Ray actors or Slurm jobs."""
+
+    name: str  # the backend: local, ray, slurm
+    retries: int  # how often a stage lost to the cluster (not failed by its runner) is restarted
+
+    def check(self, home: Path) -> None: ...
+    def allocate(self, stage: Stage, running: Sequence[Any]) -> Slot | None: ...
+    def start(self, job: Job, slot: Slot) -> Any: ...  # a Handle (the handles' attributes are not yet declared to match it)
+    def attach(self, ref: str, slot: Slot) -> Any: ...
+    def cancel(self, ref: str) -> bool: ...
+    def close(self) -> None: ...
+
+
 def split_nodes(gpus: int, per_node: int) -> tuple[int, int]:
     """(nodes, GPUs per node) for a stage asking ``gpus`` on nodes of ``per_node`` GPUs.
 
@@ -116,7 +135,7 @@ def remote_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def make_launcher(cluster: Any, *, gpus: int = 0, max_parallel: int = 4) -> Any:
+def make_launcher(cluster: ClusterSpec | None, *, gpus: int = 0, max_parallel: int = 4) -> Launcher:
     """The launcher for a graph's ``cluster`` (a ``ClusterSpec`` or None for local)."""
     backend = getattr(cluster, "backend", "local")
     if backend == "local":
@@ -124,14 +143,14 @@ def make_launcher(cluster: Any, *, gpus: int = 0, max_parallel: int = 4) -> Any:
         return LocalLauncher(gpus, max_parallel)
     if backend == "ray":
         from s2d_plan.run.launchers.ray import RayLauncher
-        return RayLauncher(cluster)
+        return RayLauncher(cast("RayCluster", cluster))
     if backend == "slurm":
         from s2d_plan.run.launchers.slurm import SlurmLauncher
-        return SlurmLauncher(cluster)
+        return SlurmLauncher(cast("SlurmCluster", cluster))
     raise ClusterError(f"unknown backend {backend!r} (backends: {', '.join(BACKENDS)})")
 
 
-def cluster_for(backend: str | None, cluster: Any) -> Any:
+def cluster_for(backend: str | None, cluster: ClusterSpec | None) -> ClusterSpec | None:
     """``execute --backend`` over the graph's own cluster: the graph's settings when they
     are for that backend, else that backend's defaults.
 

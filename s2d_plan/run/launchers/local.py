@@ -10,8 +10,12 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from s2d_plan.contract import Stage
 
 from s2d_plan.run import procs as _procs
 from s2d_plan.run.launch import stage_command
@@ -57,7 +61,7 @@ class LocalLauncher:
     def check(self, home: Path) -> None:
         pass
 
-    def allocate(self, stage: Any, running: Sequence[Any]) -> Slot | None:
+    def allocate(self, stage: Stage, running: Sequence[Any]) -> Slot | None:
         """GPU ids for the stage (none when it needs none), or None when it must wait."""
         if len(running) >= self.max_parallel:
             return None

@@ -31,8 +31,15 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import subprocess
+
+    from s2d_plan.cluster import RayCluster
+    from s2d_plan.contract import Stage
 
 from s2d_plan.run.launchers import Busy, ClusterError, Job, Placement, Slot, remote_env, split_nodes
 
@@ -68,7 +75,7 @@ class _NodeWorker:
     """Runs one node's share of a stage attempt (a Ray actor; its methods run concurrently)."""
 
     def __init__(self) -> None:
-        self.proc = None
+        self.proc: subprocess.Popen | None = None
         self.idle = False
 
     def where(self) -> dict:
@@ -184,10 +191,10 @@ def _cause(exc: Exception) -> str:
 class RayLauncher:
     name = "ray"
 
-    def __init__(self, cluster: Any):
+    def __init__(self, cluster: RayCluster):
         self.cluster = cluster
         self.retries = cluster.retries
-        self.ray = None
+        self.ray: Any = None  # the ray module, imported in check()
         self.node_gpus: list[int] = []
         self.refreshed = 0.0
 
@@ -237,7 +244,7 @@ class RayLauncher:
     def per_node(self) -> int:
         return self.cluster.gpus_per_node or (self.node_gpus[0] if self.node_gpus else 0)
 
-    def allocate(self, stage: Any, running: Sequence[Any]) -> Slot | None:
+    def allocate(self, stage: Stage, running: Sequence[Any]) -> Slot | None:
         """Admit a stage while the GPUs the executor has in flight fit the cluster's;
         Ray itself picks the nodes (and queues, if someone else holds them)."""
         if time.monotonic() - self.refreshed >= REFRESH_S:  # nodes die and join

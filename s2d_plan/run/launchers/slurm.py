@@ -26,8 +26,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from s2d_plan.cluster import SlurmCluster
+    from s2d_plan.contract import Stage
 
 from s2d_plan.run.launchers import ClusterError, Job, Placement, Slot, split_nodes
 
@@ -155,7 +160,7 @@ class SlurmHandle:
 class SlurmLauncher:
     name = "slurm"
 
-    def __init__(self, cluster: Any):
+    def __init__(self, cluster: SlurmCluster):
         self.cluster = cluster
         self.retries = cluster.retries
 
@@ -182,7 +187,7 @@ class SlurmLauncher:
         return [f for f, v in (("--partition", c.partition), ("--account", c.account),
                                ("--time", c.time_limit)) if v for f in (f"{f}={v}",)]
 
-    def allocate(self, stage: Any, running: Sequence[Any]) -> Slot | None:
+    def allocate(self, stage: Stage, running: Sequence[Any]) -> Slot | None:
         """Slurm queues and places; we only cap how many of our jobs are out at once."""
         if len(running) >= self.cluster.max_jobs:
             return None
