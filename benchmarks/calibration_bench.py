@@ -1,6 +1,6 @@
 """Is the outcome posterior's uncertainty honest? Leave-one-out coverage and error.
 
-    .venv/bin/python benchmarks/calibration_bench.py [--quick]
+    .venv/bin/python -m benchmarks.calibration_bench [--quick]
 
 For each datum: refit the posterior without it, predict it (predictive median and 80%
 interval of what one run would measure), and check the measured value against them.
@@ -9,7 +9,7 @@ in sample (fit on everything) and out of sample (leave one out), over
 
 1. the paper's eight MATH-500 numbers (Xu et al. 2026), with the paper's evidence only;
 2. the tinyworld arms of ``benchmarks/results/tinyworld-d1.json`` (an earlier run of
-   ``benchmarks/tinyworld.py``: each arm's mean over its seeds, its pipeline rebuilt from
+   ``benchmarks.tinyworld``: each arm's mean over its seeds, its pipeline rebuilt from
    the benchmark's own ``Arms``), with the paper's numbers plus the other arms as
    evidence (leave one arm out), and once with the paper alone (do the constants
    transfer to a different world without its data?).
@@ -30,12 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from s2d_plan.plan.registry import ModelInfo
+from s2d_plan.predict.outcome import Pipeline, SolveRates
+from s2d_plan.predict.posterior import Datum, eval_sd, fit, paper_evidence, predictive, summarize
 
-from s2d_plan.plan.registry import ModelInfo  # noqa: E402
-from s2d_plan.predict.outcome import Pipeline, SolveRates  # noqa: E402
-from s2d_plan.predict.posterior import Datum, eval_sd, fit, paper_evidence, predictive, summarize  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 # tinyworld d1 (tinyworld/build.py SHAPES: Qwen3 layers x hidden, vocab 384, tied
 # embeddings): ~15 h^2 per layer plus the embedding; base accuracies from the run's header

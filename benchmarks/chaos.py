@@ -15,7 +15,7 @@ disk (the runners' own record) are compared with the history:
     stuck           stages left RUNNING/PENDING and runs left RUNNING
     temp files      leftover `.history*.tmp*` / `*.tmp` files under the home
 
-    PYTHONPATH=. python benchmarks/chaos.py --cycles 50
+    PYTHONPATH=. python -m benchmarks.chaos --cycles 50
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Per-stage scheduling overhead of each backend against local processes.
 
-    PYTHONPATH=. python benchmarks/cluster_overhead.py [--stages 6] [--backends local,ray,slurm]
+    PYTHONPATH=. python -m benchmarks.cluster_overhead [--stages 6] [--backends local,ray,slurm]
 
 Runs the same chain of N trivial ``simulate`` stages (one step, no sleep: what is left is
 starting, placing, polling and finishing a stage) through the real CLI on each backend,
@@ -24,11 +24,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
 os.environ["S2D_STAGE_PLUGINS"] = "tests.fakes.simulate"
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
 
-from clusters import start_ray_cluster, start_slurm_cluster  # noqa: E402
+from tests.clusters import start_ray_cluster, start_slurm_cluster  # noqa: E402 (after the plugin environment it reads)
 
 
 def chain(n: int, cluster: dict | None) -> dict:
@@ -78,8 +77,8 @@ def main() -> None:
                 cluster = start_slurm_cluster()
                 try:
                     tick = cluster.run("scontrol", "show", "config")
-                    sched = next((l.split("=", 1)[1].strip() for l in tick.splitlines()
-                                  if l.startswith("SchedulerParameters")), "")
+                    sched = next((line.split("=", 1)[1].strip() for line in tick.splitlines()
+                                  if line.startswith("SchedulerParameters")), "")
                     print(f"slurm SchedulerParameters: {sched}")
                     env["SLURM_CONF"] = cluster.env["SLURM_CONF"]
                     results[backend] = run(chain(a.stages, {"backend": "slurm", "gpus_per_node": 1}), work, env)

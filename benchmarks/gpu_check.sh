@@ -18,7 +18,7 @@ if ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1
 fi
 OUT="${1:-$(mktemp -d -t s2d-gpu-XXXX)}"
 STEPS="${2:-8}"
-"$PY" -m runners.tiny "$OUT/tiny"
+"$PY" -m tinyworld.models "$OUT/tiny"
 "$PY" - "$OUT" "$STEPS" <<'EOF'
 import json, statistics, subprocess, sys, time
 from pathlib import Path

@@ -1,6 +1,6 @@
 """History store benchmark: metric ingestion rate and a per-stage aggregate query.
 
-    .venv/bin/python benchmarks/history_bench.py [--rows 1000000] [--stages 10]
+    .venv/bin/python -m benchmarks.history_bench [--rows 1000000] [--stages 10]
 
 Ingestion goes through the executor's real path: runner-format JSON lines in a metrics
 file per stage, read incrementally by ``MetricTail`` and appended in 50,000-line batches
@@ -15,16 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from s2d_plan.run.procs import MetricTail  # noqa: E402
-from s2d_plan.history.read import open_reader  # noqa: E402
-from s2d_plan.history.store import HistoryWriter, utcnow  # noqa: E402
+from s2d_plan.history.read import open_reader
+from s2d_plan.history.store import HistoryWriter, utcnow
+from s2d_plan.run.procs import MetricTail
 
 BATCH = 50_000  # the executor's flush_rows
 KEYS = ("loss", "reward", "kl", "lr")

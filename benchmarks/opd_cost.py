@@ -1,6 +1,6 @@
 """OPD vs GRPO GPU-hours on the same sequences, by OPD batch (sequences per step).
 
-    python benchmarks/opd_cost.py
+    python -m benchmarks.opd_cost
 
 The paper's setting (Qwen3-1.7B student, Qwen3-8B teacher) and the Qwen3 report's own
 (Qwen3-8B student, Qwen3-32B teacher), 8 x H100-80GB, 256-token prompts, 1,024-token

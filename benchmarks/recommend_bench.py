@@ -11,7 +11,7 @@
    on the two leading structures, projected onto the budget like the local search) vs
    the local search alone: the points it adds and the time it costs.
 
-    .venv/bin/python benchmarks/recommend_bench.py [PLAN]
+    .venv/bin/python -m benchmarks.recommend_bench [PLAN]
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def wall_times(plan: str, home: str, runs: int) -> list[float]:
@@ -49,7 +48,7 @@ def search_gap(plan: str, trials: int = 5000) -> tuple[float, float, str, float]
     from s2d_plan.plan.spec import load_plan
 
     ctx = Context.from_spec(load_plan(plan))
-    ctx.post  # fit (or load) the posterior outside the timing
+    _ = ctx.post  # fit (or load) the posterior outside the timing
     t = time.perf_counter()
     result = allocate(ctx)
     search_s = time.perf_counter() - t
@@ -71,7 +70,7 @@ def tpe_gain(plan: Path, trials: int = 64, seed: int = 0) -> tuple[float, float,
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     ctx = Context.from_spec(load_plan(plan))
-    ctx.post
+    _ = ctx.post
     t = time.perf_counter()
     result = allocate(ctx)
     local_s = time.perf_counter() - t

@@ -1,8 +1,8 @@
 """Time per training step of the grpo and opd runners vs a plain TRL script, side by side.
 
-    .venv/bin/python benchmarks/runner_bench.py [--tiny DIR] [--steps 12] [--reps 3]
+    .venv/bin/python -m benchmarks.runner_bench [--tiny DIR] [--steps 12] [--reps 3]
 
-Both sides train the same tiny model (runners/tiny.py) with the same TRL configuration;
+Both sides train the same tiny model (tinyworld/models.py) with the same TRL configuration;
 the plain script is what a user would write: the trainer, a dataset and (for GRPO) a
 math-verify reward called in-process. Runs alternate (runner, plain, runner, ...) so that
 load from other processes on the machine hits both alike. Per-step time: the gaps between
@@ -153,7 +153,7 @@ def main() -> None:
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="s2d-bench-"))
     tiny = Path(a.tiny or work / "tiny").resolve()  # the plain script runs in another directory
-    subprocess.run([sys.executable, "-m", "runners.tiny", str(tiny)], cwd=REPO, check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "tinyworld.models", str(tiny)], cwd=REPO, check=True, capture_output=True)
     print(f"tiny models: {tiny}; {a.steps} steps, G={a.G}, prompts/step={a.P}, completion<={a.L} tokens, "
           f"{a.reps} alternating reps, CPU, {os.cpu_count()} cores")
     print(f"imports: python -c 'import runners.grpo' {import_time('import runners.grpo'):.2f}s (light: no torch); "

@@ -1,13 +1,13 @@
 """A grid of tinyworlds where the right pipeline changes, and the regret of each policy (issue 11).
 
-    python benchmarks/worlds.py --list                      # the built-in worlds and their specs
-    python benchmarks/worlds.py                             # every built-in world: fixed arms, then policies
-    python benchmarks/worlds.py --phase fixed --jobs 2      # the fixed arms only, two worlds side by side
-    python benchmarks/worlds.py --world "name=mine,difficulty=1,student=2x64@1500,teacher=4x128@2000,labels=64,prompts=2048,hours=0.02"
-    python benchmarks/worlds.py --report-only               # the table, plot and regret from the histories
+    python -m benchmarks.worlds --list                      # the built-in worlds and their specs
+    python -m benchmarks.worlds                             # every built-in world: fixed arms, then policies
+    python -m benchmarks.worlds --phase fixed --jobs 2      # the fixed arms only, two worlds side by side
+    python -m benchmarks.worlds --world "name=mine,difficulty=1,student=2x64@1500,teacher=4x128@2000,labels=64,prompts=2048,hours=0.02"
+    python -m benchmarks.worlds --report-only               # the table, plot and regret from the histories
 
-A world is a spec (benchmarks/worldlib/spec.py says its fields). Per world and seed, every
-fixed arm of benchmarks/tinyworld.py runs (base, a, b, c, d, e, f, g; a-matched = direct
+A world is a spec (tinyworld/worlds/spec.py says its fields). Per world and seed, every
+fixed arm of benchmarks.tinyworld runs (base, a, b, c, d, e, f, g; a-matched = direct
 GRPO for the recipe's MEASURED time, g = replay for Stage 3's measured time), each one run
 through the executor into the world's own home ``ROOT/<world>``; then the policies at the
 same budget: the allocator with priors only (h-prior), the allocator after ``calibrate`` on
@@ -32,13 +32,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from tinyworld.worlds import results as res, runs
+from tinyworld.worlds.spec import BUILTIN, WorldSpecError, builtin_worlds, parse_world
 
-from benchmarks.worldlib import results as res  # noqa: E402
-from benchmarks.worldlib import runs  # noqa: E402
-from benchmarks.worldlib.spec import BUILTIN, WorldSpecError, builtin_worlds, parse_world  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 QUICK_SPEC = "name=quick,difficulty=1,student=2x64@1500,teacher=4x128@2000,labels=16,prompts=64,hours=0.01"
 
@@ -149,7 +147,7 @@ def report(worlds, a, t0: float) -> int:
         mean = sum(per.values()) / len(per)
         print(f"  {policy:<44} mean {mean:5.1f}  ({', '.join(f'{k} {v:+.1f}' for k, v in sorted(per.items()))})")
     if not runs.adaptive_available():
-        notes.append("adaptive: not available in this checkout (s2d_plan.api.execute has no `adaptive`)")
+        notes.append("adaptive: not available in this checkout (s2d_plan.api has no `execute_adaptive`)")
     print("\n" + "\n".join(notes))
     a.out.mkdir(parents=True, exist_ok=True)
     tag = a.tag or ("quick" if a.quick else "grid" if len(worlds) > 1 else worlds[0].name)

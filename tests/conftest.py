@@ -136,10 +136,10 @@ def start_cli(s2d_home: Path):
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory) -> Path:
-    """The tiny offline models and data (``python -m runners.tiny``), built once per session
+    """The tiny offline models and data (``python -m tinyworld.models``), built once per session
     (about 30 s); set S2D_TINY_DIR to reuse a build."""
     out = Path(os.environ.get("S2D_TINY_DIR") or tmp_path_factory.mktemp("tiny") / "models")
-    r = subprocess.run([sys.executable, "-m", "runners.tiny", str(out)], cwd=REPO, capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "tinyworld.models", str(out)], cwd=REPO, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     return out

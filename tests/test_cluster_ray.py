@@ -151,7 +151,7 @@ def test_unreachable_cluster_is_refused_before_anything_runs(write_graph, cli, s
 def tiny(tmp_path_factory) -> Path:
     pytest.importorskip("trl")
     out = tmp_path_factory.mktemp("tiny") / "tiny-models"
-    r = subprocess.run([sys.executable, "-m", "runners.tiny", str(out)], cwd=REPO, capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "tinyworld.models", str(out)], cwd=REPO, capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     return out

@@ -48,7 +48,7 @@ def test_editing_a_runner_changes_its_key_only(copy):
 
 def test_editing_the_tiny_model_builder_changes_no_key(copy):
     before = keys(copy)
-    edit(copy / "runners" / "tiny.py")
+    edit(copy / "tinyworld" / "models.py")
     edit(copy / "tinyworld" / "build.py")
     assert keys(copy) == before
 

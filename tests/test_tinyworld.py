@@ -1,5 +1,5 @@
 """tinyworld's task family: deterministic, verifiable, disjoint splits (no model is built here;
-`python -m tinyworld.build OUT --fast` is exercised by benchmarks/tinyworld.py --quick)."""
+`python -m tinyworld.build OUT --fast` is exercised by benchmarks.tinyworld --quick)."""
 
 from __future__ import annotations
 

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from tinyworld.worlds.spec import WorldSpecError, builtin_worlds, parse_world
 
-from benchmarks.worldlib.spec import WorldSpecError, builtin_worlds, parse_world  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 GOOD = "difficulty=1,student=2x64@1500,teacher=4x128@2000,labels=256,prompts=4096,hours=0.03"
 
@@ -48,7 +47,7 @@ def test_the_builtin_grid_has_at_least_six_distinct_worlds():
 
 def _cli(*args: str, home: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_WAIT_POLICY="PASSIVE")
-    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "worlds.py"), "--home", str(home), *args],
+    return subprocess.run([sys.executable, "-m", "benchmarks.worlds", "--home", str(home), *args],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
 
 

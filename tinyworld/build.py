@@ -41,8 +41,8 @@ VOCAB = 384
 
 
 def build_tokenizer(texts: list[str], out: Path):
-    """The tiny models' tokenizer recipe (runners/tiny.py), one token per digit."""
-    from runners.tiny import build_tokenizer as build
+    """The tiny models' tokenizer recipe (tinyworld/models.py), one token per digit."""
+    from tinyworld.models import build_tokenizer as build
 
     return build(texts, VOCAB, out, split_digits=True)
 
@@ -62,7 +62,7 @@ def pretrain(name: str, out: str, tok_dir: str, rows: list[dict], seed: int, fas
     import torch
     from transformers import AutoTokenizer
 
-    from runners.tiny import tiny_qwen3
+    from tinyworld.models import tiny_qwen3
 
     torch.set_num_threads(1)
     torch.manual_seed(seed)

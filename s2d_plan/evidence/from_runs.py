@@ -21,7 +21,7 @@ kind's GPU-hours by its factor.
 
     >>> calibrate("/nonexistent")
     Traceback (most recent call last):
-    s2d_plan.errors.S2DError: calibrate needs at least 3 finished runs with a measured final eval and the outcome inputs of their prediction; the history in /nonexistent has 0. Execute graphs compiled by `s2d-plan recommend` (or benchmarks/tinyworld.py) first.
+    s2d_plan.errors.S2DError: calibrate needs at least 3 finished runs with a measured final eval and the outcome inputs of their prediction; the history in /nonexistent has 0. Execute graphs compiled by `s2d-plan recommend` (or benchmarks.tinyworld) first.
 """
 
 from __future__ import annotations
@@ -217,7 +217,7 @@ def calibrate(home: str | Path | None = None, min_runs: int = MIN_RUNS,
         raise S2DError(f"calibrate needs at least {min_runs} finished runs with a measured final eval and the "
                        f"outcome inputs of their prediction; the history in {home} has {len(obs)}"
                        + (f" (skipped {why})" if why else "")
-                       + ". Execute graphs compiled by `s2d-plan recommend` (or benchmarks/tinyworld.py) first.")
+                       + ". Execute graphs compiled by `s2d-plan recommend` (or benchmarks.tinyworld) first.")
     in_force = load_calibration(home)
     prior_only = posterior_for(paper_evidence(), home, in_force.pins, progress).mode
     data = as_data(obs)

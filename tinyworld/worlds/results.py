@@ -104,7 +104,7 @@ def top_two(seeds: dict[str, dict[int, float]]) -> str:
 
 
 def table_text(cols: list[str], rows: list[tuple]) -> str:
-    from benchmarks.tinyworld import table_text as text
+    from tinyworld.lab import table_text as text
 
     return text(cols, rows)
 

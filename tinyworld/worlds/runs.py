@@ -8,21 +8,20 @@ of the other worlds only (``calibrate(..., sources=...)``) and is written to
 
 from __future__ import annotations
 
-import inspect
 import json
 import time
 from pathlib import Path
 
-from benchmarks import tinyworld as tw
-from benchmarks.worldlib.arms import PLAN, WorldArms, graph_for, models_of, sizes_for
-from benchmarks.worldlib.spec import World, model_path
+from tinyworld import lab as tw
+from tinyworld.worlds.arms import PLAN, WorldArms, graph_for, models_of, sizes_for
+from tinyworld.worlds.spec import World, model_path
 
 FIXED = ["base", "a", "c", "b", "f", "d", "e", "a-matched", "g"]  # in the order they run
 RECIPE_ORDER = ("f", "c", "b")  # "the paper's recipe": with Stage 3 where labels allow, else without
 
 
 def world_sizes(world: World, eval_size: int | None = None, eval_k: int | None = None, scale: float = 1.0):
-    from benchmarks.worldlib.spec import base_world
+    from tinyworld.worlds.spec import base_world
 
     model_path(world, world.student)  # built, or a clear error saying how to build it
     _, t = model_path(world, world.teacher)
@@ -181,11 +180,11 @@ def run_allocator(world: World, seed: int, home: Path, plan_home: Path, sz, cach
 def adaptive_available() -> bool:
     from s2d_plan import api
 
-    return "adaptive" in inspect.signature(api.execute).parameters
+    return hasattr(api, "execute_adaptive")
 
 
 def run_adaptive(world: World, seed: int, home: Path, plan_home: Path, sz, cache: Path) -> str | None:
-    """``execute(plan, adaptive=True)`` in ``plan_home``; its final model then gets the benchmark's
+    """``execute_adaptive(plan)`` in ``plan_home``; its final model then gets the benchmark's
     eval in the world's home, its compute (every stage of every run of the session) in the meta."""
     from s2d_plan import api
 
@@ -195,7 +194,7 @@ def run_adaptive(world: World, seed: int, home: Path, plan_home: Path, sz, cache
     plan = plan_yaml(world, plan_home, sz, cache, adaptive={"pilot_share": 0.12, "holdout": 64, "max_candidates": 4},
                      budget=policy_budget(world, home, seed))
     t0 = time.time()
-    res = api.execute(plan, home=plan_home, adaptive=True)
+    res = api.execute_adaptive(plan, home=plan_home)
     print(f"  [{world.name} seed {seed}] adaptive session {res.session}: exit {res.exit_code} in "
           f"{time.time() - t0:.0f}s", flush=True)
     final, hours = _session_outcome(plan_home, res.session, res.run_id)

@@ -86,7 +86,7 @@ def _number(field: str, text: str, kind: type, low: float, high: float):
     try:
         value = kind(text)
     except ValueError:
-        raise WorldSpecError(f"world spec: {field}={text!r} is not a{'n integer' if kind is int else ' number'}")
+        raise WorldSpecError(f"world spec: {field}={text!r} is not a{'n integer' if kind is int else ' number'}") from None
     if not low <= value <= high:
         raise WorldSpecError(f"world spec: {field}={text!r} is out of range [{low:g}, {high:g}]")
     return value

@@ -1,6 +1,6 @@
 """The fixed arms of one world, sized to its compute budget.
 
-The stage builders are benchmarks/tinyworld.py's (``Arms``): the same stage ids, params and
+The stage builders are benchmarks.tinyworld's (``Arms``): the same stage ids, params and
 evaluation, so equal stages share cache keys. What a world changes:
 
 - labels: direct GRPO (a, a-matched) spends all ``labels``; the paper's recipe holds half out
@@ -20,8 +20,8 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from benchmarks import tinyworld as tw
-from benchmarks.worldlib.spec import World, data_dir, model_path
+from tinyworld import lab as tw
+from tinyworld.worlds.spec import World, data_dir, model_path
 
 PLAN = "worlds-bench"
 # seconds per unit, measured in benchmarks/results/tinyworld-d1.md (two shared cores): a GRPO

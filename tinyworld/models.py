@@ -1,6 +1,6 @@
 """Tiny offline models and data for tests, demos and the CPU plan.
 
-    python -m runners.tiny OUT_DIR [--seed 0]
+    python -m tinyworld.models OUT_DIR [--seed 0]
 
 builds, in well under a minute on two CPU cores and with no network:
 
@@ -206,7 +206,7 @@ def _write_data(folder: Path, parts: dict[str, list[dict]]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m runners.tiny", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m tinyworld.models", description=__doc__.split("\n")[0])
     ap.add_argument("out_dir")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
