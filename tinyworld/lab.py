@@ -486,7 +486,30 @@ def run_allocator(world: Path, sz: Sizes, seed: int, models, home: Path) -> dict
     return {k: fit[k] for k in ("runs", "rmse_before", "rmse_after", "fitted")}
 
 
-def main(argv: list[str] | None = None) -> int:
+def _comparisons(seeds_of: dict[str, Any], regret: dict[str, Any]) -> list[str]:
+    """The paired comparisons of the arms, and the allocator's regret (also into ``regret``)."""
+    comparisons = [("c", "a"), ("c", "a-matched"), ("c", "b"), ("f", "g"), ("c", "d"), ("c", "e"), ("f", "c")]
+    lines = []
+    for x, y in comparisons:
+        if x in seeds_of and y in seeds_of:
+            lines.append(f"- ({x}) - ({y}): {paired(seeds_of[x], seeds_of[y])}")
+    for h in ("h-before", "h-after"):  # regret on the seeds the allocator's arm ran
+        if h not in seeds_of:
+            continue
+        hs = sorted(seeds_of[h])
+        arms_there = {arm: statistics.mean(100 * v[s] for s in hs) for arm, v in seeds_of.items()
+                      if arm[0] in "abcdefg" and all(s in v for s in hs)}
+        if arms_there:
+            best = max(arms_there, key=arms_there.get)
+            hv = statistics.mean(100 * seeds_of[h][s] for s in hs)
+            regret[h] = {"seeds": hs, "best_arm": best, "best": round(arms_there[best], 1), "h": round(hv, 1),
+                         "regret": round(arms_there[best] - hv, 1)}
+            lines.append(f"- regret of {h} (seeds {hs}): best measured arm ({best}) {arms_there[best]:.1f} - "
+                         f"{hv:.1f} = {arms_there[best] - hv:.1f} points")
+    return lines
+
+
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--quick", action="store_true", help="a smoke run: small stages, one seed unless --seeds")
@@ -496,7 +519,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="where the table and plot go (default benchmarks/results)")
     ap.add_argument("--arms", nargs="+", help="only these arms (default: all, then h before/after calibrate)")
     ap.add_argument("--report-only", action="store_true", help="run nothing: the table and plot from the history")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
     sz = QUICK if a.quick else Sizes()
     seeds = a.seeds if not (a.quick and a.seeds == [0, 1, 2]) else [0]
     world = ensure_world(a.difficulty, a.quick, a.world)
@@ -529,24 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     text = table_text(cols, rows)
     print(text)
     seeds_of = per_seed(home)
-    comparisons = [("c", "a"), ("c", "a-matched"), ("c", "b"), ("f", "g"), ("c", "d"), ("c", "e"), ("f", "c")]
-    lines = []
-    for x, y in comparisons:
-        if x in seeds_of and y in seeds_of:
-            lines.append(f"- ({x}) - ({y}): {paired(seeds_of[x], seeds_of[y])}")
-    for h in ("h-before", "h-after"):  # regret on the seeds the allocator's arm ran
-        if h not in seeds_of:
-            continue
-        hs = sorted(seeds_of[h])
-        arms_there = {arm: statistics.mean(100 * v[s] for s in hs) for arm, v in seeds_of.items()
-                      if arm[0] in "abcdefg" and all(s in v for s in hs)}
-        if arms_there:
-            best = max(arms_there, key=arms_there.get)
-            hv = statistics.mean(100 * seeds_of[h][s] for s in hs)
-            regret[h] = {"seeds": hs, "best_arm": best, "best": round(arms_there[best], 1), "h": round(hv, 1),
-                         "regret": round(arms_there[best] - hv, 1)}
-            lines.append(f"- regret of {h} (seeds {hs}): best measured arm ({best}) {arms_there[best]:.1f} - "
-                         f"{hv:.1f} = {arms_there[best] - hv:.1f} points")
+    lines = _comparisons(seeds_of, regret)
     print("\n" + "\n".join(lines))
     png = out / f"tinyworld-{tag}.png"
     plot(rows, cols, png, f"tinyworld {tag}: held-out accuracy, mean ± std over seeds {seeds}")

@@ -228,10 +228,9 @@ def fit(evidence: list[Datum], pins: dict[str, float] | None = None, progress: P
             break
         err = preds(x) - y
 
-        def nll(ls: float) -> float:  # the profile of sigma_model, its prior included
+        def nll(ls: float, err: np.ndarray = err) -> float:  # the profile of sigma_model, its prior included
             var = sd ** 2 + math.exp(ls) ** 2
-            fit_err = err  # noqa: B023 (minimized within this iteration)
-            return 0.5 * float(np.sum(fit_err ** 2 / var + np.log(var))) + 0.5 * ((ls - sp.mean_x) / sp.sd_x) ** 2
+            return 0.5 * float(np.sum(err ** 2 / var + np.log(var))) + 0.5 * ((ls - sp.mean_x) / sp.sd_x) ** 2
 
         sigma = math.exp(minimize_scalar(nll, bounds=sp.bounds_x(), method="bounded").x)
     jac = np.asarray(res.jac)
