@@ -148,6 +148,8 @@ def cli_reference() -> str:
                 names = ", ".join(p.opts + list(getattr(p, "secondary_opts", [])))
                 kind = "argument" if p.param_type_name == "argument" else ("flag" if getattr(p, "is_flag", False) else "value")
                 default = p.default
+                if isinstance(default, Path):
+                    default = str(default)
                 shown = "" if default is None or callable(default) or default == () else f"`{default!r}`"
                 if p.required:
                     shown = "required"
