@@ -51,22 +51,22 @@ class _Spec(BaseModel):
 class ModelRef(_Spec):
     """A model: a registry name, hub id or local path, with optional field overrides."""
 
-    model: str = Field(min_length=1, max_length=MAX_TEXT)  # registry name, hub id, or local path
-    revision: str | None = Field(default=None, max_length=256)  # hub revision to pin (runners only)
-    params_b: float | None = Field(default=None, gt=0, le=100_000)  # parameters, billions
-    layers: int | None = Field(default=None, gt=0, le=10_000)
-    hidden: int | None = Field(default=None, gt=0, le=1 << 20)
-    heads: int | None = Field(default=None, gt=0, le=1 << 16)
-    kv_heads: int | None = Field(default=None, gt=0, le=1 << 16)
-    head_dim: int | None = Field(default=None, gt=0, le=1 << 16)
-    intermediate: int | None = Field(default=None, gt=0, le=1 << 22)
-    vocab: int | None = Field(default=None, gt=0, le=1 << 24)
-    tokenizer: str | None = Field(default=None, max_length=64)  # tokenizer family (e.g. qwen3, llama3)
-    tied_embeddings: bool | None = None
-    context: int | None = Field(default=None, gt=0, le=1 << 26)
-    eos_token: str | None = Field(default=None, max_length=256)
-    requires_remote_code: bool | None = None  # loading needs trust_remote_code
-    accuracy: dict[str, float] | None = None  # known pass@1 per eval name, in [0, 1]
+    model: str = Field(min_length=1, max_length=MAX_TEXT, description='Registry name, hub id, or local path of the model.')
+    revision: str | None = Field(default=None, max_length=256, description='Hub revision to pin (used by the runners only).')
+    params_b: float | None = Field(default=None, gt=0, le=100_000, description='Parameters, in billions (required for a model the registry does not know).')
+    layers: int | None = Field(default=None, gt=0, le=10_000, description='Transformer layers (required for a model the registry does not know).')
+    hidden: int | None = Field(default=None, gt=0, le=1 << 20, description='Hidden size (required for a model the registry does not know).')
+    heads: int | None = Field(default=None, gt=0, le=1 << 16, description='Attention heads (required for a model the registry does not know).')
+    kv_heads: int | None = Field(default=None, gt=0, le=1 << 16, description='Key/value heads (required for a model the registry does not know).')
+    head_dim: int | None = Field(default=None, gt=0, le=1 << 16, description='Dimension of one attention head.')
+    intermediate: int | None = Field(default=None, gt=0, le=1 << 22, description='MLP intermediate size.')
+    vocab: int | None = Field(default=None, gt=0, le=1 << 24, description='Vocabulary size (required for a model the registry does not know).')
+    tokenizer: str | None = Field(default=None, max_length=64, description='Tokenizer family (e.g. qwen3, llama3); token-level distillation needs the same family.')
+    tied_embeddings: bool | None = Field(default=None, description='Whether input and output embeddings are tied.')
+    context: int | None = Field(default=None, gt=0, le=1 << 26, description='Context length, in tokens.')
+    eos_token: str | None = Field(default=None, max_length=256, description='The end-of-sequence token.')
+    requires_remote_code: bool | None = Field(default=None, description='Loading needs trust_remote_code (then the model must be listed in trust_remote_code).')
+    accuracy: dict[str, float] | None = Field(default=None, description='Known pass@1 per eval name, as a fraction in [0, 1].')
 
     @field_validator("accuracy")
     @classmethod
@@ -89,37 +89,37 @@ class ModelRef(_Spec):
 
 
 class LabeledData(_Spec):
-    source: str = Field(default="", max_length=MAX_TEXT)  # local file, a `datasets` dir, or a hub id
-    size: int = Field(ge=0, le=MAX_ROWS)  # how many labeled (verifiable) problems there are; 0 is valid
-    problem_field: str = "problem"
-    answer_field: str = "answer"
-    split: str | None = None
+    source: str = Field(default="", max_length=MAX_TEXT, description='Local file, a `datasets` directory, or a hub id.')
+    size: int = Field(ge=0, le=MAX_ROWS, description='How many labeled (verifiable) problems there are; 0 is valid (no GRPO is planned).')
+    problem_field: str = Field(default="problem", description='The field that holds a problem.')
+    answer_field: str = Field(default="answer", description='The field that holds its gold answer.')
+    split: str | None = Field(default=None, description='The dataset split to read.')
 
 
 class PromptPool(_Spec):
-    source: str = Field(default="", max_length=MAX_TEXT)
-    size: int = Field(ge=0, le=MAX_ROWS)  # unlabeled prompts for dense transfer
-    prompt_field: str = "problem"
-    split: str | None = None
+    source: str = Field(default="", max_length=MAX_TEXT, description='Local file, a `datasets` directory, or a hub id.')
+    size: int = Field(ge=0, le=MAX_ROWS, description='Unlabeled prompts available for dense transfer (distillation).')
+    prompt_field: str = Field(default="problem", description='The field that holds a prompt.')
+    split: str | None = Field(default=None, description='The dataset split to read.')
 
 
 class Data(_Spec):
-    labeled: LabeledData
-    prompts: PromptPool | None = None
-    reuse_labels: bool = False  # may a label be spent twice (teacher and Stage 3)?
+    labeled: LabeledData = Field(description='The labeled problems, spent on GRPO (teacher and/or student).')
+    prompts: PromptPool | None = Field(default=None, description='Unlabeled prompts for distillation (optional).')
+    reuse_labels: bool = Field(default=False, description='May a label be spent twice (on the teacher and in Stage 3)?')
     # Tokens a model needs to write a full solution; sets every stage's generation length
     # (default: 1024 on GPUs, 40 for tiny CPU plans). Too short truncates answers to 0 reward.
-    completion_tokens: int | None = Field(default=None, gt=0, le=MAX_TOKENS)
+    completion_tokens: int | None = Field(default=None, gt=0, le=MAX_TOKENS, description="Tokens a model needs to write a full solution; sets every stage's generation length (default: 1024 on GPUs, 40 for tiny CPU plans). Too short truncates answers to 0 reward.")
 
 
 class Compute(_Spec):
-    gpu: str = Field(max_length=128)  # accelerator type from the registry (see `known_gpus()`), or a custom one
-    gpus: int = Field(gt=0, le=MAX_CLUSTER_GPUS)
-    hours: float = Field(gt=0, le=MAX_HOURS)  # wall-clock hours on all `gpus`
-    memory_gb: float | None = Field(default=None, gt=0, le=100_000)  # overrides for a custom GPU type
-    bf16_tflops: float | None = Field(default=None, gt=0, le=1_000_000)
-    bandwidth_tbs: float | None = Field(default=None, gt=0, le=1_000)
-    cluster: ClusterSpec | None = None  # where stages run; not part of the plan's hash
+    gpu: str = Field(max_length=128, description='Accelerator type from the registry (see `known_gpus()`), or a custom one.')
+    gpus: int = Field(gt=0, le=MAX_CLUSTER_GPUS, description='How many GPUs.')
+    hours: float = Field(gt=0, le=MAX_HOURS, description='Wall-clock hours on all `gpus`.')
+    memory_gb: float | None = Field(default=None, gt=0, le=100_000, description='Memory per GPU, GB (states a custom GPU type).')
+    bf16_tflops: float | None = Field(default=None, gt=0, le=1_000_000, description='bf16 TFLOPS per GPU (states a custom GPU type).')
+    bandwidth_tbs: float | None = Field(default=None, gt=0, le=1_000, description='Memory bandwidth per GPU, TB/s (states a custom GPU type).')
+    cluster: ClusterSpec | None = Field(default=None, description="Where stages run (local, ray or slurm); not part of the plan's hash.")
 
     @property
     def gpu_hours(self) -> float:
@@ -134,33 +134,33 @@ class Compute(_Spec):
 
 
 class EvalSet(_Spec):
-    name: str = Field(min_length=1, max_length=256)
-    source: str = Field(default="", max_length=MAX_TEXT)
-    problem_field: str = "problem"
-    answer_field: str = "answer"
-    size: int | None = Field(default=None, gt=0, le=MAX_ROWS)
-    split: str | None = None
+    name: str = Field(min_length=1, max_length=256, description="The eval set's name (the objective refers to it).")
+    source: str = Field(default="", max_length=MAX_TEXT, description='Local file, a `datasets` directory, or a hub id.')
+    problem_field: str = Field(default="problem", description='The field that holds a problem.')
+    answer_field: str = Field(default="answer", description='The field that holds its gold answer.')
+    size: int | None = Field(default=None, gt=0, le=MAX_ROWS, description='How many problems to evaluate on.')
+    split: str | None = Field(default=None, description='The dataset split to read.')
 
 
 class Objective(_Spec):
-    eval: str  # name of the eval set whose accuracy the allocator maximizes
+    eval: str = Field(description='Name of the eval set whose accuracy the allocator maximizes.')
 
 
 class Search(_Spec):
-    trials: int = Field(default=200, gt=0, le=100_000)  # allocator trials across all structures
-    seed: int = Field(default=0, ge=0, le=MAX_SEED)
+    trials: int = Field(default=200, gt=0, le=100_000, description='Allocator trials across all structures (accepted; the local search sizes itself).')
+    seed: int = Field(default=0, ge=0, le=MAX_SEED, description="Seed of the allocator's search.")
 
 
 class Pins(_Spec):
     """Choices the allocator must respect instead of searching."""
 
-    teacher: str | None = None  # a teacher's model name, or "none" for no teacher
-    bridge: Literal["fkl+opd", "opd", "fkl"] | None = None
-    stage3: bool | None = None  # False forbids Stage 3 GRPO on the student; True forces it
-    probe: bool | None = None  # True: measure solve rates first; False: never
-    teacher_labels: int | None = Field(default=None, ge=0, le=MAX_ROWS)  # labels spent in Stage 1
-    group_size: int | None = Field(default=None, ge=2, le=MAX_SAMPLES)  # GRPO samples per prompt (G)
-    steps: dict[str, int] = Field(default_factory=dict)  # stage id -> fixed steps
+    teacher: str | None = Field(default=None, description='A teacher\'s model name, or "none" for no teacher.')
+    bridge: Literal["fkl+opd", "opd", "fkl"] | None = Field(default=None, description='The distillation bridge to the student: fkl+opd, opd or fkl.')
+    stage3: bool | None = Field(default=None, description='False forbids Stage 3 GRPO on the student; True forces it.')
+    probe: bool | None = Field(default=None, description='True: measure solve rates first; False: never.')
+    teacher_labels: int | None = Field(default=None, ge=0, le=MAX_ROWS, description='Labels spent in Stage 1 (GRPO on the teacher).')
+    group_size: int | None = Field(default=None, ge=2, le=MAX_SAMPLES, description='GRPO samples per prompt (G).')
+    steps: dict[str, int] = Field(default_factory=dict, description='Stage id -> fixed steps.')
 
     @field_validator("steps")
     @classmethod
@@ -178,8 +178,8 @@ class Tracking(_Spec):
     """Trackers the training runners also log to, through TRL's ``report_to`` (the
     history stays the source of truth). Each must be installed where the plan is run."""
 
-    report_to: list[Literal["trackio", "wandb", "mlflow", "tensorboard"]] = Field(default_factory=list)
-    project: str | None = None  # the tracker's project name (default: the plan's name)
+    report_to: list[Literal["trackio", "wandb", "mlflow", "tensorboard"]] = Field(default_factory=list, description="Trackers the training runners also log to (TRL's report_to); each must be installed.")
+    project: str | None = Field(default=None, description="The tracker's project name (default: the plan's name).")
 
     @field_validator("report_to")
     @classmethod
@@ -200,10 +200,10 @@ class Adaptive(_Spec):
     """``execute --adaptive``: short pilots of the candidates whose ranking is uncertain,
     then the rest of the budget on the winner. Pilot compute and labels count as spent."""
 
-    pilot_share: float = Field(default=0.12, gt=0)  # share of compute.hours the pilots may use
-    holdout: int | None = Field(default=None, ge=1, le=MAX_ROWS)  # labels kept out of training to score pilots
-    max_candidates: int = Field(default=4, ge=1, le=16)
-    rounds: int = Field(default=2, ge=1, le=6)  # successive-halving rounds (each doubles a survivor's pilot)
+    pilot_share: float = Field(default=0.12, gt=0, description='Share of compute.hours the pilots may use (below 1).')
+    holdout: int | None = Field(default=None, ge=1, le=MAX_ROWS, description='Labels kept out of training to score pilots (default: an eighth of the labels, 16 to 128).')
+    max_candidates: int = Field(default=4, ge=1, le=16, description='The most candidates the session considers.')
+    rounds: int = Field(default=2, ge=1, le=6, description="Successive-halving rounds (each doubles a survivor's pilot).")
 
     @field_validator("pilot_share")
     @classmethod
@@ -218,18 +218,18 @@ class Adaptive(_Spec):
 
 
 class PlanSpec(_Spec):
-    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    objective: Objective
-    student: ModelRef
-    teachers: list[ModelRef] = Field(default_factory=list, max_length=MAX_LIST)
-    data: Data
-    compute: Compute
-    eval: list[EvalSet] = Field(min_length=1, max_length=MAX_LIST)
-    search: Search = Search()
-    pins: Pins = Pins()
-    tracking: Tracking = Tracking()
-    adaptive: Adaptive = Adaptive()
-    trust_remote_code: list[str] = Field(default_factory=list, max_length=MAX_LIST)  # models allowed to run repo code
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="The plan's name (letters, digits, `_`, `.`, `-`).")
+    objective: Objective = Field(description='What the allocator maximizes.')
+    student: ModelRef = Field(description='The model you will deploy.')
+    teachers: list[ModelRef] = Field(default_factory=list, max_length=MAX_LIST, description='Candidate teachers; may be empty.')
+    data: Data = Field(description='Labeled problems and unlabeled prompts.')
+    compute: Compute = Field(description='GPUs and hours.')
+    eval: list[EvalSet] = Field(min_length=1, max_length=MAX_LIST, description='Eval sets; the objective names one of them.')
+    search: Search = Field(default=Search(), description="The allocator's search settings.")
+    pins: Pins = Field(default=Pins(), description='Choices the allocator must respect instead of searching.')
+    tracking: Tracking = Field(default=Tracking(), description='Trackers the runners also log to.')
+    adaptive: Adaptive = Field(default=Adaptive(), description='Settings of `execute --adaptive`.')
+    trust_remote_code: list[str] = Field(default_factory=list, max_length=MAX_LIST, description='Models allowed to run code from their repository.')
     _base_dir: Path = PrivateAttr(default=Path("."))
 
     @field_validator("student", mode="before")
