@@ -1,7 +1,7 @@
 # Two targets do all set-up on a fresh machine (see README):
 #   make quickstart   install into .venv, then on tinyworld's shipped pretrained models:
 #                     recommend, execute, print the student before/after, write the report
-#   make test         install into .venv (if needed), chromium (if missing), run the tests,
+#   make test         install into .venv (if needed), chromium (if missing), ruff, the tests, the docs (strict),
 #                     build the docs (--strict, into a temporary directory)
 #   make test-cluster install Ray and Slurm, then run the tests that start a real two-node
 #                     Ray cluster and a single-host Slurm cluster (scripts/slurm-local.sh)
@@ -37,6 +37,7 @@ browser:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
 
 test: $(STAMP) browser
+	$(BIN)/ruff check .
 	S2D_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q -m "not cluster"
 	$(BIN)/python -m mkdocs build --strict --site-dir "$$(mktemp -d)"
 
