@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 from s2d_plan import planning
 from s2d_plan.errors import HistoryError
-from s2d_plan.evidence.from_runs import calibrate
 from s2d_plan.graph import StageGraph, load_graph
 from s2d_plan.history.read import query, write_export
 from s2d_plan.paths import resolve_home
@@ -78,6 +77,19 @@ def execute_adaptive(plan: str | Path, home: str | Path | None = None, display: 
     if isinstance(plan, StageGraph) or Path(plan).suffix.lower() not in (".yaml", ".yml"):
         raise GraphError("adaptive execution starts from a plan (.yaml), not a stage graph")
     return run_session(plan, home, display=display, say=say)
+
+
+def calibrate(home: str | Path | None = None, min_runs: int | None = None,
+              progress: Callable[[int, int], None] | None = None,
+              sources: Iterable[str | Path] | None = None) -> dict[str, Any]:
+    """Fit the home's finished runs into ``<home>/calibration.json`` and return what was
+    written (``s2d_plan.evidence.from_runs.calibrate``, loaded only for this verb)."""
+    from s2d_plan.evidence import from_runs
+
+    kwargs: dict[str, Any] = {"progress": progress, "sources": list(sources) if sources is not None else None}
+    if min_runs is not None:
+        kwargs["min_runs"] = min_runs
+    return from_runs.calibrate(home, **kwargs)
 
 
 def load_target(target: str | Path, home: str | Path | None = None) -> tuple[StageGraph, str | None]:

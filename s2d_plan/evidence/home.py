@@ -2,6 +2,11 @@
 rates probes measured for the plan's models, and the newest run of this exact plan (a
 plan whose last run did not finish is resumed, not re-planned).
 
+Probe evidence: a probe stage records its model and source exactly as its graph named
+them (paths resolved against the plan), so a plan's models and labeled source are looked
+up both as written and as resolved. No history, an old schema, too few prompts: no
+evidence, never an error (the registry prior stands).
+
     >>> from s2d_plan.plan.spec import load_plan
     >>> ev = read_home(load_plan("plans/budget.yaml"), "/nonexistent")
     >>> ev.rates, ev.last_run
@@ -17,11 +22,10 @@ import duckdb
 
 from s2d_plan.errors import HistoryError
 from s2d_plan.evidence.calibration_file import Calibration, load_calibration
-from s2d_plan.evidence.probes import rates_for
-from s2d_plan.history.read import open_reader
+from s2d_plan.history.read import evidence_rows, open_reader
 from s2d_plan.paths import db_path, resolve_home, snapshot_path
 from s2d_plan.plan.spec import PlanSpec
-from s2d_plan.predict.outcome import SolveRates
+from s2d_plan.predict.outcome import SolveRates, rates_from_evidence
 
 
 @dataclass(frozen=True)
@@ -54,3 +58,34 @@ def _last_run(con: duckdb.DuckDBPyConnection, plan_hash: str) -> tuple[str, str,
     except duckdb.CatalogException:
         return None
     return (row[0], row[1], row[2]) if row else None
+
+
+def load_rates(spec: PlanSpec, home: str | Path) -> dict[str, SolveRates]:
+    """Solve rates per model name (as the plan writes it) that probes in ``home`` measured."""
+    home = Path(home)
+    if not home.exists():
+        return {}
+    try:
+        with open_reader(home) as con:
+            return rates_for(spec, con)
+    except HistoryError:
+        return {}
+
+
+def rates_for(spec: PlanSpec, con: duckdb.DuckDBPyConnection) -> dict[str, SolveRates]:
+    """The same, on an open reader of the history (one connection for every lookup)."""
+    source = spec.data.labeled.source
+    sources = list(dict.fromkeys([spec.resolve_path(source), source]))
+    out: dict[str, SolveRates] = {}
+    for model in [spec.student.model] + [t.model for t in spec.teachers]:
+        for name in dict.fromkeys([spec.resolve_path(model), model]):
+            rates = next(filter(None, (_rates(con, name, s) for s in sources)), None)
+            if rates is not None:
+                out[model] = rates
+                break
+    return out
+
+
+def _rates(con: duckdb.DuckDBPyConnection, model: str, source: str) -> SolveRates | None:
+    rows = evidence_rows(con, model, source)
+    return rates_from_evidence(rows) if rows else None
