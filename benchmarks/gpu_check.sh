@@ -23,7 +23,7 @@ STEPS="${2:-8}"
 import json, statistics, subprocess, sys, time
 from pathlib import Path
 import torch
-from runners.launch import stage_command
+from s2d_plan.run.launch import stage_command
 
 out, steps = Path(sys.argv[1]), int(sys.argv[2])
 tiny = out / "tiny"
