@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +19,10 @@ REPO = Path(__file__).resolve().parent.parent
 # The `simulate` stage kind is a test fake (tests/fakes/simulate.py): every executor the
 # tests start, in this process or another, loads it from here.
 os.environ["S2D_STAGE_PLUGINS"] = "tests.fakes.simulate"
+# A test that names no home must never write the user's (`make` exports S2D_HOME=.s2d, a
+# folder of the checkout): the session's default home is a temporary folder.
+_SESSION_HOME = tempfile.mkdtemp(prefix="s2d-test-home-")
+os.environ["S2D_HOME"] = _SESSION_HOME
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
 
 
@@ -42,6 +48,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Tests never write into the checkout: the suite fails if one did."""
+    shutil.rmtree(_SESSION_HOME, ignore_errors=True)
     before = session.config.stash.get(_BEFORE, None)
     after = _checkout_state()
     if before is None or after is None or getattr(session.config, "workerinput", None) is not None:
