@@ -45,13 +45,17 @@ __all__ = ["AdaptiveResult", "Recommendation", "calibrate", "check_history", "ex
 def recommend(plan: str | Path | PlanSpec, home: str | Path | None = None, trials: int | None = None) -> Recommendation:
     """Search the plan with the probe evidence and calibration of ``home``
     (``--home`` / ``S2D_HOME`` / ``./.s2d``) and compile the best allocation."""
-    return planning.recommend(plan if isinstance(plan, PlanSpec) else load_plan(plan), home, trials)
+    return planning.recommend(_spec(plan), home, trials)
 
 
 def graph_for_plan(plan: str | Path | PlanSpec, home: str | Path | None = None) -> tuple[StageGraph, str]:
     """The graph ``execute PLAN`` runs (the plan's unfinished run resumed, else the
     recommendation), and what was chosen, in one line."""
-    return planning.graph_for_plan(plan if isinstance(plan, PlanSpec) else load_plan(plan), home)
+    return planning.graph_for_plan(_spec(plan), home)
+
+
+def _spec(plan: str | Path | PlanSpec) -> PlanSpec:
+    return plan if isinstance(plan, PlanSpec) else load_plan(plan)
 
 
 def execute(target: StageGraph | str | Path, home: str | Path | None = None, force: Iterable[str] = (),

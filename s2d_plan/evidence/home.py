@@ -60,20 +60,9 @@ def _last_run(con: duckdb.DuckDBPyConnection, plan_hash: str) -> tuple[str, str,
     return (row[0], row[1], row[2]) if row else None
 
 
-def load_rates(spec: PlanSpec, home: str | Path) -> dict[str, SolveRates]:
-    """Solve rates per model name (as the plan writes it) that probes in ``home`` measured."""
-    home = Path(home)
-    if not home.exists():
-        return {}
-    try:
-        with open_reader(home) as con:
-            return rates_for(spec, con)
-    except HistoryError:
-        return {}
-
-
 def rates_for(spec: PlanSpec, con: duckdb.DuckDBPyConnection) -> dict[str, SolveRates]:
-    """The same, on an open reader of the history (one connection for every lookup)."""
+    """Solve rates per model name (as the plan writes it) that probes measured, on an open
+    reader of the history (one connection for every lookup)."""
     source = spec.data.labeled.source
     sources = list(dict.fromkeys([spec.resolve_path(source), source]))
     out: dict[str, SolveRates] = {}

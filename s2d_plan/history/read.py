@@ -65,13 +65,6 @@ def open_reader(home: str | Path | None = None, timeout_s: float = 10.0) -> Iter
         con.close()
 
 
-def _open_composite_now(home: Path) -> duckdb.DuckDBPyConnection:
-    con = _snapshots.open_composite(home)
-    if con is None:
-        raise HistoryError("the history's snapshot is not published yet; retry in a moment")
-    return con
-
-
 def _open_readonly(home: Path, timeout_s: float) -> duckdb.DuckDBPyConnection:
     path, snap = db_path(home), snapshot_path(home)
     deadline = time.monotonic() + timeout_s
