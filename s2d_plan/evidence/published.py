@@ -88,8 +88,8 @@ def _problems(raw: dict) -> list[str]:
     size = raw.get("student_params_b")
     if _is_number(size) and size <= 0:
         problems.append("student_params_b must be positive")
-    if raw.get("method") in {"distill_seq", "distill_opd"} and not raw.get("teacher"):
-        problems.append(f"method {raw['method']} needs a teacher")
+    if raw.get("method") == "base" and raw.get("before") is not None:
+        problems.append("a base row has no before (its score is after)")
     return problems
 
 
