@@ -21,7 +21,8 @@ def _row(**over):
 def test_shipped_rows_validate_and_are_unique():
     rows = load_published()
     assert len({r.id for r in rows}) == len(rows)
-    assert len(rows) >= 24
+    assert len(rows) >= 27
+    assert len({r.student_family for r in rows}) >= 2
     assert len({r.source for r in rows}) >= 5
     assert all(0.5 <= r.student_params_b <= 32 for r in rows)
     assert all(r.where and r.citation for r in rows)
@@ -30,7 +31,7 @@ def test_shipped_rows_validate_and_are_unique():
 
 def test_shipped_rows_cover_rl_distillation_and_both():
     methods = {r.method for r in load_published()}
-    assert {"direct_rl", "distill_seq", "distill_then_rl"} <= methods
+    assert {"direct_rl", "distill_seq", "distill_opd", "distill_then_rl"} <= methods
     assert methods <= set(METHODS)
 
 
