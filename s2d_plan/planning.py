@@ -47,7 +47,7 @@ class Recommendation:
     def summary(self) -> str:
         p = self.graph.predicted
         return (f"{self.result.best.structure.label}: predicted {p.eval} {p.value:.1%} [{p.low:.1%}, {p.high:.1%}], "
-                f"{self.graph.estimated.gpu_hours:.3g} of {self.ctx.budget:.3g} GPU-hours")
+                f"{_hours(self.graph.estimated.gpu_hours)} of {_hours(self.ctx.budget)} GPU-hours")
 
 
 def context_for(spec: PlanSpec, evidence: HomeEvidence) -> Context:
@@ -95,3 +95,8 @@ def _unfinished(last: tuple[str, str, str | None] | None) -> tuple[str, str, Sta
         return last[0], last[1], parse_graph(json.loads(last[2]), source=f"run {last[0]}")
     except (GraphError, ValueError):
         return None  # a graph this version cannot read: plan afresh
+
+
+def _hours(x: float) -> str:
+    """GPU-hours as people write them (0.0123, 4.56, 1,600), never 1.6e+03."""
+    return f"{x:.3g}" if x < 10 else f"{x:,.0f}"

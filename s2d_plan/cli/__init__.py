@@ -371,6 +371,38 @@ def reward_check(
     raise typer.Exit(subprocess.call(argv + (["--json"] if json_out else []), env=safe_env()))
 
 
+@app.command()
+@friendly
+def init(
+    student: str = typer.Option(..., "--student", help="The model you will deploy (a registry name)."),
+    teacher: str = typer.Option(..., "--teacher", help="A candidate teacher (a registry name)."),
+    out: Path = typer.Option(Path("plan.yaml"), "-o", "--out", help="Where to write the plan."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
+) -> None:
+    """Write a commented starting plan for a student and a teacher (then edit it and `validate` it)."""
+    from s2d_plan.errors import ConfigurationError
+    from s2d_plan.plan.template import plan_text
+
+    if out.exists() and not force:
+        raise ConfigurationError(f"{out} exists; pass --force to overwrite it")
+    out.write_text(plan_text(student, teacher, str(out)), encoding="utf-8")
+    echo(f"plan written to {out}; next: s2d-plan validate {out}")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from s2d_plan import __version__
+
+        echo(f"s2d-plan {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Plan and run post-training of a small model."""
+
+
 def _show_notice(message, category, filename, lineno, file=None, line=None) -> None:
     """History notices (a stale snapshot, a missing main file) as one `warning:` line."""
     print(safe_text(f"warning: {message}"), file=sys.stderr)

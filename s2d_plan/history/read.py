@@ -306,7 +306,9 @@ SHOW_SQL = """
             FROM s JOIN metrics_latest m ON m.stage_id = s.stage_id AND m.cache_key = s.cache_key
             WHERE s.status = 'CACHED' GROUP BY ALL),
         final AS (
-            SELECT stage_id, string_agg(key || '=' || coalesce(printf('%.4g', value), 'null'), ' ' ORDER BY key) AS metrics
+            SELECT stage_id, string_agg(key || '=' || coalesce(printf('%.4g', value), 'null'), ' '
+                              -- what a reader looks for first: evals, then rewards, then the rest
+                              ORDER BY NOT starts_with(key, 'eval/'), NOT contains(key, 'reward'), key) AS metrics
             FROM (SELECT * FROM ran UNION ALL SELECT * FROM reused) GROUP BY stage_id)
         SELECT s.stage_id AS stage, s.kind, s.status, s.attempt,
                round(s.est_gpu_hours, 4) AS est_gpu_h, round(s.gpu_hours, 4) AS gpu_h,

@@ -163,8 +163,26 @@ def log_tail(path: Path, lines: int = 20, max_bytes: int = 16384) -> str:
 
 
 def reason_from_log(tail: str, fallback: str) -> str:
-    """The one-line reason: the runner's last non-empty stderr line, else ``fallback``."""
-    for line in reversed(tail.splitlines()):
+    """The one-line reason: the runner's own ``stage ID failed: Type: message`` line, else
+    the exception of the runner's last traceback with the first
+    line of its message (``ValueError: no such file ...``), else its last non-empty
+    stderr line, else ``fallback``. A message that runs over several lines is summarized
+    by its first, not by its last (which is often only the end of a sentence)."""
+    lines = tail.splitlines()
+    # a runner prints "stage ID failed: Type: message" after its traceback (runners.common)
+    own = [line.strip() for line in lines if line.startswith("stage ") and " failed: " in line]
+    if own:
+        return own[-1][:300]
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+    if starts:
+        for line in lines[starts[-1] + 1:]:
+            if line.strip() and not line[:1].isspace():
+                head = line.strip()
+                if head.endswith(":"):  # the message starts on the next line
+                    rest = next((x.strip() for x in lines[lines.index(line) + 1:] if x.strip()), "")
+                    head = f"{head} {rest}".strip()
+                return head[:300]
+    for line in reversed(lines):
         if line.strip():
             return line.strip()[:300]
     return fallback

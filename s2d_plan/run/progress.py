@@ -27,6 +27,8 @@ def _clock(seconds: float | None) -> str:
 def _step(st: Any) -> str:
     last = st.tail.last_step if st.tail else None
     total = st.total_steps()
+    if st.status == "FINISHED" and total:  # a runner that logs sparsely still ran every step
+        return f"{total}/{total}"
     if last is None:
         return "-"
     return f"{last + 1}/{total}" if total else str(last + 1)
@@ -112,6 +114,7 @@ class LiveDisplay:
 
     def _render(self):
         from rich.table import Table
+        from rich.text import Text
 
         left = remaining_seconds(self._states)
         caption = f"about {_clock(left)} left (the cost model's estimate)" if left is not None else None
@@ -120,8 +123,10 @@ class LiveDisplay:
             table.add_column(col)
         for st in self._states:
             style = STATUS_STYLE.get(st.status, "")
-            table.add_row(st.stage.id, st.stage.kind, f"[{style}]{st.status}[/]", str(st.attempt or "-"),
-                          _step(st), _metric(st), f"{_clock(st.elapsed())} / {_clock(st.est_seconds())}")
+            # Text cells, never markup strings: a cell is shown as written in every frame
+            table.add_row(Text(st.stage.id), Text(st.stage.kind), Text(st.status, style=style),
+                          Text(str(st.attempt or "-")), Text(_step(st)), Text(_metric(st)),
+                          Text(f"{_clock(st.elapsed())} / {_clock(st.est_seconds())}"))
         return table
 
 
