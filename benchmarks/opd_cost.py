@@ -10,6 +10,8 @@ x 16 per step. Prints the cost model's estimates, nothing measured on GPUs.
 
 from __future__ import annotations
 
+import argparse
+
 from s2d_plan.plan.registry import gpu_info, model_info
 from s2d_plan.predict import costs
 
@@ -17,6 +19,8 @@ SEQUENCES = 7500 * 16 * 2
 
 
 def main() -> None:
+    argparse.ArgumentParser(prog="python -m benchmarks.opd_cost",
+                            description="OPD vs GRPO GPU-hours by OPD batch (cost model estimates).").parse_args()
     h100 = gpu_info("H100-80GB")
     print("student     teacher     GRPO GPU-h  OPD batch  OPD GPU-h  OPD/GRPO  vLLM share  sleep")
     for student, teacher in (("Qwen/Qwen3-1.7B", "Qwen/Qwen3-8B"), ("Qwen/Qwen3-8B", "Qwen/Qwen3-32B")):

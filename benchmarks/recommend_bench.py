@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import subprocess
@@ -98,7 +99,10 @@ def tpe_gain(plan: Path, trials: int = 64, seed: int = 0) -> tuple[float, float,
 
 
 def main() -> None:
-    plan = sys.argv[1] if len(sys.argv) > 1 else "plans/budget.yaml"
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.recommend_bench",
+                                     description="Wall time and search quality of `s2d-plan recommend`.")
+    parser.add_argument("plan", nargs="?", default="plans/budget.yaml", help="plan file (default plans/budget.yaml)")
+    plan = parser.parse_args().plan
     plan = str((ROOT / plan) if not Path(plan).is_absolute() else plan)
     home = tempfile.mkdtemp(prefix="s2d-bench-home-")
     refit = wall_times(plan, home, 1)[0]
