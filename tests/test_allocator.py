@@ -162,6 +162,9 @@ def test_pins_are_respected():
     assert g.stages[0].id == "probe" and g.stages[0].data.labeled.spend is False
     _, _, _, g = recommend(path, teacher="none")
     assert [s.id for s in g.stages if s.id != "probe"] == ["direct_grpo", "final_eval"]
+    # a pinned OPD step count is the stage's step count whatever OPD batch the search picks
+    _, _, _, g = recommend(path, teacher="Qwen/Qwen3-8B", bridge="opd", stage3=False, steps={"student_opd": 150})
+    assert g.stage("student_opd").params.steps == 150
 
 
 def _point(ctx, result, label):

@@ -331,6 +331,9 @@ def quantities(ctx: Context, s: Structure, b: Box, u: tuple[float, ...], group: 
         while i > 0 and b.opd_batches[i] * MIN_STEPS > opd:
             i -= 1
         batch = b.opd_batches[i]
+    pinned_opd = ctx.spec.pins.steps.get("student_opd") if "opd" in (s.bridge or "") else None
+    if pinned_opd:  # a pinned step count holds at whatever batch is searched: steps x batch sequences
+        opd = float(pinned_opd * (batch or ctx.scale.prompts_per_step))
     return Quantities(
         group_size=group, teacher_labels=t_labels, teacher_epochs=log(b.teacher_epochs, u[1]) if t_labels else 0.0,
         fkl_rollouts=ctx.pool * log(b.fkl_passes, u[2]) if "fkl" in (s.bridge or "") else 0.0,
